@@ -1,0 +1,237 @@
+//! `natter`: the admin command line of a natter node.
+//!
+//! It talks to the node's admin HTTP API with the admin token and never opens the
+//! store. The token comes from `--token`/`NATTER_ADMIN_TOKEN`, or is read from
+//! `<data>/admin.token` (`--data`/`NATTER_DATA`, default `./natter-data`).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+#[derive(Debug, Parser)]
+#[command(name = "natter", version, about = "Administer a natter node")]
+struct Cli {
+    /// The node's base URL.
+    #[arg(
+        long,
+        env = "NATTER_NODE",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    node: String,
+    /// Admin token (otherwise read from <data>/admin.token).
+    #[arg(
+        long,
+        env = "NATTER_ADMIN_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    token: Option<String>,
+    /// The node's data folder, where admin.token is.
+    #[arg(
+        long,
+        env = "NATTER_DATA",
+        default_value = "natter-data",
+        global = true
+    )]
+    data: PathBuf,
+    /// Print the node's JSON answers instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Users of this node.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Invites for registration in invite mode.
+    #[command(subcommand)]
+    Invite(InviteCommand),
+    /// The node's name, version and online devices.
+    Status,
+    /// Run retention and device expiry now.
+    Sweep,
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add a user; without --password one is generated and printed.
+    Add {
+        name: String,
+        #[arg(long)]
+        password: Option<String>,
+    },
+    /// List users.
+    List,
+    /// Disable a user: no new logins or connections.
+    Disable { name: String },
+    /// Enable a disabled user.
+    Enable { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum InviteCommand {
+    /// Create an invite code.
+    Create {
+        /// How many registrations it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// How long it is valid, e.g. 7d or 12h (default: the node's invite_ttl).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+}
+
+struct Admin {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Admin {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}/admin/v1{path}", self.base.trim_end_matches('/'));
+        let mut request = self.http.request(method, &url).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        let value: Value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        if !status.is_success() {
+            let code = value["code"].as_str().unwrap_or("error");
+            let message = value["message"].as_str().unwrap_or("");
+            bail!("{status}: {code}: {message}");
+        }
+        Ok(value)
+    }
+}
+
+fn admin_token(cli: &Cli) -> anyhow::Result<String> {
+    if let Some(token) = &cli.token {
+        return Ok(token.clone());
+    }
+    let path = cli.data.join("admin.token");
+    let token = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no admin token: pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder ({} unreadable)",
+            path.display()
+        )
+    })?;
+    Ok(token.trim().to_owned())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let admin = Admin {
+        http: reqwest::Client::new(),
+        base: cli.node.clone(),
+        token: admin_token(&cli)?,
+    };
+    use reqwest::Method;
+    let (value, text) = match &cli.command {
+        Command::User(UserCommand::Add { name, password }) => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/users",
+                    Some(json!({"username": name, "password": password})),
+                )
+                .await?;
+            let mut text = format!("added {}", v["userId"].as_str().unwrap_or(name));
+            if let Some(p) = v["password"].as_str() {
+                text.push_str(&format!("\npassword: {p}"));
+            }
+            (v, text)
+        }
+        Command::User(UserCommand::List) => {
+            let v = admin.call(Method::GET, "/users", None).await?;
+            let mut text = format!(
+                "{:<40} {:<8} {:>7}  {}",
+                "USER", "STATE", "DEVICES", "CREATED"
+            );
+            for u in v["users"].as_array().into_iter().flatten() {
+                text.push_str(&format!(
+                    "\n{:<40} {:<8} {:>7}  {}",
+                    u["userId"].as_str().unwrap_or(""),
+                    if u["disabled"].as_bool().unwrap_or(false) {
+                        "disabled"
+                    } else {
+                        "active"
+                    },
+                    u["devices"],
+                    u["createdAt"].as_str().unwrap_or(""),
+                ));
+            }
+            (v, text)
+        }
+        Command::User(UserCommand::Disable { name }) => {
+            let v = admin
+                .call(Method::POST, &format!("/users/{name}/disable"), None)
+                .await?;
+            (v, format!("disabled {name}"))
+        }
+        Command::User(UserCommand::Enable { name }) => {
+            let v = admin
+                .call(Method::POST, &format!("/users/{name}/enable"), None)
+                .await?;
+            (v, format!("enabled {name}"))
+        }
+        Command::Invite(InviteCommand::Create { uses, ttl }) => {
+            let v = admin
+                .call(
+                    Method::POST,
+                    "/invites",
+                    Some(json!({"uses": uses, "ttl": ttl})),
+                )
+                .await?;
+            let text = format!(
+                "{}\n(valid for {} registration(s) until {})",
+                v["code"].as_str().unwrap_or(""),
+                v["uses"],
+                v["expiresAt"].as_str().unwrap_or("")
+            );
+            (v, text)
+        }
+        Command::Status => {
+            let v = admin.call(Method::GET, "/status", None).await?;
+            let text = format!(
+                "node {} (natterd {})\nregistration: {}\nonline devices: {}",
+                v["node"].as_str().unwrap_or(""),
+                v["version"].as_str().unwrap_or(""),
+                v["registration"].as_str().unwrap_or(""),
+                v["onlineDevices"]
+            );
+            (v, text)
+        }
+        Command::Sweep => {
+            let v = admin.call(Method::POST, "/sweep", None).await?;
+            (v.clone(), format!("swept: {v}"))
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! Configuration: the only place that reads files, environment variables and
+//! flags.
+//!
+//! Precedence: command-line flag, then `NATTER_*` environment variable (clap reads
+//! both), then the TOML file given by `--config`, then the built-in default. The
+//! raw inputs are validated once into [`Config`]; nothing downstream sees a raw
+//! string. docs/configuration.md lists every setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::core::Registration;
+use crate::ids::NodeName;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "natterd",
+    version,
+    about = "natter: a self-hostable, federated chat node"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run the all-in-one node: gateway and core in one process (the default).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "NATTER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data folder: store, node key, admin token, media. Default ./natter-data
+    #[arg(long, env = "NATTER_DATA")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on for clients, admin and peers. Default 127.0.0.1:7070
+    #[arg(long, env = "NATTER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// The node's name (DNS-like); users are name@node. Default localhost
+    #[arg(long, env = "NATTER_NAME")]
+    pub name: Option<String>,
+    /// Who may register: open, invite or closed. Default invite
+    #[arg(long, env = "NATTER_REGISTRATION")]
+    pub registration: Option<Registration>,
+    /// Log format. Default human
+    #[arg(long, env = "NATTER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// How long undelivered events wait for a device, e.g. 30d. Default 30d
+    #[arg(long, env = "NATTER_RETENTION")]
+    pub retention: Option<humantime::Duration>,
+    /// Devices unused this long are deactivated, e.g. 90d. Default 90d
+    #[arg(long, env = "NATTER_DEVICE_TTL")]
+    pub device_ttl: Option<humantime::Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+// ----------------------------------------------------------- file shape
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    name: Option<String>,
+    registration: Option<Registration>,
+    #[serde(default)]
+    log: FileLog,
+    #[serde(default)]
+    retention: FileRetention,
+    #[serde(default)]
+    websocket: FileWebsocket,
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    store: FileStore,
+    #[serde(default)]
+    testing: FileTesting,
+    #[serde(default, with = "humantime_serde")]
+    shutdown_grace: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLog {
+    format: Option<LogFormat>,
+    filter: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRetention {
+    #[serde(default, with = "humantime_serde")]
+    inbox: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    device_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    sweep_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    invite_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebsocket {
+    #[serde(default, with = "humantime_serde")]
+    ping_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    ping_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    auth_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resend_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    write_timeout: Option<Duration>,
+    window: Option<usize>,
+    send_queue: Option<usize>,
+    read_buffer: Option<usize>,
+    write_buffer: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    send_rate: Option<f64>,
+    send_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    cache_mb: Option<u64>,
+    memtable_mb: Option<u64>,
+    max_group: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTesting {
+    adjustable_clock: Option<bool>,
+}
+
+// ----------------------------------------------------------- typed config
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data: PathBuf,
+    pub listen: SocketAddr,
+    pub node: NodeName,
+    pub registration: Registration,
+    pub log: LogConfig,
+    pub retention: RetentionConfig,
+    pub websocket: WsConfig,
+    pub limits: LimitsConfig,
+    pub store: StoreConfig,
+    /// Lets the admin API move the node's clock forward (tests only).
+    pub adjustable_clock: bool,
+    /// How long shutdown waits for connections to close.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,natter=debug`. `RUST_LOG` wins.
+    pub filter: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetentionConfig {
+    pub inbox: Duration,
+    pub device_ttl: Duration,
+    pub sweep_interval: Duration,
+    pub invite_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct WsConfig {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub auth_timeout: Duration,
+    pub resend_after: Duration,
+    pub write_timeout: Duration,
+    /// Unacknowledged events in flight per connection; more wait in the inbox.
+    pub window: usize,
+    /// Frames queued for the socket before the client counts as too slow.
+    pub send_queue: usize,
+    pub read_buffer: usize,
+    pub write_buffer: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct LimitsConfig {
+    /// Sustained sends per second per device.
+    pub send_rate: f64,
+    /// Sends a device may burst above the rate.
+    pub send_burst: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub cache_bytes: u64,
+    pub memtable_bytes: u64,
+    pub max_group: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid setting {setting}: {reason}")]
+    Invalid {
+        setting: &'static str,
+        reason: String,
+    },
+}
+
+const DAY: u64 = 24 * 3600;
+
+impl Config {
+    /// Defaults, as `natterd serve` with nothing else uses them.
+    pub fn defaults() -> Self {
+        Self::resolve(ServeArgs::default())
+            .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
+    }
+
+    pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let invalid = |setting, reason: &str| ConfigError::Invalid {
+            setting,
+            reason: reason.to_owned(),
+        };
+        let name = args
+            .name
+            .or(file.name)
+            .unwrap_or_else(|| "localhost".to_owned());
+        let node = NodeName::parse(&name).ok_or_else(|| {
+            invalid(
+                "name",
+                "a DNS-like name: lowercase letters, digits, '-' and '.'",
+            )
+        })?;
+        let ws = file.websocket;
+        let websocket = WsConfig {
+            ping_interval: ws.ping_interval.unwrap_or(Duration::from_secs(20)),
+            ping_timeout: ws.ping_timeout.unwrap_or(Duration::from_secs(60)),
+            auth_timeout: ws.auth_timeout.unwrap_or(Duration::from_secs(10)),
+            resend_after: ws.resend_after.unwrap_or(Duration::from_secs(30)),
+            write_timeout: ws.write_timeout.unwrap_or(Duration::from_secs(15)),
+            window: ws.window.unwrap_or(512),
+            send_queue: ws.send_queue.unwrap_or(1024),
+            read_buffer: ws.read_buffer.unwrap_or(4096),
+            write_buffer: ws.write_buffer.unwrap_or(4096),
+        };
+        if websocket.ping_interval.is_zero() || websocket.ping_timeout <= websocket.ping_interval {
+            return Err(invalid(
+                "websocket.ping_timeout",
+                "must be longer than a non-zero ping_interval",
+            ));
+        }
+        if websocket.window == 0 || websocket.send_queue <= websocket.window {
+            return Err(invalid(
+                "websocket.send_queue",
+                "must be larger than a non-zero window",
+            ));
+        }
+        let retention = RetentionConfig {
+            inbox: args
+                .retention
+                .map(Into::into)
+                .or(file.retention.inbox)
+                .unwrap_or(Duration::from_secs(30 * DAY)),
+            device_ttl: args
+                .device_ttl
+                .map(Into::into)
+                .or(file.retention.device_ttl)
+                .unwrap_or(Duration::from_secs(90 * DAY)),
+            sweep_interval: file
+                .retention
+                .sweep_interval
+                .unwrap_or(Duration::from_secs(3600)),
+            invite_ttl: file
+                .retention
+                .invite_ttl
+                .unwrap_or(Duration::from_secs(7 * DAY)),
+        };
+        if retention.sweep_interval.is_zero() {
+            return Err(invalid("retention.sweep_interval", "must not be zero"));
+        }
+        let limits = LimitsConfig {
+            send_rate: file.limits.send_rate.unwrap_or(20.0),
+            send_burst: file.limits.send_burst.unwrap_or(100),
+        };
+        if limits.send_rate.is_nan() || limits.send_rate <= 0.0 || limits.send_burst == 0 {
+            return Err(invalid(
+                "limits",
+                "send_rate and send_burst must be positive",
+            ));
+        }
+        let store = StoreConfig {
+            cache_bytes: file.store.cache_mb.unwrap_or(32) << 20,
+            memtable_bytes: file.store.memtable_mb.unwrap_or(16) << 20,
+            max_group: file.store.max_group.unwrap_or(1024).max(1),
+        };
+        Ok(Self {
+            data: args
+                .data
+                .or(file.data)
+                .unwrap_or_else(|| PathBuf::from("natter-data")),
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            node,
+            registration: args
+                .registration
+                .or(file.registration)
+                .unwrap_or(Registration::Invite),
+            log: LogConfig {
+                format: args.log_format.or(file.log.format).unwrap_or_default(),
+                filter: file.log.filter.unwrap_or_else(|| "info".to_owned()),
+            },
+            retention,
+            websocket,
+            limits,
+            store,
+            adjustable_clock: file.testing.adjustable_clock.unwrap_or(false),
+            shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+        })
+    }
+}
+
+impl clap::ValueEnum for Registration {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Open, Self::Invite, Self::Closed]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(match self {
+            Self::Open => "open",
+            Self::Invite => "invite",
+            Self::Closed => "closed",
+        }))
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_docs() {
+        let c = Config::defaults();
+        assert_eq!(c.data, PathBuf::from("natter-data"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.node.as_str(), "localhost");
+        assert_eq!(c.registration, Registration::Invite);
+        assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
+        assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_the_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(
+            &path,
+            r#"
+            name = "file.example"
+            registration = "open"
+            [retention]
+            inbox = "2h"
+            [websocket]
+            ping_interval = "1s"
+            ping_timeout = "3s"
+            "#,
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            name: Some("flag.example".into()),
+            ..ServeArgs::default()
+        };
+        let c = Config::resolve(args).unwrap();
+        assert_eq!(c.node.as_str(), "flag.example");
+        assert_eq!(c.registration, Registration::Open);
+        assert_eq!(c.retention.inbox, Duration::from_secs(7200));
+        assert_eq!(c.websocket.ping_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "nmae = \"typo\"\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("nmae"), "{err}");
+        let err = Config::resolve(ServeArgs {
+            name: Some("Bad Name".into()),
+            ..ServeArgs::default()
+        })
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                setting: "name",
+                ..
+            }
+        ));
+    }
+}

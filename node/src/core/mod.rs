@@ -1,0 +1,644 @@
+//! The core: the rules of the chat, the write path and the read path.
+//!
+//! Owns: validating commands against the store, the single writer thread
+//! ([`writer`]) that applies every write in group-committed batches, and the reads
+//! that sessions and HTTP handlers need (auth, backlog, history, chat lists).
+//! Does not own: sockets (the gateway), or how a delivery reaches a connection (the
+//! [`Hub`](crate::delivery::Hub)).
+//!
+//! Boundary: [`Core`] is what a gateway talks to. Its inputs and outputs are
+//! serializable protocol types and ids, so that a gateway in another process can
+//! talk to it over NATS request/reply.
+
+mod render;
+mod writer;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::auth;
+use crate::clock::{Clock, rfc3339};
+use crate::delivery::Hub;
+use crate::ids::{ChatId, DeliveryId, DeviceId, NodeName, Username};
+use crate::protocol::{self, ChatSummary, Command, CommandResult, ErrorCode, LoginResponse};
+use crate::store::{Store, StoreError};
+
+pub use writer::SweepReport;
+use writer::{Op, Outcome, WriteRequest, Writer};
+
+/// Who is acting: one authenticated device of a local user.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCtx {
+    pub user: Username,
+    /// `name@node`.
+    pub user_id: String,
+    pub device: DeviceId,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The request was refused; the code goes to the client as is.
+    #[error("{message}")]
+    Rejected { code: ErrorCode, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A fault inside the node (logged, shown to clients as `internal`).
+    #[error("{0}")]
+    Internal(String),
+    #[error("a blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    /// The writer has stopped (the node is shutting down).
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+impl CoreError {
+    pub fn reject(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self::Rejected {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The stable code a client sees. Internal causes are never shown; the caller
+    /// logs them.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::Rejected { code, .. } => *code,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// The message a client sees.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Rejected { message, .. } => message.clone(),
+            Self::Stopped => "the node is shutting down".into(),
+            _ => "internal error".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Open,
+    Invite,
+    Closed,
+}
+
+impl std::str::FromStr for Registration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(Self::Open),
+            "invite" => Ok(Self::Invite),
+            "closed" => Ok(Self::Closed),
+            other => Err(format!(
+                "registration must be open, invite or closed, not {other:?}"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CoreConfig {
+    pub node: NodeName,
+    pub registration: Registration,
+    /// Undelivered inbox entries older than this are dropped (and the device told).
+    pub retention_ms: i64,
+    /// Devices not seen for this long are deactivated.
+    pub device_ttl_ms: i64,
+    /// How long an invite is valid unless the admin says otherwise.
+    pub invite_ttl_ms: i64,
+    /// Most commands applied in one commit.
+    pub max_group: usize,
+}
+
+type Pending = Pin<Box<dyn Future<Output = Result<CommandResult, CoreError>> + Send>>;
+
+/// Handle to the core. Cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    writer: mpsc::Sender<WriteRequest>,
+    clock: Clock,
+    config: CoreConfig,
+}
+
+/// Joins the writer thread.
+pub struct WriterThread(std::thread::JoinHandle<()>);
+
+impl WriterThread {
+    /// Waits (on the blocking pool) until the writer has drained and persisted.
+    pub async fn join(self) {
+        let _ = tokio::task::spawn_blocking(move || self.0.join()).await;
+    }
+}
+
+impl Core {
+    /// Starts the writer thread. The writer stops after [`Core::stop`], once every
+    /// command queued before it is committed.
+    pub fn start(
+        store: Store,
+        hub: Hub,
+        clock: Clock,
+        config: CoreConfig,
+    ) -> Result<(Self, WriterThread), CoreError> {
+        let (tx, rx) = mpsc::channel(4096);
+        let writer = Writer::new(store.clone(), hub, clock.clone(), config.clone())?;
+        let handle = std::thread::Builder::new()
+            .name("natter-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| CoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+        let core = Self {
+            inner: Arc::new(Inner {
+                store,
+                writer: tx,
+                clock,
+                config,
+            }),
+        };
+        Ok((core, WriterThread(handle)))
+    }
+
+    pub fn node(&self) -> &NodeName {
+        &self.inner.config.node
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.inner.clock
+    }
+
+    pub fn config(&self) -> &CoreConfig {
+        &self.inner.config
+    }
+
+    /// Queues a write; the returned receiver answers after the commit.
+    async fn enqueue(
+        &self,
+        op: Op,
+    ) -> Result<oneshot::Receiver<Result<Outcome, CoreError>>, CoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteRequest { op, reply })
+            .await
+            .map_err(|_| CoreError::Stopped)?;
+        Ok(rx)
+    }
+
+    async fn write(&self, op: Op) -> Result<Outcome, CoreError> {
+        self.enqueue(op)
+            .await?
+            .await
+            .map_err(|_| CoreError::Stopped)?
+    }
+
+    /// Runs a read on the blocking pool against a fresh snapshot.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Snapshot) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store.snapshot())).await?
+    }
+
+    /// Asks the writer to finish what is queued, persist, and stop.
+    pub async fn stop(&self) {
+        let _ = self.write(Op::Stop).await;
+    }
+
+    // ------------------------------------------------------------ accounts
+
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        invite: Option<String>,
+    ) -> Result<String, CoreError> {
+        let registration = self.inner.config.registration;
+        if registration == Registration::Closed {
+            return Err(CoreError::reject(
+                ErrorCode::RegistrationClosed,
+                "this node does not accept registrations",
+            ));
+        }
+        let name = Username::parse(username).ok_or_else(|| {
+            CoreError::reject(
+                ErrorCode::InvalidUsername,
+                "usernames are 1-32 of a-z 0-9 . _ - and start with a letter or digit",
+            )
+        })?;
+        check_password(password)?;
+        let invite = match (registration, invite) {
+            (Registration::Invite, None) => {
+                return Err(CoreError::reject(
+                    ErrorCode::InvalidInvite,
+                    "this node needs an invite to register",
+                ));
+            }
+            (Registration::Invite, Some(code)) => Some(code),
+            (_, _) => None,
+        };
+        let password_hash = hash_password(password.to_owned()).await?;
+        match self
+            .write(Op::CreateUser {
+                name,
+                password_hash,
+                invite,
+            })
+            .await?
+        {
+            Outcome::UserId(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Adds a user without an invite (admin).
+    pub async fn add_user(&self, username: &str, password: &str) -> Result<String, CoreError> {
+        let name = Username::parse(username)
+            .ok_or_else(|| CoreError::reject(ErrorCode::InvalidUsername, "invalid username"))?;
+        check_password(password)?;
+        let password_hash = hash_password(password.to_owned()).await?;
+        match self
+            .write(Op::CreateUser {
+                name,
+                password_hash,
+                invite: None,
+            })
+            .await?
+        {
+            Outcome::UserId(id) => Ok(id),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<(), CoreError> {
+        let name = Username::parse(username)
+            .ok_or_else(|| CoreError::reject(ErrorCode::UnknownUser, "no such user"))?;
+        self.write(Op::SetUserDisabled { name, disabled }).await?;
+        Ok(())
+    }
+
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        device_name: Option<String>,
+    ) -> Result<LoginResponse, CoreError> {
+        let bad = || CoreError::reject(ErrorCode::BadCredentials, "wrong username or password");
+        if let Some(n) = &device_name
+            && n.chars().count() > protocol::MAX_DEVICE_NAME_CHARS
+        {
+            return Err(CoreError::reject(
+                ErrorCode::BadRequest,
+                "deviceName is too long",
+            ));
+        }
+        let name = Username::parse(username);
+        let record = match &name {
+            Some(n) => {
+                let n = n.clone();
+                self.read(move |view| Ok(view.user(&n)?)).await?
+            }
+            None => None,
+        };
+        let phc = record
+            .as_ref()
+            .map(|r| r.password_hash.clone())
+            .unwrap_or_else(|| auth::dummy_hash().to_owned());
+        let password = password.to_owned();
+        let ok =
+            tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc)).await?;
+        let (Some(name), Some(record), true) = (name, record, ok) else {
+            return Err(bad());
+        };
+        if record.disabled {
+            return Err(CoreError::reject(
+                ErrorCode::UserDisabled,
+                "this user is disabled",
+            ));
+        }
+        let token = auth::new_token();
+        let outcome = self
+            .write(Op::CreateDevice {
+                user: name,
+                name: device_name,
+                token_hash: auth::token_hash(&token),
+            })
+            .await?;
+        match outcome {
+            Outcome::Device(ctx) => Ok(LoginResponse {
+                token,
+                device_id: ctx.device.to_string(),
+                user_id: ctx.user_id,
+            }),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The device a bearer token belongs to, if the token is valid.
+    pub async fn authenticate(&self, token: &str) -> Result<DeviceCtx, CoreError> {
+        let hash = auth::token_hash(token);
+        let node = self.inner.config.node.clone();
+        self.read(move |view| {
+            let unauthorized = || CoreError::reject(ErrorCode::Unauthorized, "invalid token");
+            let device = view.device_by_token(&hash)?.ok_or_else(unauthorized)?;
+            let record = view.device(device)?.ok_or_else(unauthorized)?;
+            let user = view.user(&record.user)?.ok_or_else(unauthorized)?;
+            if user.disabled {
+                return Err(CoreError::reject(
+                    ErrorCode::Unauthorized,
+                    "this user is disabled",
+                ));
+            }
+            Ok(DeviceCtx {
+                user_id: format!("{}@{}", record.user, node),
+                user: record.user,
+                device,
+            })
+        })
+        .await
+    }
+
+    /// Ends a device: its token stops working and its inbox is dropped.
+    pub async fn logout(&self, ctx: &DeviceCtx) -> Result<(), CoreError> {
+        self.write(Op::DeleteDevice { device: ctx.device }).await?;
+        Ok(())
+    }
+
+    /// Records that a device was seen now (for the device TTL). Fire and forget.
+    pub fn touch(&self, device: DeviceId) {
+        let _ = self.inner.writer.try_send(WriteRequest {
+            op: Op::Touch { device },
+            reply: oneshot::channel().0,
+        });
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<UserInfo>, CoreError> {
+        let node = self.inner.config.node.clone();
+        self.read(move |view| {
+            let mut out = Vec::new();
+            for user in view.users()? {
+                let devices = view.user_devices(&user.name)?.len();
+                out.push(UserInfo {
+                    user_id: format!("{}@{}", user.name, node),
+                    created_at: rfc3339(user.created_at),
+                    disabled: user.disabled,
+                    devices,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    pub async fn create_invite(&self, uses: u32, ttl_ms: Option<i64>) -> Result<Invite, CoreError> {
+        if uses == 0 {
+            return Err(CoreError::reject(
+                ErrorCode::BadRequest,
+                "uses must be at least 1",
+            ));
+        }
+        let ttl_ms = ttl_ms.unwrap_or(self.inner.config.invite_ttl_ms);
+        match self.write(Op::CreateInvite { uses, ttl_ms }).await? {
+            Outcome::Invite(invite) => Ok(invite),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Runs retention and device expiry over the whole store now.
+    pub async fn sweep(&self) -> Result<SweepReport, CoreError> {
+        let mut total = SweepReport::default();
+        let mut after = None;
+        loop {
+            match self.write(Op::Sweep { after }).await? {
+                Outcome::Swept { report, next } => {
+                    total.add(&report);
+                    match next {
+                        Some(next) => after = Some(next),
+                        None => return Ok(total),
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ commands
+
+    /// Starts a command. The returned future resolves to its result. Writes are
+    /// queued before this returns, so commands dispatched one after another by one
+    /// connection are applied in that order.
+    pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Pending {
+        match command {
+            Command::ListChats => {
+                let this = self.clone();
+                let user = ctx.user.clone();
+                Box::pin(async move { this.list_chats(user).await })
+            }
+            Command::GetHistory {
+                chat_id,
+                before_seq,
+                after_seq,
+                limit,
+            } => {
+                let this = self.clone();
+                let user_id = ctx.user_id.clone();
+                Box::pin(async move {
+                    this.history(user_id, chat_id, before_seq, after_seq, limit)
+                        .await
+                })
+            }
+            Command::GetAttachmentTarget { .. } | Command::GetAttachmentUrl { .. } => {
+                Box::pin(async {
+                    Err(CoreError::reject(
+                        ErrorCode::BadRequest,
+                        "attachments are not enabled on this node",
+                    ))
+                })
+            }
+            command => {
+                let queued = self
+                    .enqueue(Op::Command {
+                        ctx: ctx.clone(),
+                        command,
+                    })
+                    .await;
+                Box::pin(async move {
+                    match queued?.await.map_err(|_| CoreError::Stopped)?? {
+                        Outcome::Command(result) => Ok(result),
+                        other => Err(unexpected(other)),
+                    }
+                })
+            }
+        }
+    }
+
+    async fn list_chats(&self, user: Username) -> Result<CommandResult, CoreError> {
+        self.read(move |view| {
+            let mut chats: Vec<(i64, ChatSummary)> = Vec::new();
+            for (chat_id, membership) in view.user_chats(&user)? {
+                let Some(chat) = view.chat(chat_id)? else {
+                    continue;
+                };
+                let participants = view.members(chat_id)?;
+                let recent = chat.last_message_at.unwrap_or(chat.created_at);
+                chats.push((
+                    recent,
+                    ChatSummary {
+                        chat_id: chat_id.to_string(),
+                        name: chat.name,
+                        participants,
+                        last_seq: chat.last_seq,
+                        last_message_at: chat.last_message_at.map(rfc3339),
+                        unread: chat.last_seq.saturating_sub(membership.read_seq),
+                    },
+                ));
+            }
+            chats.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.chat_id.cmp(&a.1.chat_id)));
+            Ok(CommandResult::Chats {
+                chats: chats.into_iter().map(|(_, c)| c).collect(),
+            })
+        })
+        .await
+    }
+
+    async fn history(
+        &self,
+        user_id: String,
+        chat_id: ChatId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u32,
+    ) -> Result<CommandResult, CoreError> {
+        self.read(move |view| {
+            if view.chat(chat_id)?.is_none() {
+                return Err(CoreError::reject(ErrorCode::UnknownChat, "no such chat"));
+            }
+            if !view.is_member(chat_id, &user_id)? {
+                return Err(CoreError::reject(
+                    ErrorCode::NotParticipant,
+                    "you are not a participant of this chat",
+                ));
+            }
+            let from = after.map_or(1, |a| a.saturating_add(1));
+            let to = before.unwrap_or(u64::MAX);
+            // With only `beforeSeq` (or nothing) the client scrolls back: newest first.
+            let newest = after.is_none();
+            let rows = view.messages(chat_id, from, to, limit as usize, newest)?;
+            Ok(CommandResult::History {
+                messages: rows
+                    .iter()
+                    .map(|(seq, m)| render::message_view(chat_id, *seq, m))
+                    .collect(),
+            })
+        })
+        .await
+    }
+
+    // ------------------------------------------------------------ delivery
+
+    /// A device's pending events with delivery id > `after`, oldest first, as frames.
+    pub async fn backlog(
+        &self,
+        device: DeviceId,
+        after: DeliveryId,
+        limit: usize,
+    ) -> Result<Vec<(DeliveryId, String)>, CoreError> {
+        self.read(move |view| {
+            let entries = view.inbox_after(device, after.0, limit)?;
+            let mut out = Vec::with_capacity(entries.len());
+            for (id, entry) in entries {
+                let event = render::entry_event(view, &entry)?;
+                out.push((
+                    DeliveryId(id),
+                    protocol::event_frame(DeliveryId(id), &event.encode()),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// The frames of specific pending events (for resends); acked ones are skipped.
+    pub async fn pending(
+        &self,
+        device: DeviceId,
+        ids: Vec<DeliveryId>,
+    ) -> Result<Vec<(DeliveryId, String)>, CoreError> {
+        self.read(move |view| {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(entry) = view.inbox_entry(device, id.0)? {
+                    let event = render::entry_event(view, &entry)?;
+                    out.push((id, protocol::event_frame(id, &event.encode())));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Acknowledges deliveries: they leave the device's inbox.
+    pub async fn ack(&self, ctx: &DeviceCtx, ids: Vec<DeliveryId>) -> Pending {
+        self.dispatch(ctx, Command::Ack { delivery_ids: ids }).await
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserInfo {
+    pub user_id: String,
+    pub created_at: String,
+    pub disabled: bool,
+    pub devices: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Invite {
+    pub code: String,
+    pub uses: u32,
+    pub expires_at: String,
+}
+
+fn check_password(password: &str) -> Result<(), CoreError> {
+    if password.chars().count() < protocol::MIN_PASSWORD_CHARS {
+        return Err(CoreError::reject(
+            ErrorCode::WeakPassword,
+            format!(
+                "passwords have at least {} characters",
+                protocol::MIN_PASSWORD_CHARS
+            ),
+        ));
+    }
+    if password.len() > protocol::MAX_PASSWORD_BYTES {
+        return Err(CoreError::reject(
+            ErrorCode::BadRequest,
+            "password is too long",
+        ));
+    }
+    Ok(())
+}
+
+async fn hash_password(password: String) -> Result<String, CoreError> {
+    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+        .await?
+        .map_err(|e| CoreError::Internal(e.to_string()))
+}
+
+fn unexpected(outcome: Outcome) -> CoreError {
+    CoreError::Internal(format!(
+        "writer answered with an unexpected outcome: {outcome:?}"
+    ))
+}

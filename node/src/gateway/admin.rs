@@ -1,0 +1,179 @@
+//! The admin HTTP API (`/admin/v1/...`), used by the `natter` CLI.
+//!
+//! Every request needs `Authorization: Bearer <admin token>`; the token is made on
+//! first start and kept in `<data>/admin.token`, readable only by its owner.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, Gateway, bearer, json_body};
+use crate::auth;
+use crate::protocol::ErrorCode;
+
+pub fn router() -> Router<Gateway> {
+    Router::new()
+        .route("/users", get(list_users).post(add_user))
+        .route("/users/{name}/disable", post(disable_user))
+        .route("/users/{name}/enable", post(enable_user))
+        .route("/invites", post(create_invite))
+        .route("/sweep", post(sweep))
+        .route("/clock", post(advance_clock))
+        .route("/status", get(status))
+}
+
+fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = bearer(headers)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing admin token"))?;
+    // Comparing hashes keeps the comparison time independent of the token.
+    if auth::token_hash(token) != gw.admin_token_hash {
+        return Err(ApiError::new(
+            ErrorCode::Unauthorized,
+            "invalid admin token",
+        ));
+    }
+    Ok(())
+}
+
+async fn list_users(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let users = gw.core.list_users().await?;
+    Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddUser {
+    username: String,
+    password: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AddedUser {
+    user_id: String,
+    /// Present when the node generated the password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+}
+
+async fn add_user(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let req: AddUser = json_body(&body)?;
+    let (password, generated) = match req.password {
+        Some(p) => (p, None),
+        None => {
+            let p = auth::new_invite_code();
+            (p.clone(), Some(p))
+        }
+    };
+    let user_id = gw.core.add_user(&req.username, &password).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(AddedUser {
+            user_id,
+            password: generated,
+        }),
+    )
+        .into_response())
+}
+
+async fn disable_user(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_admin(&gw, &headers)?;
+    gw.core.set_user_disabled(&name, true).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn enable_user(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_admin(&gw, &headers)?;
+    gw.core.set_user_disabled(&name, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct CreateInvite {
+    uses: Option<u32>,
+    /// e.g. "7d"
+    ttl: Option<String>,
+}
+
+async fn create_invite(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let req: CreateInvite = if body.is_empty() {
+        CreateInvite::default()
+    } else {
+        json_body(&body)?
+    };
+    let ttl_ms = match req.ttl {
+        Some(ttl) => Some(
+            humantime::parse_duration(&ttl)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("ttl: {e}")))?
+                .as_millis() as i64,
+        ),
+        None => None,
+    };
+    let invite = gw.core.create_invite(req.uses.unwrap_or(1), ttl_ms).await?;
+    Ok((StatusCode::CREATED, axum::Json(invite)).into_response())
+}
+
+async fn sweep(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let report = gw.core.sweep().await?;
+    Ok(axum::Json(report).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AdvanceClock {
+    advance_ms: i64,
+}
+
+/// Moves the node's clock forward. Only with `testing.adjustable_clock = true`.
+async fn advance_clock(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let req: AdvanceClock = json_body(&body)?;
+    if !gw.core.clock().advance(req.advance_ms) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the clock is not adjustable (testing.adjustable_clock) or the step is negative",
+        ));
+    }
+    let now = gw.core.clock().now_ms();
+    Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
+}
+
+async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    Ok(axum::Json(serde_json::json!({
+        "node": gw.core.node().as_str(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "onlineDevices": gw.hub.online(),
+        "registration": gw.core.config().registration,
+    }))
+    .into_response())
+}

@@ -1,0 +1,201 @@
+//! The gateway: HTTP and WebSocket endpoints for clients and admins.
+//!
+//! Owns: the axum [`router`], the mapping from core errors to HTTP statuses (one
+//! place: [`ApiError`]), authentication of requests, and client sessions
+//! ([`session`]).
+//! Does not own: any rule of the chat or any storage; it asks the [`Core`].
+
+mod admin;
+mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::de::DeserializeOwned;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{LimitsConfig, WsConfig};
+use crate::core::{Core, CoreError, DeviceCtx};
+use crate::delivery::Hub;
+use crate::protocol::{
+    self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
+};
+
+/// What every handler shares. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    pub core: Core,
+    pub hub: Hub,
+    pub ws: Arc<WsConfig>,
+    pub limits: LimitsConfig,
+    /// Cancelled when the node starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks client sessions so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    /// sha256 of the admin token.
+    pub admin_token_hash: [u8; 32],
+    /// False while starting and once shutting down.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// An HTTP error: a status and the contract's `{"code","message"}` body.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            status: status_for(code),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The HTTP status of each error code: the one place this mapping lives.
+pub fn status_for(code: ErrorCode) -> StatusCode {
+    use ErrorCode::*;
+    match code {
+        BadRequest | InvalidUsername | WeakPassword | UnknownType | MessageTooLarge
+        | AttachmentTooLarge | TooManyParticipants => StatusCode::BAD_REQUEST,
+        Unauthorized | BadCredentials => StatusCode::UNAUTHORIZED,
+        Forbidden | RegistrationClosed | InvalidInvite | UserDisabled | NotParticipant => {
+            StatusCode::FORBIDDEN
+        }
+        UnknownChat | UnknownUser | UnknownAttachment | NotFound => StatusCode::NOT_FOUND,
+        UsernameTaken => StatusCode::CONFLICT,
+        RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        if !matches!(e, CoreError::Rejected { .. }) {
+            tracing::error!(error = %e, "request failed");
+        }
+        Self::new(e.code(), e.public_message())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            code: self.code,
+            message: self.message,
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// Parses a JSON body; anything unreadable is `bad_request`.
+fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("invalid body: {e}")))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// The device behind the request's bearer token.
+async fn device(gw: &Gateway, headers: &HeaderMap) -> Result<DeviceCtx, ApiError> {
+    let token = bearer(headers)
+        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing bearer token"))?;
+    Ok(gw.core.authenticate(token).await?)
+}
+
+pub fn router(gw: Gateway) -> Router {
+    Router::new()
+        .route("/v1/register", post(register))
+        .route("/v1/login", post(login))
+        .route("/v1/logout", post(logout))
+        .route("/v1/ws", get(websocket))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/admin/v1", admin::router())
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
+        .layer(DefaultBodyLimit::max(protocol::MAX_FRAME_BYTES))
+        .with_state(gw)
+}
+
+async fn register(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+    let req: RegisterRequest = json_body(&body)?;
+    let user_id = gw
+        .core
+        .register(&req.username, &req.password, req.invite)
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(RegisterResponse { user_id }),
+    )
+        .into_response())
+}
+
+async fn login(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+    let req: LoginRequest = json_body(&body)?;
+    let response = gw
+        .core
+        .login(&req.username, &req.password, req.device_name)
+        .await?;
+    Ok(axum::Json(response).into_response())
+}
+
+async fn logout(State(gw): State<Gateway>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
+    let ctx = device(&gw, &headers).await?;
+    gw.core.logout(&ctx).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn readyz(State(gw): State<Gateway>) -> Response {
+    if gw.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn websocket(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    // With a header, a bad token is refused before the upgrade (401); without one,
+    // the client authenticates with its first frame.
+    let ctx = match bearer(&headers) {
+        Some(_) => Some(device(&gw, &headers).await?),
+        None => None,
+    };
+    let upgrade = upgrade.map_err(|e| ApiError::new(ErrorCode::BadRequest, e.to_string()))?;
+    if gw.shutdown.is_cancelled() {
+        return Err(ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: ErrorCode::Internal,
+            message: "the node is shutting down".into(),
+        });
+    }
+    let ws = gw.ws.clone();
+    let sessions = gw.sessions.clone();
+    Ok(upgrade
+        .read_buffer_size(ws.read_buffer)
+        .write_buffer_size(ws.write_buffer)
+        // Results (a page of history) can be far larger than client frames.
+        .max_write_buffer_size(64 << 20)
+        .max_message_size(protocol::MAX_FRAME_BYTES)
+        .max_frame_size(protocol::MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| sessions.track_future(session::run(gw, socket, ctx))))
+}

@@ -1,0 +1,518 @@
+//! One client WebSocket session.
+//!
+//! Shape: a writer half that drains a bounded queue of frames onto the socket
+//! (`feed` many, `flush` once, under a write timeout), and a session half that
+//! reads client frames, runs commands, and moves deliveries from the inbox and the
+//! live hop into that queue. Both run in the connection's task, joined by
+//! `select!`.
+//!
+//! Delivery, per device, is driven by one cursor (the highest delivery id queued
+//! on this connection) and a window of unacknowledged events:
+//! - "behind" (at start, after lagging, or when the window was full): read the
+//!   inbox after the cursor, as much as the window allows; a short read means
+//!   caught up.
+//! - caught up: live deliveries above the cursor go straight out; those at or
+//!   below it were already sent from the inbox.
+//!
+//! Invariant: while behind, live deliveries are ignored and the inbox read happens
+//! inline (no live delivery is handled during it), so every event committed before
+//! the read is in the read and every later one arrives live afterwards, in order.
+//! Unacknowledged events are sent again after `resend_after`, and on the next
+//! connection (they are still in the inbox).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Gateway;
+use crate::core::{CoreError, DeviceCtx};
+use crate::delivery::{Attachment, Delivery};
+use crate::ids::DeliveryId;
+use crate::protocol::{
+    self, ClientFrame, Command, CommandResult, ErrorCode, Reply, close, decode_client_frame,
+};
+
+/// Frames queued for the writer half.
+enum Outgoing {
+    Text(String),
+    Ping,
+    Close(u16, &'static str),
+}
+
+/// Why a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed or the socket failed.
+    Gone,
+    /// A close frame was queued; let the writer flush it.
+    Closed,
+    /// The client could not keep up; drop the socket now.
+    Slow,
+}
+
+type Answer =
+    Pin<Box<dyn Future<Output = (String, &'static str, Result<CommandResult, CoreError>)> + Send>>;
+
+pub async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
+    let (mut sink, mut stream) = socket.split();
+    let ctx = match ctx {
+        Some(ctx) => ctx,
+        None => match authenticate_by_frame(&gw, &mut stream).await {
+            Ok(ctx) => ctx,
+            Err(reason) => {
+                let frame = CloseFrame {
+                    code: close::UNAUTHORIZED,
+                    reason: Utf8Bytes::from_static(reason),
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    sink.send(Message::Close(Some(frame))),
+                )
+                .await;
+                return;
+            }
+        },
+    };
+    let span = tracing::info_span!("session", device = %ctx.device, user = %ctx.user_id);
+    async move {
+        tracing::debug!("connected");
+        let (out, out_rx) = mpsc::channel(gw.ws.send_queue);
+        let writer = write_loop(sink, out_rx, gw.ws.write_timeout);
+        tokio::pin!(writer);
+        let attachment = gw.hub.attach(ctx.device);
+        let session = Session::new(gw.clone(), ctx, out).run(stream, attachment);
+        tokio::pin!(session);
+        tokio::select! {
+            () = &mut writer => {}
+            end = &mut session => {
+                if end != End::Slow {
+                    // Let the writer flush what is queued (a close frame, results).
+                    let _ = tokio::time::timeout(gw.ws.write_timeout, writer).await;
+                }
+            }
+        }
+        tracing::debug!("disconnected");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Waits for `{"type":"auth","token":…}` as the first frame.
+async fn authenticate_by_frame(
+    gw: &Gateway,
+    stream: &mut SplitStream<WebSocket>,
+) -> Result<DeviceCtx, &'static str> {
+    let first = tokio::time::timeout(gw.ws.auth_timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Text(text))) => return Some(text),
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                _ => return None,
+            }
+        }
+    })
+    .await
+    .map_err(|_| "no auth frame in time")?
+    .ok_or("expected an auth frame")?;
+    match decode_client_frame(&first, gw.core.node()) {
+        Ok(ClientFrame::Auth { token }) => gw
+            .core
+            .authenticate(&token)
+            .await
+            .map_err(|_| "invalid token"),
+        _ => Err("expected an auth frame"),
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outgoing>,
+    write_timeout: Duration,
+) {
+    // Frames written before one flush.
+    const BATCH: usize = 64;
+    while let Some(first) = rx.recv().await {
+        let batch = async {
+            let mut next = Some(first);
+            let mut written = 0;
+            while let Some(frame) = next.take() {
+                let (message, last) = match frame {
+                    Outgoing::Text(text) => (Message::Text(text.into()), false),
+                    Outgoing::Ping => (Message::Ping(Default::default()), false),
+                    Outgoing::Close(code, reason) => (
+                        Message::Close(Some(CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from_static(reason),
+                        })),
+                        true,
+                    ),
+                };
+                sink.feed(message).await?;
+                if last {
+                    sink.flush().await?;
+                    return Ok::<_, axum::Error>(true);
+                }
+                written += 1;
+                if written < BATCH {
+                    next = rx.try_recv().ok();
+                }
+            }
+            sink.flush().await?;
+            Ok(false)
+        };
+        match tokio::time::timeout(write_timeout, batch).await {
+            Ok(Ok(false)) => {}
+            Ok(Ok(true)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "write failed");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("write timed out; dropping a client that does not read");
+                return;
+            }
+        }
+    }
+}
+
+/// Sends a device may make: a token bucket.
+struct RateLimit {
+    tokens: f64,
+    rate: f64,
+    burst: f64,
+    at: Instant,
+}
+
+impl RateLimit {
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Session {
+    gw: Gateway,
+    ctx: DeviceCtx,
+    out: mpsc::Sender<Outgoing>,
+    /// Highest delivery id queued on this connection.
+    cursor: DeliveryId,
+    /// Live deliveries are ignored until the inbox has been read up to date.
+    behind: bool,
+    /// Sent, not yet acknowledged: delivery id → when it was (last) sent.
+    inflight: BTreeMap<DeliveryId, Instant>,
+    answers: FuturesUnordered<Answer>,
+    rate: RateLimit,
+    last_heard: Instant,
+    last_ping: Instant,
+    last_touch: Instant,
+}
+
+/// How often lastActive is refreshed while a device stays connected.
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+
+impl Session {
+    fn new(gw: Gateway, ctx: DeviceCtx, out: mpsc::Sender<Outgoing>) -> Self {
+        let now = Instant::now();
+        let limits = gw.limits.clone();
+        Self {
+            gw,
+            ctx,
+            out,
+            cursor: DeliveryId(0),
+            behind: true,
+            inflight: BTreeMap::new(),
+            answers: FuturesUnordered::new(),
+            rate: RateLimit {
+                tokens: f64::from(limits.send_burst),
+                rate: limits.send_rate,
+                burst: f64::from(limits.send_burst),
+                at: now,
+            },
+            last_heard: now,
+            last_ping: now,
+            last_touch: now,
+        }
+    }
+
+    /// Queues a frame; `Err` when the client is too slow to take it.
+    fn send(&self, frame: Outgoing) -> Result<(), End> {
+        self.out.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => End::Slow,
+            mpsc::error::TrySendError::Closed(_) => End::Gone,
+        })
+    }
+
+    fn close(&self, code: u16, reason: &'static str) -> End {
+        match self.out.try_send(Outgoing::Close(code, reason)) {
+            Ok(()) => End::Closed,
+            Err(_) => End::Slow,
+        }
+    }
+
+    async fn run(mut self, mut stream: SplitStream<WebSocket>, mut live: Attachment) -> End {
+        self.gw.core.touch(self.ctx.device);
+        let ready = Reply::Ready {
+            user_id: self.ctx.user_id.clone(),
+            device_id: self.ctx.device.to_string(),
+            node: self.gw.core.node().to_string(),
+            protocol: protocol::PROTOCOL_VERSION,
+        };
+        if let Err(end) = self.send(Outgoing::Text(ready.encode())) {
+            return end;
+        }
+        let ws = self.gw.ws.clone();
+        let tick_every = (ws.ping_interval.min(ws.resend_after) / 4).max(Duration::from_millis(20));
+        let mut tick = tokio::time::interval(tick_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let shutdown = self.gw.shutdown.clone();
+        let end = loop {
+            if self.behind && self.inflight.len() < ws.window {
+                if let Err(end) = self.catch_up(&live).await {
+                    break end;
+                }
+                continue;
+            }
+            // Biased: deliveries already handed to this connection go out before
+            // the answer to any frame read after them.
+            let step = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Err(self.finish().await),
+                delivery = live.rx.recv() => match delivery {
+                    Some(delivery) => self.on_live(delivery, &live),
+                    None => Err(self.close(close::DISPLACED, "displaced by a newer connection")),
+                },
+                Some((id, kind, result)) = self.answers.next(), if !self.answers.is_empty() => {
+                    self.answer(id, kind, result)
+                }
+                frame = stream.next() => self.on_frame(frame).await,
+                _ = tick.tick() => self.on_tick().await,
+            };
+            if let Err(end) = step {
+                break end;
+            }
+        };
+        // What was sent but not acknowledged stays in the inbox for the next connection.
+        self.gw.core.touch(self.ctx.device);
+        end
+    }
+
+    /// Shutdown: answers the commands already taken, then closes with 1001.
+    async fn finish(&mut self) -> End {
+        let grace = self.gw.ws.write_timeout;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some((id, kind, result)) = self.answers.next().await {
+                if self.answer(id, kind, result).is_err() {
+                    break;
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown: commands still running after {grace:?}");
+        }
+        self.close(close::GOING_AWAY, "node shutting down")
+    }
+
+    /// Reads the inbox after the cursor, as far as the window allows.
+    async fn catch_up(&mut self, live: &Attachment) -> Result<(), End> {
+        // Cleared before the read: anything dropped from here on is in the read.
+        live.lagged.store(false, Ordering::Release);
+        let room = self.gw.ws.window - self.inflight.len();
+        let frames = match self
+            .gw
+            .core
+            .backlog(self.ctx.device, self.cursor, room)
+            .await
+        {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the inbox failed");
+                return Err(self.close(1011, "internal error"));
+            }
+        };
+        if frames.len() < room {
+            self.behind = false;
+        }
+        let now = Instant::now();
+        for (id, frame) in frames {
+            self.send(Outgoing::Text(frame))?;
+            self.cursor = id;
+            self.inflight.insert(id, now);
+        }
+        Ok(())
+    }
+
+    fn on_live(&mut self, delivery: Delivery, live: &Attachment) -> Result<(), End> {
+        if live.lagged.load(Ordering::Acquire) {
+            // Some deliveries were dropped before this one: fetch them in order.
+            self.behind = true;
+        }
+        if self.behind || delivery.id <= self.cursor {
+            return Ok(());
+        }
+        if self.inflight.len() >= self.gw.ws.window {
+            self.behind = true;
+            return Ok(());
+        }
+        self.send(Outgoing::Text(protocol::event_frame(
+            delivery.id,
+            &delivery.encoded,
+        )))?;
+        self.cursor = delivery.id;
+        self.inflight.insert(delivery.id, Instant::now());
+        Ok(())
+    }
+
+    async fn on_frame(&mut self, frame: Option<Result<Message, axum::Error>>) -> Result<(), End> {
+        let message = match frame {
+            None => return Err(End::Gone),
+            Some(Err(e)) => {
+                if is_too_big(&e) {
+                    return Err(self.close(close::TOO_BIG, "frame too large"));
+                }
+                tracing::debug!(error = %e, "read failed");
+                return Err(End::Gone);
+            }
+            Some(Ok(message)) => message,
+        };
+        self.last_heard = Instant::now();
+        match message {
+            Message::Text(text) => self.on_text(&text).await,
+            Message::Binary(_) => self.send(Outgoing::Text(
+                Reply::Error {
+                    id: None,
+                    code: ErrorCode::BadRequest,
+                    message: "frames are JSON text".into(),
+                }
+                .encode(),
+            )),
+            Message::Ping(_) | Message::Pong(_) => Ok(()),
+            Message::Close(_) => Err(End::Gone),
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), End> {
+        let (id, command) = match decode_client_frame(text, self.gw.core.node()) {
+            Ok(ClientFrame::Command { id, command }) => (id, command),
+            Ok(ClientFrame::Auth { .. }) => {
+                return self.error(None, ErrorCode::BadRequest, "already authenticated".into());
+            }
+            Err(e) => return self.error(e.id, e.code, e.message),
+        };
+        let kind = command.kind();
+        if let Command::Ack { delivery_ids } = &command {
+            for delivery in delivery_ids {
+                self.inflight.remove(delivery);
+            }
+        }
+        if let Command::SendMessage { .. } = &command
+            && !self.rate.take(Instant::now())
+        {
+            return self.error(
+                id,
+                ErrorCode::RateLimited,
+                "sending too fast; slow down".into(),
+            );
+        }
+        // Queued now, in frame order; answered whenever it completes.
+        let pending = self.gw.core.dispatch(&self.ctx, command).await;
+        if let Some(id) = id {
+            self.answers
+                .push(Box::pin(async move { (id, kind, pending.await) }));
+        }
+        Ok(())
+    }
+
+    fn answer(
+        &mut self,
+        id: String,
+        kind: &'static str,
+        result: Result<CommandResult, CoreError>,
+    ) -> Result<(), End> {
+        match result {
+            Ok(result) => self.send(Outgoing::Text(Reply::Result { id, result }.encode())),
+            Err(e) => {
+                if !matches!(e, CoreError::Rejected { .. }) {
+                    tracing::error!(request_id = %id, command = kind, error = %e, "command failed");
+                }
+                self.error(Some(id), e.code(), e.public_message())
+            }
+        }
+    }
+
+    fn error(&self, id: Option<String>, code: ErrorCode, message: String) -> Result<(), End> {
+        self.send(Outgoing::Text(Reply::Error { id, code, message }.encode()))
+    }
+
+    async fn on_tick(&mut self) -> Result<(), End> {
+        let now = Instant::now();
+        let ws = self.gw.ws.clone();
+        if now.duration_since(self.last_heard) > ws.ping_timeout {
+            tracing::info!("no sign of life from the client; closing");
+            return Err(End::Slow);
+        }
+        if now.duration_since(self.last_ping) >= ws.ping_interval {
+            self.last_ping = now;
+            self.send(Outgoing::Ping)?;
+        }
+        if now.duration_since(self.last_touch) >= TOUCH_EVERY {
+            self.last_touch = now;
+            self.gw.core.touch(self.ctx.device);
+        }
+        let due: Vec<DeliveryId> = self
+            .inflight
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= ws.resend_after)
+            .map(|(id, _)| *id)
+            .take(ws.window)
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let frames = match self.gw.core.pending(self.ctx.device, due.clone()).await {
+            Ok(frames) => frames,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the inbox for resends failed");
+                return Ok(());
+            }
+        };
+        // What is no longer in the inbox was acknowledged (or expired): forget it.
+        for id in &due {
+            self.inflight.remove(id);
+        }
+        let now = Instant::now();
+        for (id, frame) in frames {
+            self.send(Outgoing::Text(frame))?;
+            self.inflight.insert(id, now);
+        }
+        Ok(())
+    }
+}
+
+/// Whether a read failed because a frame was over the size limit.
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(tungstenite::Error::Capacity(_)) = err.downcast_ref::<tungstenite::Error>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}

@@ -1,0 +1,870 @@
+//! Wire types of client protocol v1 (docs/protocol.md is the contract).
+//!
+//! Owns: the JSON shapes of every HTTP body and WebSocket frame, the limits the
+//! contract names, the one function that decodes client frames, and the one
+//! function that stamps a `deliveryId` onto a pre-serialized event.
+//! Does not own: any I/O. No axum, fjall or NATS types appear here; everything
+//! serializable here is part of a boundary.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::ids::{ChatId, DeliveryId, NodeName, UserRef};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Frames above this close the socket with 1009.
+pub const MAX_FRAME_BYTES: usize = 64 * 1024;
+/// `message` text limit, in bytes of UTF-8.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
+/// Participants of one chat, the creator included.
+pub const MAX_PARTICIPANTS: usize = 100;
+pub const MAX_ATTACHMENTS: usize = 10;
+pub const MAX_REQUEST_ID_CHARS: usize = 64;
+pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
+pub const MAX_CHAT_NAME_CHARS: usize = 128;
+pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
+pub const HISTORY_MAX_LIMIT: u32 = 200;
+pub const MAX_ACK_IDS: usize = 1024;
+pub const MIN_PASSWORD_CHARS: usize = 8;
+pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// WebSocket close codes used by the server.
+pub mod close {
+    /// The node is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame was larger than [`super::MAX_FRAME_BYTES`].
+    pub const TOO_BIG: u16 = 1009;
+    /// The connection could not keep up with its deliveries (its inbox keeps them).
+    pub const SLOW_CONSUMER: u16 = 4008;
+    /// Missing, bad or expired token; or no `auth` frame in time.
+    pub const UNAUTHORIZED: u16 = 4401;
+    /// Another connection of the same device took over.
+    pub const DISPLACED: u16 = 4409;
+}
+
+/// Every stable error code of the contract (WebSocket and HTTP).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    Unauthorized,
+    Forbidden,
+    UnknownChat,
+    UnknownUser,
+    NotParticipant,
+    TooManyParticipants,
+    MessageTooLarge,
+    UnknownAttachment,
+    AttachmentTooLarge,
+    RateLimited,
+    Internal,
+    // HTTP only.
+    InvalidUsername,
+    WeakPassword,
+    RegistrationClosed,
+    InvalidInvite,
+    UsernameTaken,
+    BadCredentials,
+    UserDisabled,
+    NotFound,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownType => "unknown_type",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::UnknownChat => "unknown_chat",
+            Self::UnknownUser => "unknown_user",
+            Self::NotParticipant => "not_participant",
+            Self::TooManyParticipants => "too_many_participants",
+            Self::MessageTooLarge => "message_too_large",
+            Self::UnknownAttachment => "unknown_attachment",
+            Self::AttachmentTooLarge => "attachment_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Internal => "internal",
+            Self::InvalidUsername => "invalid_username",
+            Self::WeakPassword => "weak_password",
+            Self::RegistrationClosed => "registration_closed",
+            Self::InvalidInvite => "invalid_invite",
+            Self::UsernameTaken => "username_taken",
+            Self::BadCredentials => "bad_credentials",
+            Self::UserDisabled => "user_disabled",
+            Self::NotFound => "not_found",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+// ---------------------------------------------------------------- HTTP bodies
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invite: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegisterResponse {
+    pub user_id: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginResponse {
+    pub token: String,
+    pub device_id: String,
+    pub user_id: String,
+}
+
+/// The body of every HTTP error, and the shape of `error` frames minus `type`/`id`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+// ------------------------------------------------------------ client frames
+
+/// A decoded client frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame {
+    /// `{"type":"auth","token":"…"}`, for clients that cannot set headers.
+    Auth { token: String },
+    Command {
+        /// Absent only where the contract allows it (`ack`).
+        id: Option<String>,
+        command: Command,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Operation {
+    #[serde(rename = "ADD")]
+    Add,
+    #[serde(rename = "REMOVE")]
+    Remove,
+}
+
+/// A client command, validated: ids parsed, limits checked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    CreateChat {
+        participants: Vec<UserRef>,
+        name: Option<String>,
+    },
+    SendMessage {
+        chat_id: ChatId,
+        message: String,
+        attachments: Vec<String>,
+        client_msg_id: Option<String>,
+    },
+    ModifyChatParticipants {
+        chat_id: ChatId,
+        user: UserRef,
+        operation: Operation,
+    },
+    GetAttachmentTarget {
+        size: u64,
+        content_type: String,
+        name: Option<String>,
+    },
+    GetAttachmentUrl {
+        attachment_id: String,
+    },
+    ListChats,
+    GetHistory {
+        chat_id: ChatId,
+        before_seq: Option<u64>,
+        after_seq: Option<u64>,
+        limit: u32,
+    },
+    MarkRead {
+        chat_id: ChatId,
+        seq: u64,
+    },
+    Ack {
+        delivery_ids: Vec<DeliveryId>,
+    },
+}
+
+impl Command {
+    /// The `type` this command arrived as (for logs and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::CreateChat { .. } => "createChat",
+            Self::SendMessage { .. } => "sendMessage",
+            Self::ModifyChatParticipants { .. } => "modifyChatParticipants",
+            Self::GetAttachmentTarget { .. } => "getAttachmentTarget",
+            Self::GetAttachmentUrl { .. } => "getAttachmentUrl",
+            Self::ListChats => "listChats",
+            Self::GetHistory { .. } => "getHistory",
+            Self::MarkRead { .. } => "markRead",
+            Self::Ack { .. } => "ack",
+        }
+    }
+}
+
+/// Why a client frame was refused; becomes an `error` frame.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeError {
+    pub id: Option<String>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(id: &Option<String>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id: id.clone(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+// Raw shapes of each command, as they arrive. Unknown fields are ignored so that
+// newer clients can talk to older nodes.
+#[derive(Deserialize)]
+struct RawCreateChat {
+    #[serde(default)]
+    participants: Vec<String>,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawSendMessage {
+    chat_id: String,
+    message: String,
+    #[serde(default)]
+    attachments: Vec<String>,
+    client_msg_id: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawModify {
+    chat_id: String,
+    user_id: String,
+    operation: Operation,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAttachmentTarget {
+    size: u64,
+    content_type: String,
+    name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAttachmentUrl {
+    attachment_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawHistory {
+    chat_id: String,
+    before_seq: Option<u64>,
+    after_seq: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawMarkRead {
+    chat_id: String,
+    seq: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawAck {
+    delivery_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct RawAuth {
+    token: String,
+}
+
+fn fields<T: serde::de::DeserializeOwned>(
+    map: Map<String, Value>,
+    id: &Option<String>,
+) -> Result<T, DecodeError> {
+    serde_json::from_value(Value::Object(map))
+        .map_err(|e| DecodeError::new(id, ErrorCode::BadRequest, format!("invalid fields: {e}")))
+}
+
+fn chat_id(s: &str, id: &Option<String>) -> Result<ChatId, DecodeError> {
+    ChatId::parse(s).ok_or_else(|| DecodeError::new(id, ErrorCode::UnknownChat, "no such chat"))
+}
+
+fn user_ref(s: &str, local: &NodeName, id: &Option<String>) -> Result<UserRef, DecodeError> {
+    UserRef::parse(s, local)
+        .ok_or_else(|| DecodeError::new(id, ErrorCode::UnknownUser, format!("no such user {s:?}")))
+}
+
+/// Decodes one client text frame. This is the one place command names are matched.
+pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, DecodeError> {
+    let none = None;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DecodeError::new(&none, ErrorCode::BadRequest, format!("not JSON: {e}")))?;
+    let Value::Object(mut map) = value else {
+        return Err(DecodeError::new(
+            &none,
+            ErrorCode::BadRequest,
+            "a frame must be a JSON object",
+        ));
+    };
+    let id = match map.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_CHARS => Some(s),
+        Some(Value::String(_)) => {
+            return Err(DecodeError::new(
+                &none,
+                ErrorCode::BadRequest,
+                format!("id longer than {MAX_REQUEST_ID_CHARS} characters"),
+            ));
+        }
+        Some(_) => {
+            return Err(DecodeError::new(
+                &none,
+                ErrorCode::BadRequest,
+                "id must be a string",
+            ));
+        }
+    };
+    let kind = match map.remove("type") {
+        Some(Value::String(s)) => s,
+        Some(_) => {
+            return Err(DecodeError::new(
+                &id,
+                ErrorCode::BadRequest,
+                "type must be a string",
+            ));
+        }
+        None => return Err(DecodeError::new(&id, ErrorCode::BadRequest, "missing type")),
+    };
+    let command = match kind.as_str() {
+        "auth" => {
+            let raw: RawAuth = fields(map, &id)?;
+            return Ok(ClientFrame::Auth { token: raw.token });
+        }
+        "ack" => {
+            let raw: RawAck = fields(map, &id)?;
+            if raw.delivery_ids.len() > MAX_ACK_IDS {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_ACK_IDS} deliveryIds per ack"),
+                ));
+            }
+            let delivery_ids = raw
+                .delivery_ids
+                .iter()
+                .map(|s| DeliveryId::parse(s))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    DecodeError::new(&id, ErrorCode::BadRequest, "invalid deliveryId")
+                })?;
+            Command::Ack { delivery_ids }
+        }
+        _ if id.is_none() && is_command(&kind) => {
+            return Err(DecodeError::new(
+                &none,
+                ErrorCode::BadRequest,
+                "commands need an id",
+            ));
+        }
+        "createChat" => {
+            let raw: RawCreateChat = fields(map, &id)?;
+            if let Some(name) = &raw.name {
+                check_chat_name(name, &id)?;
+            }
+            // Too many is refused by the core, which knows whether the creator is listed.
+            if raw.participants.len() > 4 * MAX_PARTICIPANTS {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::TooManyParticipants,
+                    format!("a chat has at most {MAX_PARTICIPANTS} participants"),
+                ));
+            }
+            let participants = raw
+                .participants
+                .iter()
+                .map(|p| user_ref(p, local, &id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Command::CreateChat {
+                participants,
+                name: raw.name,
+            }
+        }
+        "sendMessage" => {
+            let raw: RawSendMessage = fields(map, &id)?;
+            let chat_id = chat_id(&raw.chat_id, &id)?;
+            if raw.message.len() > MAX_MESSAGE_BYTES {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::MessageTooLarge,
+                    format!("message is over {MAX_MESSAGE_BYTES} bytes"),
+                ));
+            }
+            if raw.attachments.len() > MAX_ATTACHMENTS {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    format!("at most {MAX_ATTACHMENTS} attachments"),
+                ));
+            }
+            if raw.message.is_empty() && raw.attachments.is_empty() {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    "a message needs text or attachments",
+                ));
+            }
+            if let Some(c) = &raw.client_msg_id
+                && (c.is_empty() || c.chars().count() > MAX_CLIENT_MSG_ID_CHARS)
+            {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    format!("clientMsgId must be 1-{MAX_CLIENT_MSG_ID_CHARS} characters"),
+                ));
+            }
+            Command::SendMessage {
+                chat_id,
+                message: raw.message,
+                attachments: raw.attachments,
+                client_msg_id: raw.client_msg_id,
+            }
+        }
+        "modifyChatParticipants" => {
+            let raw: RawModify = fields(map, &id)?;
+            Command::ModifyChatParticipants {
+                chat_id: chat_id(&raw.chat_id, &id)?,
+                user: user_ref(&raw.user_id, local, &id)?,
+                operation: raw.operation,
+            }
+        }
+        "getAttachmentTarget" => {
+            let raw: RawAttachmentTarget = fields(map, &id)?;
+            if raw.content_type.is_empty() || raw.content_type.len() > 255 {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    "contentType must be 1-255 characters",
+                ));
+            }
+            Command::GetAttachmentTarget {
+                size: raw.size,
+                content_type: raw.content_type,
+                name: raw.name,
+            }
+        }
+        "getAttachmentUrl" => {
+            let raw: RawAttachmentUrl = fields(map, &id)?;
+            Command::GetAttachmentUrl {
+                attachment_id: raw.attachment_id,
+            }
+        }
+        "listChats" => Command::ListChats,
+        "getHistory" => {
+            let raw: RawHistory = fields(map, &id)?;
+            let limit = raw.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
+            if limit == 0 || limit > HISTORY_MAX_LIMIT {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    format!("limit must be 1-{HISTORY_MAX_LIMIT}"),
+                ));
+            }
+            Command::GetHistory {
+                chat_id: chat_id(&raw.chat_id, &id)?,
+                before_seq: raw.before_seq,
+                after_seq: raw.after_seq,
+                limit,
+            }
+        }
+        "markRead" => {
+            let raw: RawMarkRead = fields(map, &id)?;
+            Command::MarkRead {
+                chat_id: chat_id(&raw.chat_id, &id)?,
+                seq: raw.seq,
+            }
+        }
+        other => {
+            return Err(DecodeError::new(
+                &id,
+                ErrorCode::UnknownType,
+                format!("unknown type {other:?}"),
+            ));
+        }
+    };
+    Ok(ClientFrame::Command { id, command })
+}
+
+fn is_command(kind: &str) -> bool {
+    matches!(
+        kind,
+        "createChat"
+            | "sendMessage"
+            | "modifyChatParticipants"
+            | "getAttachmentTarget"
+            | "getAttachmentUrl"
+            | "listChats"
+            | "getHistory"
+            | "markRead"
+    )
+}
+
+fn check_chat_name(name: &str, id: &Option<String>) -> Result<(), DecodeError> {
+    if name.chars().count() > MAX_CHAT_NAME_CHARS {
+        return Err(DecodeError::new(
+            id,
+            ErrorCode::BadRequest,
+            format!("name is over {MAX_CHAT_NAME_CHARS} characters"),
+        ));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------ server frames
+
+/// Metadata of an attachment, as it travels with a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AttachmentView {
+    pub attachment_id: String,
+    pub content_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A message as `newMessage` and `getHistory` show it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MessageView {
+    pub chat_id: String,
+    pub message_id: String,
+    pub seq: u64,
+    pub from: String,
+    pub sent_at: String,
+    pub message: String,
+    pub attachments: Vec<AttachmentView>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum UpdateReason {
+    Created,
+    Added,
+    Removed,
+    Renamed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatUpdateView {
+    pub chat_id: String,
+    pub name: Option<String>,
+    pub participants: Vec<String>,
+    pub reason: UpdateReason,
+}
+
+/// Sent in place of events that retention removed before the device fetched them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExpiredView {
+    /// How many events were dropped.
+    pub count: u64,
+    pub oldest_at: String,
+    pub newest_at: String,
+}
+
+/// A server event, without its `deliveryId` (which differs per device).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Event {
+    NewMessage(MessageView),
+    ChatUpdate(ChatUpdateView),
+    Expired(ExpiredView),
+}
+
+impl Event {
+    /// Serializes the event once; [`event_frame`] then stamps it per device.
+    pub fn encode(&self) -> Arc<str> {
+        // Serializing these plain structs cannot fail.
+        Arc::from(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
+/// Builds the frame for one device from an event serialized once by [`Event::encode`].
+pub fn event_frame(delivery_id: DeliveryId, encoded: &str) -> String {
+    // `encoded` is a JSON object with at least `type`, so it starts with `{"`.
+    let rest = encoded.strip_prefix('{').unwrap_or(encoded);
+    let mut out = String::with_capacity(encoded.len() + 32);
+    out.push_str("{\"deliveryId\":\"");
+    out.push_str(&delivery_id.to_string());
+    out.push_str("\",");
+    out.push_str(rest);
+    out
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatSummary {
+    pub chat_id: String,
+    pub name: Option<String>,
+    pub participants: Vec<String>,
+    pub last_seq: u64,
+    pub last_message_at: Option<String>,
+    pub unread: u64,
+}
+
+/// The fields of a `result`, per command.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, rename_all = "camelCase")]
+pub enum CommandResult {
+    #[serde(rename_all = "camelCase")]
+    MessageSent {
+        message_id: String,
+        seq: u64,
+        sent_at: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    AttachmentTarget {
+        attachment_id: String,
+        upload_url: String,
+        method: String,
+        headers: std::collections::BTreeMap<String, String>,
+        expires_at: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    AttachmentUrl {
+        url: String,
+        expires_at: String,
+    },
+    #[serde(rename_all = "camelCase")]
+    ChatCreated {
+        chat_id: String,
+    },
+    Participants {
+        participants: Vec<String>,
+    },
+    Chats {
+        chats: Vec<ChatSummary>,
+    },
+    History {
+        messages: Vec<MessageView>,
+    },
+    Empty {},
+}
+
+/// Frames the server sends that answer or greet (events are [`Event`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Reply {
+    #[serde(rename_all = "camelCase")]
+    Ready {
+        user_id: String,
+        device_id: String,
+        node: String,
+        protocol: u32,
+    },
+    Result {
+        id: String,
+        #[serde(flatten)]
+        result: CommandResult,
+    },
+    Error {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        id: Option<String>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+impl Reply {
+    pub fn encode(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local() -> NodeName {
+        NodeName::parse("localhost").unwrap()
+    }
+
+    fn code_of(text: &str) -> (Option<String>, ErrorCode) {
+        let err = decode_client_frame(text, &local()).unwrap_err();
+        (err.id, err.code)
+    }
+
+    #[test]
+    fn refuses_malformed_frames_with_stable_codes() {
+        let cases: &[(&str, Option<&str>, ErrorCode)] = &[
+            ("nope", None, ErrorCode::BadRequest),
+            ("[1,2]", None, ErrorCode::BadRequest),
+            (r#"{"id":"a"}"#, Some("a"), ErrorCode::BadRequest),
+            (r#"{"id":"a","type":7}"#, Some("a"), ErrorCode::BadRequest),
+            (
+                r#"{"id":"a","type":"fly"}"#,
+                Some("a"),
+                ErrorCode::UnknownType,
+            ),
+            (
+                r#"{"id":5,"type":"listChats"}"#,
+                None,
+                ErrorCode::BadRequest,
+            ),
+            (r#"{"type":"listChats"}"#, None, ErrorCode::BadRequest),
+            (
+                r#"{"id":"a","type":"sendMessage","chatId":"x","message":"hi"}"#,
+                Some("a"),
+                ErrorCode::UnknownChat,
+            ),
+            (
+                r#"{"id":"a","type":"sendMessage","chatId":"01J00000000000000000000000"}"#,
+                Some("a"),
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"id":"a","type":"createChat","participants":["Bad Name"]}"#,
+                Some("a"),
+                ErrorCode::UnknownUser,
+            ),
+            (
+                r#"{"id":"a","type":"getHistory","chatId":"01J00000000000000000000000","limit":201}"#,
+                Some("a"),
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"id":"a","type":"ack","deliveryIds":["x"]}"#,
+                Some("a"),
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"id":"a","type":"modifyChatParticipants","chatId":"01J00000000000000000000000","userId":"bob","operation":"KICK"}"#,
+                Some("a"),
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (text, id, code) in cases {
+            assert_eq!(code_of(text), (id.map(str::to_owned), *code), "{text}");
+        }
+        let long_id = format!(r#"{{"id":"{}","type":"listChats"}}"#, "x".repeat(65));
+        assert_eq!(code_of(&long_id), (None, ErrorCode::BadRequest));
+    }
+
+    #[test]
+    fn message_size_limit_is_in_bytes() {
+        let chat = ChatId::generate();
+        let ok = "é".repeat(MAX_MESSAGE_BYTES / 2);
+        let frame = serde_json::json!({"id":"1","type":"sendMessage","chatId":chat.to_string(),"message":ok});
+        assert!(decode_client_frame(&frame.to_string(), &local()).is_ok());
+        let big = "é".repeat(MAX_MESSAGE_BYTES / 2 + 1);
+        let frame = serde_json::json!({"id":"1","type":"sendMessage","chatId":chat.to_string(),"message":big});
+        assert_eq!(code_of(&frame.to_string()).1, ErrorCode::MessageTooLarge);
+    }
+
+    #[test]
+    fn decodes_commands() {
+        let chat = ChatId::generate();
+        let text = format!(
+            r#"{{"id":"r1","type":"modifyChatParticipants","chatId":"{chat}","userId":"bob","operation":"ADD"}}"#
+        );
+        let frame = decode_client_frame(&text, &local()).unwrap();
+        assert_eq!(
+            frame,
+            ClientFrame::Command {
+                id: Some("r1".into()),
+                command: Command::ModifyChatParticipants {
+                    chat_id: chat,
+                    user: UserRef::parse("bob", &local()).unwrap(),
+                    operation: Operation::Add,
+                },
+            }
+        );
+        let ack =
+            decode_client_frame(r#"{"type":"ack","deliveryIds":["1","2"]}"#, &local()).unwrap();
+        assert_eq!(
+            ack,
+            ClientFrame::Command {
+                id: None,
+                command: Command::Ack {
+                    delivery_ids: vec![DeliveryId(1), DeliveryId(2)]
+                },
+            }
+        );
+    }
+
+    #[test]
+    fn event_frames_carry_the_delivery_id() {
+        let event = Event::ChatUpdate(ChatUpdateView {
+            chat_id: "c".into(),
+            name: None,
+            participants: vec!["a@n".into()],
+            reason: UpdateReason::Created,
+        });
+        let encoded = event.encode();
+        let frame = event_frame(DeliveryId(42), &encoded);
+        let value: Value = serde_json::from_str(&frame).unwrap();
+        assert_eq!(value["deliveryId"], "42");
+        assert_eq!(value["type"], "chatUpdate");
+        assert_eq!(value["participants"][0], "a@n");
+    }
+
+    #[test]
+    fn result_frames_flatten_their_fields() {
+        let reply = Reply::Result {
+            id: "r1".into(),
+            result: CommandResult::ChatCreated {
+                chat_id: "c1".into(),
+            },
+        };
+        let value: Value = serde_json::from_str(&reply.encode()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"type":"result","id":"r1","chatId":"c1"})
+        );
+        let empty = Reply::Result {
+            id: "r2".into(),
+            result: CommandResult::Empty {},
+        };
+        assert_eq!(empty.encode(), r#"{"type":"result","id":"r2"}"#);
+    }
+}

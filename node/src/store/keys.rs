@@ -1,0 +1,173 @@
+//! Every key layout of the store, in one file.
+//!
+//! Keys are designed for the queries: a one-byte tag per record kind within a
+//! keyspace, then big-endian ids and numbers so that prefix scans return rows in
+//! order. User names cannot contain `0x00`, so it terminates them.
+//!
+//! | keyspace | key | value |
+//! | --- | --- | --- |
+//! | meta | `n` counter-name | u64 BE |
+//! | meta | `i` invite-code | [`InviteRecord`](super::InviteRecord) |
+//! | users | `u` name | [`UserRecord`](super::UserRecord) |
+//! | users | `d` name 0 device(16) | empty: user → devices |
+//! | users | `c` name 0 chat(16) | [`UserChatRecord`](super::UserChatRecord): user → chats, read position |
+//! | users | `i` name 0 clientMsgId | [`IdemRecord`](super::IdemRecord) |
+//! | devices | `d` device(16) | [`DeviceRecord`](super::DeviceRecord) |
+//! | devices | `t` sha256(token) | device(16) |
+//! | chats | `c` chat(16) | [`ChatRecord`](super::ChatRecord) |
+//! | chats | `m` chat(16) userId | [`MemberRecord`](super::MemberRecord): chat → users |
+//! | messages | `m` chat(16) seq(8) | [`MessageRecord`](super::MessageRecord) |
+//! | messages | `u` update(8) | [`UpdateRecord`](super::UpdateRecord) |
+//! | inbox | device(16) delivery(8) | [`InboxEntry`](super::InboxEntry), binary |
+
+use crate::ids::{ChatId, DeviceId, Username};
+
+pub const COUNTER_DELIVERY: &str = "delivery";
+pub const COUNTER_UPDATE: &str = "update";
+
+fn tagged(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let len = 1 + parts.iter().map(|p| p.len()).sum::<usize>();
+    let mut key = Vec::with_capacity(len);
+    key.push(tag);
+    for part in parts {
+        key.extend_from_slice(part);
+    }
+    key
+}
+
+pub fn counter(name: &str) -> Vec<u8> {
+    tagged(b'n', &[name.as_bytes()])
+}
+
+pub const INVITE_PREFIX: &[u8] = b"i";
+
+pub fn invite(code: &str) -> Vec<u8> {
+    tagged(b'i', &[code.as_bytes()])
+}
+
+pub fn user(name: &Username) -> Vec<u8> {
+    tagged(b'u', &[name.as_str().as_bytes()])
+}
+
+pub const USER_PREFIX: &[u8] = b"u";
+
+pub fn user_devices_prefix(name: &Username) -> Vec<u8> {
+    tagged(b'd', &[name.as_str().as_bytes(), &[0]])
+}
+
+pub fn user_device(name: &Username, device: DeviceId) -> Vec<u8> {
+    tagged(b'd', &[name.as_str().as_bytes(), &[0], &device.to_bytes()])
+}
+
+pub fn user_chats_prefix(name: &Username) -> Vec<u8> {
+    tagged(b'c', &[name.as_str().as_bytes(), &[0]])
+}
+
+pub fn user_chat(name: &Username, chat: ChatId) -> Vec<u8> {
+    tagged(b'c', &[name.as_str().as_bytes(), &[0], &chat.to_bytes()])
+}
+
+pub const IDEM_PREFIX: &[u8] = b"i";
+
+pub fn idem(name: &Username, client_msg_id: &str) -> Vec<u8> {
+    tagged(
+        b'i',
+        &[name.as_str().as_bytes(), &[0], client_msg_id.as_bytes()],
+    )
+}
+
+pub const DEVICE_PREFIX: &[u8] = b"d";
+
+pub fn device(device: DeviceId) -> Vec<u8> {
+    tagged(b'd', &[&device.to_bytes()])
+}
+
+pub fn token(hash: &[u8; 32]) -> Vec<u8> {
+    tagged(b't', &[hash])
+}
+
+pub fn chat(chat: ChatId) -> Vec<u8> {
+    tagged(b'c', &[&chat.to_bytes()])
+}
+
+pub fn members_prefix(chat: ChatId) -> Vec<u8> {
+    tagged(b'm', &[&chat.to_bytes()])
+}
+
+pub fn member(chat: ChatId, user_id: &str) -> Vec<u8> {
+    tagged(b'm', &[&chat.to_bytes(), user_id.as_bytes()])
+}
+
+pub fn messages_prefix(chat: ChatId) -> Vec<u8> {
+    tagged(b'm', &[&chat.to_bytes()])
+}
+
+pub fn message(chat: ChatId, seq: u64) -> Vec<u8> {
+    tagged(b'm', &[&chat.to_bytes(), &seq.to_be_bytes()])
+}
+
+/// The seq of a key made by [`message`].
+pub fn message_seq(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(17..25)?.try_into().ok()?))
+}
+
+pub const UPDATE_PREFIX: &[u8] = b"u";
+
+pub fn update(id: u64) -> Vec<u8> {
+    tagged(b'u', &[&id.to_be_bytes()])
+}
+
+pub fn update_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+pub fn inbox_prefix(device: DeviceId) -> [u8; 16] {
+    device.to_bytes()
+}
+
+pub fn inbox(device: DeviceId, delivery: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(&device.to_bytes());
+    key[16..].copy_from_slice(&delivery.to_be_bytes());
+    key
+}
+
+/// The delivery id of a key made by [`inbox`].
+pub fn inbox_delivery(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(16..24)?.try_into().ok()?))
+}
+
+/// The last 16 bytes of a key (a device or chat id that ends a composite key).
+pub fn trailing_id(key: &[u8]) -> Option<[u8; 16]> {
+    let start = key.len().checked_sub(16)?;
+    key[start..].try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_sort_big_endian() {
+        let chat = ChatId::generate();
+        assert!(message(chat, 9) < message(chat, 10));
+        assert!(message(chat, 255) < message(chat, 256));
+        assert_eq!(message_seq(&message(chat, 77)), Some(77));
+        let device = DeviceId::generate();
+        assert!(inbox(device, 1) < inbox(device, 1 << 40));
+        assert_eq!(inbox_delivery(&inbox(device, 99)), Some(99));
+        assert!(message(chat, 3).starts_with(&messages_prefix(chat)));
+        assert_eq!(update_id(&update(5)), Some(5));
+    }
+
+    #[test]
+    fn user_prefixes_do_not_overlap() {
+        // "al" must not see "alice"'s rows: the 0 byte ends the name.
+        let al = Username::parse("al").unwrap();
+        let alice = Username::parse("alice").unwrap();
+        let chat = ChatId::generate();
+        assert!(!user_chat(&alice, chat).starts_with(&user_chats_prefix(&al)));
+        assert!(user_chat(&al, chat).starts_with(&user_chats_prefix(&al)));
+        assert_eq!(trailing_id(&user_chat(&al, chat)), Some(chat.to_bytes()));
+    }
+}

@@ -1,0 +1,253 @@
+//! HTTP: register, login, logout and WebSocket authentication.
+
+use serde_json::json;
+
+use crate::support::ws::Closed;
+use crate::support::{TestNode, WsClient};
+
+#[tokio::test]
+async fn register_and_login_errors() {
+    let node = TestNode::start().await;
+    let (status, body) = node
+        .post(
+            "/v1/register",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["userId"].as_str()),
+        (201, Some("alice@localhost"))
+    );
+
+    for (body, status, code) in [
+        (
+            json!({"username":"alice","password":"password123"}),
+            409,
+            "username_taken",
+        ),
+        (
+            json!({"username":"Alice!","password":"password123"}),
+            400,
+            "invalid_username",
+        ),
+        (
+            json!({"username":"","password":"password123"}),
+            400,
+            "invalid_username",
+        ),
+        (
+            json!({"username":"bob","password":"short"}),
+            400,
+            "weak_password",
+        ),
+        (json!({"username":"bob"}), 400, "bad_request"),
+    ] {
+        let (s, b) = node.post("/v1/register", body.clone()).await;
+        assert_eq!((s, b["code"].as_str()), (status, Some(code)), "{body}");
+        assert!(b["message"].is_string());
+    }
+    let raw = node
+        .http()
+        .post(format!("{}/v1/register", node.url))
+        .body("{oops")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status().as_u16(), 400);
+
+    let (s, b) = node
+        .post(
+            "/v1/login",
+            json!({"username":"alice","password":"wrong-password"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("bad_credentials")));
+    let (s, b) = node
+        .post(
+            "/v1/login",
+            json!({"username":"nobody","password":"password123"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (401, Some("bad_credentials")));
+
+    // Each login is a new device.
+    let first = node
+        .post(
+            "/v1/login",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await
+        .1;
+    let second = node
+        .post(
+            "/v1/login",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await
+        .1;
+    assert_ne!(first["deviceId"], second["deviceId"]);
+    assert_eq!(first["userId"], "alice@localhost");
+
+    let (s, _) = node
+        .admin(reqwest::Method::POST, "/users/alice/disable", None)
+        .await;
+    assert_eq!(s, 204);
+    let (s, b) = node
+        .post(
+            "/v1/login",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("user_disabled")));
+}
+
+#[tokio::test]
+async fn registration_modes() {
+    let closed = TestNode::with_config("registration = \"closed\"\n").await;
+    let (s, b) = closed
+        .post(
+            "/v1/register",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("registration_closed")));
+
+    let invite_only = TestNode::with_config("registration = \"invite\"\n").await;
+    let (s, b) = invite_only
+        .post(
+            "/v1/register",
+            json!({"username":"alice","password":"password123"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
+    let (s, b) = invite_only
+        .post(
+            "/v1/register",
+            json!({"username":"alice","password":"password123","invite":"made-up"}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
+    let (s, invite) = invite_only
+        .admin(reqwest::Method::POST, "/invites", Some(json!({"uses": 1})))
+        .await;
+    assert_eq!(s, 201);
+    let code = invite["code"].as_str().unwrap();
+    let (s, _) = invite_only
+        .post(
+            "/v1/register",
+            json!({"username":"alice","password":"password123","invite":code}),
+        )
+        .await;
+    assert_eq!(s, 201);
+    // Used up.
+    let (s, b) = invite_only
+        .post(
+            "/v1/register",
+            json!({"username":"bob","password":"password123","invite":code}),
+        )
+        .await;
+    assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
+}
+
+#[tokio::test]
+async fn logout_ends_the_device() {
+    let node = TestNode::start().await;
+    let alice = node.user("alice").await;
+    let logout = |token: Option<String>| {
+        let mut request = node.http().post(format!("{}/v1/logout", node.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let response = logout(None).await.unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+    assert_eq!(
+        logout(Some("bogus".into()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    assert_eq!(
+        logout(Some(alice.token.clone()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        204
+    );
+    // The token is dead everywhere.
+    assert_eq!(
+        logout(Some(alice.token.clone()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        401
+    );
+    let refused = tokio_tungstenite::connect_async({
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = node.ws_url().into_client_request().unwrap();
+        r.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", alice.token).parse().unwrap(),
+        );
+        r
+    })
+    .await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 401)
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_auth_by_first_frame() {
+    let node = TestNode::with_config(&format!(
+        "{}\n[websocket]\nauth_timeout = \"300ms\"\n",
+        crate::support::node::BASE_CONFIG
+    ))
+    .await;
+    let alice = node.user("alice").await;
+    let client = WsClient::connect_with_auth_frame(&node.ws_url(), &alice.token).await;
+    assert_eq!(client.ready["userId"], "alice@localhost");
+    assert_eq!(client.ready["node"], "localhost");
+
+    let mut bad = WsClient::connect_raw(&node.ws_url()).await;
+    use futures_util::SinkExt;
+    bad.send(tokio_tungstenite::tungstenite::Message::text(
+        json!({"type":"auth","token":"wrong"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(close_code(&mut bad).await, Closed::Code(4401));
+
+    // Silence past the auth timeout.
+    let mut silent = WsClient::connect_raw(&node.ws_url()).await;
+    assert_eq!(close_code(&mut silent).await, Closed::Code(4401));
+}
+
+async fn close_code(
+    socket: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Closed {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(crate::support::DEADLINE, socket.next())
+            .await
+            .expect("server did not close")
+        {
+            Some(Ok(Message::Close(Some(frame)))) => return Closed::Code(frame.code.into()),
+            Some(Ok(Message::Close(None))) | None | Some(Err(_)) => return Closed::Dropped,
+            Some(Ok(_)) => continue,
+        }
+    }
+}

@@ -1,0 +1,215 @@
+//! Retention, device expiry, displacement, dead and slow clients, shutdown.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::node::BASE_CONFIG;
+use crate::support::ws::Closed;
+use crate::support::{TestNode, eventually};
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+#[tokio::test]
+async fn retention_drops_old_events_and_tells_the_device() {
+    let node =
+        TestNode::with_config(&format!("{BASE_CONFIG}\n[retention]\ninbox = \"1h\"\n")).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let mut b = node.connect(&bob).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .clone();
+    for client in [&mut a, &mut b] {
+        let update = client.event().await;
+        client.ack_events(&[update]).await;
+    }
+    b.close().await;
+    for i in 0..3 {
+        a.ok(json!({"type":"sendMessage","chatId":chat,"message":format!("old {i}")}))
+            .await;
+    }
+    // Not old enough yet: the sweep keeps them.
+    node.advance_clock(HOUR / 2).await;
+    assert_eq!(node.sweep().await["entriesExpired"], 0);
+    node.advance_clock(HOUR).await;
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"fresh"}))
+        .await;
+    let report = node.sweep().await;
+    assert_eq!(report["entriesExpired"], 3, "{report}");
+    assert_eq!(report["devicesNotified"], 1, "{report}");
+
+    let mut b = node.connect(&bob).await;
+    let events = b.drain().await;
+    assert_eq!(events.len(), 2, "{events:?}");
+    // The fresh message was queued before the notice; both arrive, oldest first.
+    assert_eq!(events[0]["message"], "fresh");
+    let notice = &events[1];
+    assert_eq!(notice["type"], "expired");
+    assert_eq!(notice["count"], 3);
+    assert!(notice["oldestAt"].as_str().unwrap() <= notice["newestAt"].as_str().unwrap());
+    b.ack_events(&events).await;
+    b.close().await;
+    let mut b = node.connect(&bob).await;
+    assert!(b.drain().await.is_empty());
+    // History still has every message.
+    let history = b.ok(json!({"type":"getHistory","chatId":chat})).await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn unused_devices_are_deactivated() {
+    let node = TestNode::with_config(&format!(
+        "{BASE_CONFIG}\n[retention]\ndevice_ttl = \"1h\"\n"
+    ))
+    .await;
+    let phone = node.user("bob").await;
+    let old_laptop = node.login("bob").await;
+    let mut p = node.connect(&phone).await;
+    node.advance_clock(2 * HOUR).await;
+    let report = node.sweep().await;
+    // The laptop was never seen; the phone is online, so it stays.
+    assert_eq!(report["devicesDeactivated"], 1, "{report}");
+    p.ok(json!({"type":"listChats"})).await;
+    let refused = tokio_tungstenite::connect_async({
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut r = node.ws_url().into_client_request().unwrap();
+        r.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", old_laptop.token).parse().unwrap(),
+        );
+        r
+    })
+    .await;
+    assert!(
+        refused.is_err(),
+        "a deactivated device's token no longer works"
+    );
+    let (_, users) = node.admin(reqwest::Method::GET, "/users", None).await;
+    assert_eq!(users["users"][0]["devices"], 1);
+}
+
+#[tokio::test]
+async fn a_second_connection_of_a_device_displaces_the_first() {
+    let node = TestNode::start().await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let mut first = node.connect(&bob).await;
+    let mut second = node.connect(&bob).await;
+    assert_eq!(first.closed().await, Closed::Code(4409));
+    a.ok(json!({"type":"createChat","participants":["bob"]}))
+        .await;
+    assert_eq!(second.event().await["type"], "chatUpdate");
+}
+
+#[tokio::test]
+async fn a_silent_client_is_dropped_after_the_ping_timeout() {
+    let node = TestNode::with_config(&format!(
+        "{BASE_CONFIG}\n[websocket]\nping_interval = \"100ms\"\nping_timeout = \"500ms\"\n"
+    ))
+    .await;
+    let alice = node.user("alice").await;
+    // A raw socket that completes the handshake, then never reads or answers pings.
+    let addr = node.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request = format!(
+        "GET /v1/ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+         Authorization: Bearer {}\r\n\r\n",
+        alice.token
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    // Read (without answering) until the server hangs up.
+    let mut buf = vec![0u8; 4096];
+    let ended = tokio::time::timeout(crate::support::DEADLINE, async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server kept a dead connection open");
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() {
+    let node = TestNode::with_config(&format!(
+        "{BASE_CONFIG}\n[websocket]\nwrite_timeout = \"500ms\"\nwindow = 2000\nsend_queue = 2100\n"
+    ))
+    .await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .clone();
+    // Bob connects, then stops reading: his socket buffers fill up.
+    let b = node.connect(&bob).await;
+    let big = "x".repeat(16 * 1024);
+    let mut sent = 0;
+    while online(&node).await == 2 {
+        for _ in 0..50 {
+            a.ok(json!({"type":"sendMessage","chatId":chat,"message":big}))
+                .await;
+            sent += 1;
+        }
+        assert!(
+            sent <= 2000,
+            "the server never gave up on a client that does not read"
+        );
+    }
+    drop(b);
+    // Everything is still in bob's inbox.
+    let mut b = node.connect(&bob).await;
+    let mut messages = 0;
+    let mut batch = Vec::new();
+    while messages < sent {
+        let event = b.event().await;
+        if event["type"] == "newMessage" {
+            messages += 1;
+            assert_eq!(event["seq"], messages, "in order, none missing");
+        }
+        batch.push(event);
+        // Ack as we go, so the window keeps moving.
+        if batch.len() == 100 {
+            b.ack_events(&batch).await;
+            batch.clear();
+        }
+    }
+    eventually("bob online again", || async {
+        (online(&node).await == 2).then_some(())
+    })
+    .await;
+}
+
+async fn online(node: &TestNode) -> u64 {
+    let (_, status) = node.admin(reqwest::Method::GET, "/status", None).await;
+    status["onlineDevices"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_closes_sessions_with_1001_and_keeps_data() {
+    let mut node = TestNode::start().await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":[],"name":"kept"}))
+        .await["chatId"]
+        .clone();
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"before shutdown"}))
+        .await;
+    let status = node.terminate().await;
+    assert_eq!(a.closed().await, Closed::Code(1001));
+    assert!(status.success(), "natterd exited with {status}");
+    node.restart().await;
+    let mut a = node.connect(&alice).await;
+    let history = a.ok(json!({"type":"getHistory","chatId":chat})).await;
+    assert_eq!(history["messages"][0]["message"], "before shutdown");
+}

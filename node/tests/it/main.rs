@@ -1,0 +1,11 @@
+//! Integration tests: the real `natterd` binary over real sockets.
+//!
+//! One test binary (`cargo test --test it`), one module per area.
+
+mod support;
+
+mod crash;
+mod delivery;
+mod errors;
+mod http;
+mod lifecycle;
