@@ -37,8 +37,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame was larger than [`super::MAX_FRAME_BYTES`].
     pub const TOO_BIG: u16 = 1009;
-    /// The connection could not keep up with its deliveries (its inbox keeps them).
-    pub const SLOW_CONSUMER: u16 = 4008;
+    /// An internal fault while serving the connection.
+    pub const INTERNAL: u16 = 1011;
     /// Missing, bad or expired token; or no `auth` frame in time.
     pub const UNAUTHORIZED: u16 = 4401;
     /// Another connection of the same device took over.
@@ -846,6 +846,106 @@ mod tests {
         assert_eq!(value["deliveryId"], "42");
         assert_eq!(value["type"], "chatUpdate");
         assert_eq!(value["participants"][0], "a@n");
+    }
+
+    /// Every JSON example in docs/protocol.md, checked against these types: client
+    /// frames must decode; server frames and HTTP bodies must round-trip unchanged
+    /// (so a renamed or missing field in either the doc or the code fails here).
+    #[test]
+    fn protocol_doc_examples() {
+        use std::collections::BTreeSet;
+        let doc = include_str!("../../docs/protocol.md");
+        let node = NodeName::parse("chat.example.org").unwrap();
+        let mut client_types = BTreeSet::new();
+        let mut server_types = BTreeSet::new();
+        let mut tags = BTreeSet::new();
+        let mut lines = doc.lines();
+        while let Some(line) = lines.next() {
+            let Some(tag) = line.strip_prefix("```json") else {
+                continue;
+            };
+            let tag = tag.trim();
+            let mut body = String::new();
+            for l in lines.by_ref() {
+                if l.starts_with("```") {
+                    break;
+                }
+                body.push_str(l);
+                body.push('\n');
+            }
+            let value: Value = serde_json::from_str(&body)
+                .unwrap_or_else(|e| panic!("example is not JSON ({e}):\n{body}"));
+            let kind = value["type"].as_str().unwrap_or_default().to_owned();
+            match tag {
+                "client" => {
+                    decode_client_frame(&body, &node)
+                        .unwrap_or_else(|e| panic!("client example refused: {e:?}\n{body}"));
+                    client_types.insert(kind);
+                }
+                "server" if value.get("deliveryId").is_some() => {
+                    let mut event = value.clone();
+                    let id = event.as_object_mut().unwrap().remove("deliveryId").unwrap();
+                    round_trip::<Event>(&event);
+                    let encoded = serde_json::from_value::<Event>(event).unwrap().encode();
+                    let framed: Value = serde_json::from_str(&event_frame(
+                        DeliveryId::parse(id.as_str().unwrap()).unwrap(),
+                        &encoded,
+                    ))
+                    .unwrap();
+                    assert_eq!(framed, value, "event frame differs from the example");
+                    server_types.insert(kind);
+                }
+                "server" => {
+                    round_trip::<Reply>(&value);
+                    server_types.insert(kind);
+                }
+                "http-register-request" => round_trip::<RegisterRequest>(&value),
+                "http-register-response" => round_trip::<RegisterResponse>(&value),
+                "http-login-request" => round_trip::<LoginRequest>(&value),
+                "http-login-response" => round_trip::<LoginResponse>(&value),
+                "http-error" => round_trip::<ErrorBody>(&value),
+                other => panic!("unknown example tag {other:?}"),
+            }
+            tags.insert(tag.to_owned());
+        }
+        let want_client = [
+            "ack",
+            "auth",
+            "createChat",
+            "getAttachmentTarget",
+            "getAttachmentUrl",
+            "getHistory",
+            "listChats",
+            "markRead",
+            "modifyChatParticipants",
+            "sendMessage",
+        ];
+        assert_eq!(
+            client_types,
+            want_client.iter().map(|s| s.to_string()).collect(),
+            "every client frame needs an example"
+        );
+        for kind in [
+            "ready",
+            "result",
+            "error",
+            "newMessage",
+            "chatUpdate",
+            "expired",
+        ] {
+            assert!(server_types.contains(kind), "no example of {kind}");
+        }
+        assert_eq!(tags.len(), 7, "{tags:?}");
+    }
+
+    fn round_trip<T: serde::de::DeserializeOwned + Serialize>(value: &Value) {
+        let typed: T = serde_json::from_value(value.clone())
+            .unwrap_or_else(|e| panic!("example does not parse ({e}): {value}"));
+        assert_eq!(
+            &serde_json::to_value(typed).unwrap(),
+            value,
+            "example changed in a round trip"
+        );
     }
 
     #[test]

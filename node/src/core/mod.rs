@@ -328,10 +328,29 @@ impl Core {
                 "this user is disabled",
             ));
         }
+        self.new_device(name, device_name).await
+    }
+
+    /// Creates a device for a user without its password (admin).
+    pub async fn add_device(
+        &self,
+        username: &str,
+        device_name: Option<String>,
+    ) -> Result<LoginResponse, CoreError> {
+        let name = Username::parse(username)
+            .ok_or_else(|| CoreError::reject(ErrorCode::UnknownUser, "no such user"))?;
+        self.new_device(name, device_name).await
+    }
+
+    async fn new_device(
+        &self,
+        user: Username,
+        device_name: Option<String>,
+    ) -> Result<LoginResponse, CoreError> {
         let token = auth::new_token();
         let outcome = self
             .write(Op::CreateDevice {
-                user: name,
+                user,
                 name: device_name,
                 token_hash: auth::token_hash(&token),
             })

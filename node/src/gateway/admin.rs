@@ -20,6 +20,7 @@ pub fn router() -> Router<Gateway> {
         .route("/users", get(list_users).post(add_user))
         .route("/users/{name}/disable", post(disable_user))
         .route("/users/{name}/enable", post(enable_user))
+        .route("/users/{name}/devices", post(add_device))
         .route("/invites", post(create_invite))
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
@@ -104,6 +105,29 @@ async fn enable_user(
     check_admin(&gw, &headers)?;
     gw.core.set_user_disabled(&name, false).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct AddDevice {
+    device_name: Option<String>,
+}
+
+/// Creates a device for a user without its password (provisioning bots, load tests).
+async fn add_device(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_admin(&gw, &headers)?;
+    let req: AddDevice = if body.is_empty() {
+        AddDevice::default()
+    } else {
+        json_body(&body)?
+    };
+    let login = gw.core.add_device(&name, req.device_name).await?;
+    Ok((StatusCode::CREATED, axum::Json(login)).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -343,7 +343,7 @@ impl Session {
             Ok(frames) => frames,
             Err(e) => {
                 tracing::error!(error = %e, "reading the inbox failed");
-                return Err(self.close(1011, "internal error"));
+                return Err(self.close(close::INTERNAL, "internal error"));
             }
         };
         if frames.len() < room {

@@ -1,0 +1,177 @@
+//! The `natter` CLI against a real node (run in-process on a free port).
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use natter::config::{Config, ServeArgs};
+use natter::core::Registration;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+struct Node {
+    url: String,
+    dir: tempfile::TempDir,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Node {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::resolve(ServeArgs {
+            data: Some(dir.path().join("data")),
+            registration: Some(Registration::Invite),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                natter::server::run(config, listener, shutdown)
+                    .await
+                    .unwrap();
+            }
+        });
+        let node = Self {
+            url,
+            dir,
+            shutdown,
+            task,
+        };
+        // The listener is bound already, so requests wait in its backlog until the
+        // node serves; poll /readyz (every 20 ms, up to 15 s) for the go-ahead.
+        let mut poll = tokio::time::interval(std::time::Duration::from_millis(20));
+        for _ in 0..750 {
+            poll.tick().await;
+            let ready = reqwest::get(format!("{}/readyz", node.url)).await;
+            if ready.is_ok_and(|r| r.status() == 200) {
+                return node;
+            }
+        }
+        panic!("node did not become ready");
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs the CLI against this node (on the blocking pool: it is a child process).
+    async fn cli(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_natter"));
+        command
+            .arg("--node")
+            .arg(&self.url)
+            .arg("--data")
+            .arg(self.data())
+            .args(args)
+            .env_remove("NATTER_ADMIN_TOKEN");
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "natter failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+async fn login(url: &str, name: &str, password: &str) -> reqwest::StatusCode {
+    reqwest::Client::new()
+        .post(format!("{url}/v1/login"))
+        .json(&json!({"username": name, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_and_invites_through_the_cli() {
+    let node = Node::start().await;
+
+    let added = stdout(
+        &node
+            .cli(&["user", "add", "alice", "--password", "password123"])
+            .await,
+    );
+    assert!(added.contains("added alice@localhost"), "{added}");
+    assert_eq!(login(&node.url, "alice", "password123").await, 200);
+
+    // Without --password the node makes one and the CLI prints it.
+    let added = stdout(&node.cli(&["user", "add", "bob"]).await);
+    let password = added
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("a generated password");
+    assert_eq!(login(&node.url, "bob", password).await, 200);
+
+    let listed = stdout(&node.cli(&["user", "list"]).await);
+    assert!(
+        listed.contains("alice@localhost") && listed.contains("bob@localhost"),
+        "{listed}"
+    );
+    let json_list: Value =
+        serde_json::from_str(&stdout(&node.cli(&["--json", "user", "list"]).await)).unwrap();
+    assert_eq!(json_list["users"].as_array().unwrap().len(), 2);
+
+    let invite: Value = serde_json::from_str(&stdout(
+        &node
+            .cli(&["--json", "invite", "create", "--uses", "1"])
+            .await,
+    ))
+    .unwrap();
+    let code = invite["code"].as_str().unwrap();
+    let registered = reqwest::Client::new()
+        .post(format!("{}/v1/register", node.url))
+        .json(&json!({"username":"carol","password":"password123","invite":code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 201);
+
+    stdout(&node.cli(&["user", "disable", "bob"]).await);
+    assert_eq!(login(&node.url, "bob", password).await, 403);
+    stdout(&node.cli(&["user", "enable", "bob"]).await);
+    assert_eq!(login(&node.url, "bob", password).await, 200);
+
+    let status = stdout(&node.cli(&["status"]).await);
+    assert!(status.contains("node localhost"), "{status}");
+
+    // Errors are explained and fail the command.
+    let taken = node
+        .cli(&["user", "add", "alice", "--password", "password123"])
+        .await;
+    assert!(!taken.status.success());
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("username_taken"));
+    let wrong = node.cli(&["--token", "nope", "user", "list"]).await;
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("unauthorized"));
+    node.stop().await;
+}
+
+#[test]
+fn a_missing_token_says_where_to_find_one() {
+    let output = Command::new(env!("CARGO_BIN_EXE_natter"))
+        .arg("--data")
+        .arg(Path::new("/nonexistent/natter-data"))
+        .args(["user", "list"])
+        .env_remove("NATTER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("NATTER_ADMIN_TOKEN"), "{stderr}");
+}
