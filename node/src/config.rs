@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::core::Registration;
 use crate::ids::NodeName;
+use crate::media::{MediaBackend, MediaConfig, S3Config};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +60,14 @@ pub struct ServeArgs {
     /// Devices unused this long are deactivated, e.g. 90d. Default 90d
     #[arg(long, env = "NATTER_DEVICE_TTL")]
     pub device_ttl: Option<humantime::Duration>,
+    /// Where attachments go: `local` (under the data folder) or `s3://bucket/prefix`
+    /// (endpoint and credentials in [media.s3]). Default local
+    #[arg(long, env = "NATTER_MEDIA")]
+    pub media: Option<String>,
+    /// Base URL clients use to reach this node, for embedded-mode media URLs.
+    /// Default http://<listen address>
+    #[arg(long, env = "NATTER_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -90,6 +99,9 @@ struct FileConfig {
     store: FileStore,
     #[serde(default)]
     testing: FileTesting,
+    #[serde(default)]
+    media: FileMedia,
+    public_url: Option<String>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
 }
@@ -150,6 +162,38 @@ struct FileStore {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileMedia {
+    store: Option<String>,
+    root: Option<PathBuf>,
+    max_size: Option<u64>,
+    allowed_types: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    upload_expiry: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    download_expiry: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    orphan_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    retention: Option<Duration>,
+    #[serde(default)]
+    s3: FileS3,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileS3 {
+    bucket: Option<String>,
+    prefix: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    path_style: Option<bool>,
+    allow_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileTesting {
     adjustable_clock: Option<bool>,
 }
@@ -171,6 +215,9 @@ pub struct Config {
     pub adjustable_clock: bool,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
+    pub media: MediaConfig,
+    /// Base URL clients reach this node at; `None` means `http://<bound address>`.
+    pub public_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -327,11 +374,19 @@ impl Config {
             memtable_bytes: file.store.memtable_mb.unwrap_or(16) << 20,
             max_group: file.store.max_group.unwrap_or(1024).max(1),
         };
+        let data = args
+            .data
+            .or(file.data)
+            .unwrap_or_else(|| PathBuf::from("natter-data"));
+        let media = media_config(args.media, file.media, &data)?;
+        let public_url = args.public_url.or(file.public_url);
+        if let Some(url) = &public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid("public_url", "must start with http:// or https://"));
+        }
         Ok(Self {
-            data: args
-                .data
-                .or(file.data)
-                .unwrap_or_else(|| PathBuf::from("natter-data")),
+            data,
             listen: args
                 .listen
                 .or(file.listen)
@@ -351,8 +406,77 @@ impl Config {
             store,
             adjustable_clock: file.testing.adjustable_clock.unwrap_or(false),
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
+            media,
+            public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
         })
     }
+}
+
+fn media_config(
+    flag: Option<String>,
+    file: FileMedia,
+    data: &Path,
+) -> Result<MediaConfig, ConfigError> {
+    let invalid = |setting, reason: String| ConfigError::Invalid { setting, reason };
+    let store = flag.or(file.store).unwrap_or_else(|| "local".to_owned());
+    let s3 = file.s3;
+    let backend = if store == "local" {
+        MediaBackend::Local {
+            root: file.root.unwrap_or_else(|| data.join("media")),
+        }
+    } else if store == "s3" || store.starts_with("s3://") {
+        // `s3://bucket/prefix` names the bucket and prefix; [media.s3] has the rest.
+        let (bucket, prefix) = match store.strip_prefix("s3://") {
+            Some(rest) => match rest.split_once('/') {
+                Some((b, p)) => (Some(b.to_owned()), Some(p.to_owned())),
+                None => (Some(rest.to_owned()), None),
+            },
+            None => (None, None),
+        };
+        let bucket = bucket
+            .filter(|b| !b.is_empty())
+            .or(s3.bucket)
+            .ok_or_else(|| invalid("media.s3.bucket", "S3 media needs a bucket".into()))?;
+        MediaBackend::S3(S3Config {
+            bucket,
+            prefix: prefix.or(s3.prefix).unwrap_or_default(),
+            endpoint: s3.endpoint,
+            region: s3.region.unwrap_or_else(|| "us-east-1".to_owned()),
+            access_key_id: s3.access_key_id,
+            secret_access_key: s3.secret_access_key,
+            path_style: s3.path_style.unwrap_or(false),
+            allow_http: s3.allow_http.unwrap_or(false),
+        })
+    } else {
+        return Err(invalid(
+            "media.store",
+            format!("{store:?}: use local or s3://bucket/prefix"),
+        ));
+    };
+    let config = MediaConfig {
+        backend,
+        max_size: file.max_size.unwrap_or(100 << 20),
+        allowed_types: file.allowed_types.unwrap_or_default(),
+        upload_expiry: file.upload_expiry.unwrap_or(Duration::from_secs(15 * 60)),
+        download_expiry: file.download_expiry.unwrap_or(Duration::from_secs(3600)),
+        orphan_ttl: file.orphan_ttl.unwrap_or(Duration::from_secs(DAY)),
+        retention: file.retention.unwrap_or(Duration::from_secs(30 * DAY)),
+    };
+    let week = Duration::from_secs(7 * DAY);
+    if config.upload_expiry.is_zero()
+        || config.download_expiry.is_zero()
+        || config.upload_expiry > week
+        || config.download_expiry > week
+    {
+        return Err(invalid(
+            "media.upload_expiry",
+            "URL expiries must be between 1s and 7d (S3's limit)".into(),
+        ));
+    }
+    if config.max_size == 0 {
+        return Err(invalid("media.max_size", "must be positive".into()));
+    }
+    Ok(config)
 }
 
 impl clap::ValueEnum for Registration {

@@ -16,6 +16,7 @@ use crate::auth;
 
 pub const NODE_KEY_FILE: &str = "node.key";
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub const MEDIA_KEY_FILE: &str = "media.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -76,19 +77,33 @@ impl Identity {
     }
 }
 
-/// Loads the node key, making one on first start.
-pub fn load_or_create_key(dir: &Path) -> Result<Identity, IdentityError> {
-    let path = dir.join(NODE_KEY_FILE);
+/// Loads a 32-byte secret kept as hex in `dir/file`, making one on first start.
+fn load_or_create_secret(
+    dir: &Path,
+    file: &str,
+) -> Result<([u8; 32], PathBuf, bool), IdentityError> {
+    let path = dir.join(file);
     let seed = auth::random_bytes::<32>();
     let created = create_private(&path, &crate::store::encode_hex(&seed))?;
     let text = fs::read_to_string(&path).map_err(io_err(&path))?;
     let bytes = crate::store::decode_hex32(text.trim())
         .ok_or_else(|| IdentityError::BadKey { path: path.clone() })?;
+    Ok((bytes, path, created))
+}
+
+/// Loads the node key, making one on first start.
+pub fn load_or_create_key(dir: &Path) -> Result<Identity, IdentityError> {
+    let (bytes, key_path, created) = load_or_create_secret(dir, NODE_KEY_FILE)?;
     Ok(Identity {
         key: SigningKey::from_bytes(&bytes),
-        key_path: path,
+        key_path,
         created,
     })
+}
+
+/// The key that signs embedded-mode media URLs.
+pub fn load_or_create_media_key(dir: &Path) -> Result<[u8; 32], IdentityError> {
+    Ok(load_or_create_secret(dir, MEDIA_KEY_FILE)?.0)
 }
 
 pub struct AdminToken {

@@ -93,6 +93,10 @@ ulid_id!(
     /// One message, unique across chats.
     MessageId
 );
+ulid_id!(
+    /// One uploaded file. Time-ordered, so the oldest uploads are scanned first.
+    AttachmentId
+);
 
 /// A delivery to one device. Node-wide monotonic, so per device it only grows.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]

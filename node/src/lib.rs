@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
+pub mod media;
 pub mod protocol;
 pub mod server;
 pub mod store;

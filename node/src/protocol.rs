@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::ids::{ChatId, DeliveryId, NodeName, UserRef};
+use crate::ids::{AttachmentId, ChatId, DeliveryId, NodeName, UserRef};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Frames above this close the socket with 1009.
@@ -25,6 +25,7 @@ pub const MAX_REQUEST_ID_CHARS: usize = 64;
 pub const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
 pub const MAX_CHAT_NAME_CHARS: usize = 128;
 pub const MAX_DEVICE_NAME_CHARS: usize = 64;
+pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 pub const HISTORY_MAX_LIMIT: u32 = 200;
 pub const MAX_ACK_IDS: usize = 1024;
@@ -181,7 +182,7 @@ pub enum Command {
     SendMessage {
         chat_id: ChatId,
         message: String,
-        attachments: Vec<String>,
+        attachments: Vec<AttachmentId>,
         client_msg_id: Option<String>,
     },
     ModifyChatParticipants {
@@ -195,7 +196,7 @@ pub enum Command {
         name: Option<String>,
     },
     GetAttachmentUrl {
-        attachment_id: String,
+        attachment_id: AttachmentId,
     },
     ListChats,
     GetHistory {
@@ -326,6 +327,16 @@ fn fields<T: serde::de::DeserializeOwned>(
 
 fn chat_id(s: &str, id: &Option<String>) -> Result<ChatId, DecodeError> {
     ChatId::parse(s).ok_or_else(|| DecodeError::new(id, ErrorCode::UnknownChat, "no such chat"))
+}
+
+fn attachment_id(s: &str, id: &Option<String>) -> Result<AttachmentId, DecodeError> {
+    AttachmentId::parse(s).ok_or_else(|| {
+        DecodeError::new(
+            id,
+            ErrorCode::UnknownAttachment,
+            format!("no such attachment {s:?}"),
+        )
+    })
 }
 
 fn user_ref(s: &str, local: &NodeName, id: &Option<String>) -> Result<UserRef, DecodeError> {
@@ -461,10 +472,15 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                     format!("clientMsgId must be 1-{MAX_CLIENT_MSG_ID_CHARS} characters"),
                 ));
             }
+            let attachments = raw
+                .attachments
+                .iter()
+                .map(|a| attachment_id(a, &id))
+                .collect::<Result<Vec<_>, _>>()?;
             Command::SendMessage {
                 chat_id,
                 message: raw.message,
-                attachments: raw.attachments,
+                attachments,
                 client_msg_id: raw.client_msg_id,
             }
         }
@@ -478,11 +494,29 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
         }
         "getAttachmentTarget" => {
             let raw: RawAttachmentTarget = fields(map, &id)?;
-            if raw.content_type.is_empty() || raw.content_type.len() > 255 {
+            if !valid_content_type(&raw.content_type) {
                 return Err(DecodeError::new(
                     &id,
                     ErrorCode::BadRequest,
-                    "contentType must be 1-255 characters",
+                    "contentType must be a MIME type like image/png",
+                ));
+            }
+            if raw.size == 0 {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    "size must be at least 1",
+                ));
+            }
+            if let Some(name) = &raw.name
+                && (name.is_empty()
+                    || name.chars().count() > MAX_FILE_NAME_CHARS
+                    || name.contains(['/', '\\', '\0']))
+            {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    format!("name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\"),
                 ));
             }
             Command::GetAttachmentTarget {
@@ -494,7 +528,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
         "getAttachmentUrl" => {
             let raw: RawAttachmentUrl = fields(map, &id)?;
             Command::GetAttachmentUrl {
-                attachment_id: raw.attachment_id,
+                attachment_id: attachment_id(&raw.attachment_id, &id)?,
             }
         }
         "listChats" => Command::ListChats,
@@ -545,6 +579,21 @@ fn is_command(kind: &str) -> bool {
             | "getHistory"
             | "markRead"
     )
+}
+
+/// `type/subtype`, visible ASCII without separators that could smuggle headers.
+fn valid_content_type(ct: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c);
+    match ct.split_once('/') {
+        Some((t, sub)) => {
+            ct.len() <= 255
+                && !t.is_empty()
+                && !sub.is_empty()
+                && t.chars().all(ok_char)
+                && sub.chars().all(ok_char)
+        }
+        None => false,
+    }
 }
 
 fn check_chat_name(name: &str, id: &Option<String>) -> Result<(), DecodeError> {

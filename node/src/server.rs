@@ -21,6 +21,7 @@ use crate::core::{Core, CoreConfig, CoreError};
 use crate::delivery::Hub;
 use crate::gateway::{self, Gateway};
 use crate::identity::{self, IdentityError};
+use crate::media::{Media, MediaError};
 use crate::store::{Store, StoreError, StoreOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +37,8 @@ pub enum NodeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Core(#[from] CoreError),
+    #[error(transparent)]
+    Media(#[from] MediaError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
@@ -92,10 +95,22 @@ pub async fn run(
     } else {
         Clock::system()
     };
+    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let media = Media::open(
+        config.media.clone(),
+        identity::load_or_create_media_key(&config.data)?,
+        public_url,
+        clock.clone(),
+    )?;
     let hub = Hub::default();
     let (core, writer) = Core::start(
         store,
         hub.clone(),
+        media,
         clock,
         CoreConfig {
             node: config.node.clone(),
@@ -125,7 +140,6 @@ pub async fn run(
         shutdown.clone(),
     ));
 
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
     tracing::info!(
         url = %format!("http://{addr}"),
         node = %config.node,

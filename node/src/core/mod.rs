@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 use crate::auth;
 use crate::clock::{Clock, rfc3339};
 use crate::delivery::Hub;
-use crate::ids::{ChatId, DeliveryId, DeviceId, NodeName, Username};
+use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, NodeName, Username};
+use crate::media::{Media, MediaError};
 use crate::protocol::{self, ChatSummary, Command, CommandResult, ErrorCode, LoginResponse};
-use crate::store::{Store, StoreError};
+use crate::store::{AttachmentRecord, AttachmentRef, Store, StoreError};
 
 pub use writer::SweepReport;
 use writer::{Op, Outcome, WriteRequest, Writer};
@@ -51,6 +52,8 @@ pub enum CoreError {
     Internal(String),
     #[error("a blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("media store: {0}")]
+    Media(#[from] MediaError),
     /// The writer has stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
@@ -132,6 +135,7 @@ struct Inner {
     writer: mpsc::Sender<WriteRequest>,
     clock: Clock,
     config: CoreConfig,
+    media: Media,
 }
 
 /// Joins the writer thread.
@@ -150,6 +154,7 @@ impl Core {
     pub fn start(
         store: Store,
         hub: Hub,
+        media: Media,
         clock: Clock,
         config: CoreConfig,
     ) -> Result<(Self, WriterThread), CoreError> {
@@ -165,6 +170,7 @@ impl Core {
                 writer: tx,
                 clock,
                 config,
+                media,
             }),
         };
         Ok((core, WriterThread(handle)))
@@ -180,6 +186,10 @@ impl Core {
 
     pub fn config(&self) -> &CoreConfig {
         &self.inner.config
+    }
+
+    pub fn media(&self) -> &Media {
+        &self.inner.media
     }
 
     /// Queues a write; the returned receiver answers after the commit.
@@ -435,7 +445,8 @@ impl Core {
         }
     }
 
-    /// Runs retention and device expiry over the whole store now.
+    /// Runs retention and device expiry over the whole store now, then removes
+    /// orphaned and expired uploads.
     pub async fn sweep(&self) -> Result<SweepReport, CoreError> {
         let mut total = SweepReport::default();
         let mut after = None;
@@ -445,10 +456,60 @@ impl Core {
                     total.add(&report);
                     match next {
                         Some(next) => after = Some(next),
-                        None => return Ok(total),
+                        None => break,
                     }
                 }
                 other => return Err(unexpected(other)),
+            }
+        }
+        self.sweep_media(&mut total).await?;
+        Ok(total)
+    }
+
+    /// Uploads never sent after `orphan_ttl`, and every upload after the media
+    /// retention: the record goes first (so no message can take it any more),
+    /// then the object.
+    async fn sweep_media(&self, report: &mut SweepReport) -> Result<(), CoreError> {
+        let config = self.inner.media.config();
+        let now = self.inner.clock.now_ms();
+        let unsent_before = now.saturating_sub(millis(config.orphan_ttl));
+        let any_before = now.saturating_sub(millis(config.retention));
+        let oldest_interesting = unsent_before.max(any_before);
+        let mut after = None;
+        loop {
+            let batch = self
+                .read(move |view| Ok(view.attachments_after(after, 512)?))
+                .await?;
+            let Some((last, _)) = batch.last() else {
+                return Ok(());
+            };
+            after = Some(*last);
+            let mut young = false;
+            for (id, record) in batch {
+                if record.created_at >= oldest_interesting {
+                    // Ids are in upload order: everything after this is younger.
+                    young = true;
+                    break;
+                }
+                let expired = record.created_at < any_before;
+                let outcome = self
+                    .write(Op::DropAttachment {
+                        id,
+                        unsent_before,
+                        any_before,
+                    })
+                    .await?;
+                if let Outcome::Dropped(true) = outcome {
+                    self.inner.media.delete(id).await?;
+                    if expired {
+                        report.attachments_expired += 1;
+                    } else {
+                        report.orphan_uploads_removed += 1;
+                    }
+                }
+            }
+            if young {
+                return Ok(());
             }
         }
     }
@@ -478,19 +539,39 @@ impl Core {
                         .await
                 })
             }
-            Command::GetAttachmentTarget { .. } | Command::GetAttachmentUrl { .. } => {
-                Box::pin(async {
-                    Err(CoreError::reject(
-                        ErrorCode::BadRequest,
-                        "attachments are not enabled on this node",
-                    ))
-                })
+            Command::GetAttachmentTarget {
+                size,
+                content_type,
+                name,
+            } => {
+                let this = self.clone();
+                let ctx = ctx.clone();
+                Box::pin(
+                    async move { this.attachment_target(&ctx, size, content_type, name).await },
+                )
+            }
+            Command::GetAttachmentUrl { attachment_id } => {
+                let this = self.clone();
+                let user_id = ctx.user_id.clone();
+                Box::pin(async move { this.attachment_url(user_id, attachment_id).await })
             }
             command => {
+                // Uploads are checked against the media store here, off the writer,
+                // before the send is queued (so still in frame order).
+                let attachments = match &command {
+                    Command::SendMessage { attachments, .. } if !attachments.is_empty() => {
+                        match self.check_uploads(ctx, attachments).await {
+                            Ok(checked) => checked,
+                            Err(e) => return Box::pin(async move { Err(e) }),
+                        }
+                    }
+                    _ => Vec::new(),
+                };
                 let queued = self
                     .enqueue(Op::Command {
                         ctx: ctx.clone(),
                         command,
+                        attachments,
                     })
                     .await;
                 Box::pin(async move {
@@ -501,6 +582,160 @@ impl Core {
                 })
             }
         }
+    }
+
+    async fn attachment_target(
+        &self,
+        ctx: &DeviceCtx,
+        size: u64,
+        content_type: String,
+        name: Option<String>,
+    ) -> Result<CommandResult, CoreError> {
+        let media = &self.inner.media;
+        let max = media.config().max_size;
+        if size > max {
+            return Err(CoreError::reject(
+                ErrorCode::AttachmentTooLarge,
+                format!("attachments are at most {max} bytes on this node"),
+            ));
+        }
+        if !media.allows_type(&content_type) {
+            return Err(CoreError::reject(
+                ErrorCode::BadRequest,
+                format!("{content_type} is not an allowed content type on this node"),
+            ));
+        }
+        let id = AttachmentId::generate();
+        let record = AttachmentRecord {
+            uploader: ctx.user_id.clone(),
+            size,
+            content_type: content_type.clone(),
+            name,
+            created_at: self.inner.clock.now_ms(),
+            sent: false,
+            chats: Vec::new(),
+        };
+        self.write(Op::CreateAttachment { id, record }).await?;
+        let target = media.upload_target(id, size, &content_type).await?;
+        Ok(CommandResult::AttachmentTarget {
+            attachment_id: id.to_string(),
+            upload_url: target.url,
+            method: "PUT".to_owned(),
+            headers: target.headers.into_iter().collect(),
+            expires_at: target.expires_at,
+        })
+    }
+
+    async fn attachment_url(
+        &self,
+        user_id: String,
+        id: AttachmentId,
+    ) -> Result<CommandResult, CoreError> {
+        let allowed = self
+            .read(move |view| {
+                let Some(record) = view.attachment(id)? else {
+                    return Ok(None);
+                };
+                if record.uploader == user_id {
+                    return Ok(Some(true));
+                }
+                for chat in &record.chats {
+                    if view.is_member(*chat, &user_id)? {
+                        return Ok(Some(true));
+                    }
+                }
+                Ok(Some(false))
+            })
+            .await?;
+        match allowed {
+            None => Err(CoreError::reject(
+                ErrorCode::UnknownAttachment,
+                "no such attachment",
+            )),
+            Some(false) => Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                "only participants of a chat it was sent in may download it",
+            )),
+            Some(true) => {
+                let (url, expires_at) = self.inner.media.download_url(id).await?;
+                Ok(CommandResult::AttachmentUrl { url, expires_at })
+            }
+        }
+    }
+
+    /// Checks that each attachment is the sender's and that what the store holds
+    /// is what was declared; a wrong upload is deleted (the client may upload
+    /// again while its URL is valid).
+    async fn check_uploads(
+        &self,
+        ctx: &DeviceCtx,
+        ids: &[AttachmentId],
+    ) -> Result<Vec<AttachmentRef>, CoreError> {
+        let wanted = ids.to_vec();
+        let records = self
+            .read(move |view| {
+                wanted
+                    .iter()
+                    .map(|id| Ok((*id, view.attachment(*id)?)))
+                    .collect::<Result<Vec<_>, CoreError>>()
+            })
+            .await?;
+        let media = &self.inner.media;
+        let mut checked = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            let unknown = || {
+                CoreError::reject(
+                    ErrorCode::UnknownAttachment,
+                    format!("no such attachment {id}"),
+                )
+            };
+            let record = record
+                .filter(|r| r.uploader == ctx.user_id)
+                .ok_or_else(unknown)?;
+            if !record.sent {
+                let Some(stored) = media.inspect(id).await? else {
+                    return Err(CoreError::reject(
+                        ErrorCode::UnknownAttachment,
+                        format!("attachment {id} has not been uploaded"),
+                    ));
+                };
+                let max = media.config().max_size;
+                let wrong_type = stored
+                    .content_type
+                    .as_deref()
+                    .is_some_and(|ct| !ct.eq_ignore_ascii_case(&record.content_type));
+                if stored.size > max || stored.size != record.size || wrong_type {
+                    media.delete(id).await?;
+                    tracing::info!(%id, size = stored.size, declared = record.size, "deleted an upload that does not match its declaration");
+                    return Err(if stored.size > max {
+                        CoreError::reject(
+                            ErrorCode::AttachmentTooLarge,
+                            format!("attachment {id} is over {max} bytes"),
+                        )
+                    } else {
+                        CoreError::reject(
+                            ErrorCode::UnknownAttachment,
+                            format!("attachment {id} does not match its declared size and type"),
+                        )
+                    });
+                }
+            }
+            checked.push(AttachmentRef {
+                id: id.to_string(),
+                content_type: record.content_type,
+                size: record.size,
+                name: record.name,
+            });
+        }
+        Ok(checked)
+    }
+
+    /// An attachment's record (for the embedded media endpoints).
+    pub async fn attachment(
+        &self,
+        id: AttachmentId,
+    ) -> Result<Option<AttachmentRecord>, CoreError> {
+        self.read(move |view| Ok(view.attachment(id)?)).await
     }
 
     async fn list_chats(&self, user: Username) -> Result<CommandResult, CoreError> {
@@ -629,6 +864,10 @@ pub struct Invite {
     pub code: String,
     pub uses: u32,
     pub expires_at: String,
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn check_password(password: &str) -> Result<(), CoreError> {

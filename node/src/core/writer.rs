@@ -25,12 +25,12 @@ use super::{CoreConfig, CoreError, DeviceCtx, Invite};
 use crate::auth;
 use crate::clock::{Clock, rfc3339};
 use crate::delivery::{Delivery, Hub};
-use crate::ids::{ChatId, DeliveryId, DeviceId, MessageId, Username};
+use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, MessageId, Username};
 use crate::protocol::{self, Command, CommandResult, ErrorCode, Event, Operation, UpdateReason};
 use crate::store::{
-    ChatRecord, DeviceRecord, Durability, IdemRecord, InboxEntry, InboxKind, InviteRecord,
-    MemberRecord, MessageRecord, Store, StoreError, Tx, UpdateRecord, UserChatRecord, UserRecord,
-    encode_hex, keys,
+    AttachmentRecord, AttachmentRef, ChatRecord, DeviceRecord, Durability, IdemRecord, InboxEntry,
+    InboxKind, InviteRecord, MemberRecord, MessageRecord, Store, StoreError, Tx, UpdateRecord,
+    UserChatRecord, UserRecord, encode_hex, keys,
 };
 
 pub(crate) struct WriteRequest {
@@ -67,6 +67,19 @@ pub(crate) enum Op {
     Command {
         ctx: DeviceCtx,
         command: Command,
+        /// For `sendMessage`: its attachments, already checked against the media store.
+        attachments: Vec<AttachmentRef>,
+    },
+    CreateAttachment {
+        id: AttachmentId,
+        record: AttachmentRecord,
+    },
+    /// Removes an attachment record if it is unsent and created before
+    /// `unsent_before`, or created before `any_before`.
+    DropAttachment {
+        id: AttachmentId,
+        unsent_before: i64,
+        any_before: i64,
     },
     Sweep {
         after: Option<DeviceId>,
@@ -84,6 +97,8 @@ pub(crate) enum Outcome {
         report: SweepReport,
         next: Option<DeviceId>,
     },
+    /// Whether a `DropAttachment` removed the record.
+    Dropped(bool),
     Done,
 }
 
@@ -97,6 +112,8 @@ pub struct SweepReport {
     pub updates_removed: u64,
     pub idempotency_keys_removed: u64,
     pub invites_removed: u64,
+    pub orphan_uploads_removed: u64,
+    pub attachments_expired: u64,
 }
 
 impl SweepReport {
@@ -107,6 +124,8 @@ impl SweepReport {
         self.updates_removed += other.updates_removed;
         self.idempotency_keys_removed += other.idempotency_keys_removed;
         self.invites_removed += other.invites_removed;
+        self.orphan_uploads_removed += other.orphan_uploads_removed;
+        self.attachments_expired += other.attachments_expired;
     }
 }
 
@@ -506,9 +525,36 @@ impl Writer {
                 }
                 Ok(Outcome::Done)
             }
-            Op::Command { ctx, command } => {
-                let result = self.command(tx, &ctx, command, now, pushes, durability)?;
+            Op::Command {
+                ctx,
+                command,
+                attachments,
+            } => {
+                let result =
+                    self.command(tx, &ctx, command, attachments, now, pushes, durability)?;
                 Ok(Outcome::Command(result))
+            }
+            Op::CreateAttachment { id, record } => {
+                tx.put_attachment(id, &record);
+                *durability = Durability::Sync;
+                Ok(Outcome::Done)
+            }
+            Op::DropAttachment {
+                id,
+                unsent_before,
+                any_before,
+            } => {
+                let drop = match tx.view().attachment(id)? {
+                    Some(r) => {
+                        (!r.sent && r.created_at < unsent_before) || r.created_at < any_before
+                    }
+                    None => false,
+                };
+                if drop {
+                    tx.delete_attachment(id);
+                    *durability = Durability::Sync;
+                }
+                Ok(Outcome::Dropped(drop))
             }
             Op::Sweep { after } => {
                 let (report, next) = self.sweep(tx, after, now, pushes)?;
@@ -522,11 +568,13 @@ impl Writer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn command(
         &mut self,
         tx: &mut Tx<'_>,
         ctx: &DeviceCtx,
         command: Command,
+        verified: Vec<AttachmentRef>,
         now: i64,
         pushes: &mut Vec<(DeviceId, Delivery)>,
         durability: &mut Durability,
@@ -631,16 +679,38 @@ impl Writer {
                         sent_at: rfc3339(previous.sent_at),
                     });
                 }
-                let chat = self.chat(tx, chat_id)?.ok_or_else(unknown_chat)?;
-                if !chat.has(&ctx.user_id) {
+                if !self
+                    .chat(tx, chat_id)?
+                    .ok_or_else(unknown_chat)?
+                    .has(&ctx.user_id)
+                {
                     return Err(not_participant());
                 }
-                if let Some(first) = attachments.first() {
+                // The core checked each upload against the media store; here the
+                // records must still be there and the sender's (a sweep may have
+                // removed one since).
+                let mut records = Vec::with_capacity(verified.len());
+                for att in &verified {
+                    let id = AttachmentId::parse(&att.id).ok_or_else(|| {
+                        CoreError::reject(ErrorCode::UnknownAttachment, "no such attachment")
+                    })?;
+                    match tx.view().attachment(id)? {
+                        Some(r) if r.uploader == ctx.user_id => records.push((id, r)),
+                        _ => {
+                            return Err(CoreError::reject(
+                                ErrorCode::UnknownAttachment,
+                                format!("no such attachment {id}"),
+                            ));
+                        }
+                    }
+                }
+                if verified.len() != attachments.len() {
                     return Err(CoreError::reject(
                         ErrorCode::UnknownAttachment,
-                        format!("no such attachment {first:?}"),
+                        "attachments were not checked",
                     ));
                 }
+                let chat = self.chat(tx, chat_id)?.ok_or_else(unknown_chat)?;
                 let seq = chat.record.last_seq + 1;
                 chat.record.last_seq = seq;
                 chat.record.last_message_at = Some(now);
@@ -651,8 +721,15 @@ impl Writer {
                     from: ctx.user_id.clone(),
                     sent_at: now,
                     text: message,
-                    attachments: Vec::new(),
+                    attachments: verified,
                 };
+                for (id, mut att) in records {
+                    att.sent = true;
+                    if !att.chats.contains(&chat_id) {
+                        att.chats.push(chat_id);
+                    }
+                    tx.put_attachment(id, &att);
+                }
                 tx.put_chat(chat_id, &chat_record);
                 tx.put_message(chat_id, seq, &record);
                 let joined_at = tx

@@ -6,6 +6,7 @@
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
 mod admin;
+mod media;
 mod session;
 
 use std::sync::Arc;
@@ -128,6 +129,7 @@ pub fn router(gw: Gateway) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .nest("/admin/v1", admin::router())
+        .merge(media::router())
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(protocol::MAX_FRAME_BYTES))
         .with_state(gw)

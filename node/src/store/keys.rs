@@ -19,8 +19,9 @@
 //! | messages | `m` chat(16) seq(8) | [`MessageRecord`](super::MessageRecord) |
 //! | messages | `u` update(8) | [`UpdateRecord`](super::UpdateRecord) |
 //! | inbox | device(16) delivery(8) | [`InboxEntry`](super::InboxEntry), binary |
+//! | media | `a` attachment(16) | [`AttachmentRecord`](super::AttachmentRecord) |
 
-use crate::ids::{ChatId, DeviceId, Username};
+use crate::ids::{AttachmentId, ChatId, DeviceId, Username};
 
 pub const COUNTER_DELIVERY: &str = "delivery";
 pub const COUNTER_UPDATE: &str = "update";
@@ -135,6 +136,12 @@ pub fn inbox(device: DeviceId, delivery: u64) -> [u8; 24] {
 /// The delivery id of a key made by [`inbox`].
 pub fn inbox_delivery(key: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(key.get(16..24)?.try_into().ok()?))
+}
+
+pub const ATTACHMENT_PREFIX: &[u8] = b"a";
+
+pub fn attachment(id: AttachmentId) -> Vec<u8> {
+    tagged(b'a', &[&id.to_bytes()])
 }
 
 /// The last 16 bytes of a key (a device or chat id that ends a composite key).

@@ -18,7 +18,7 @@ use fjall::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::ids::{ChatId, DeviceId, MessageId, Username};
+use crate::ids::{AttachmentId, ChatId, DeviceId, MessageId, Username};
 use crate::protocol::UpdateReason;
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +130,24 @@ pub struct IdemRecord {
     pub sent_at: i64,
 }
 
+/// An uploaded (or announced) file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttachmentRecord {
+    /// userId of the uploader; only they may send it.
+    pub uploader: String,
+    /// The declared size; the stored object must match it.
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    pub created_at: i64,
+    /// Checked against the store and sent in at least one message.
+    #[serde(default)]
+    pub sent: bool,
+    /// Chats it was sent in: their participants may download it.
+    #[serde(default)]
+    pub chats: Vec<ChatId>,
+}
+
 /// One pending event of one device: a small reference, not a copy (store-once
 /// fan-out). Encoded in binary because there are many of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,6 +248,7 @@ pub struct Keyspaces {
     chats: SingleWriterTxKeyspace,
     messages: SingleWriterTxKeyspace,
     inbox: SingleWriterTxKeyspace,
+    media: SingleWriterTxKeyspace,
 }
 
 /// A cheap-clone handle to the database.
@@ -276,6 +295,7 @@ impl Store {
             chats: open("chats")?,
             messages: open("messages")?,
             inbox: open("inbox")?,
+            media: open("media")?,
         };
         Ok(Self { db, ks })
     }
@@ -536,6 +556,37 @@ impl<R: Source> View<R> {
         Ok(out)
     }
 
+    pub fn attachment(&self, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
+        Ok(get_json!(self, media, keys::attachment(id)))
+    }
+
+    /// Attachments in id (upload time) order, after `after`, at most `limit`.
+    pub fn attachments_after(
+        &self,
+        after: Option<AttachmentId>,
+        limit: usize,
+    ) -> Result<Vec<(AttachmentId, AttachmentRecord)>> {
+        let start = match after {
+            Some(id) => {
+                let mut k = keys::attachment(id);
+                k.push(0);
+                k
+            }
+            None => keys::ATTACHMENT_PREFIX.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.r.readable().range(&self.ks.media, start..) {
+            let (key, value) = item.into_inner()?;
+            if !key.starts_with(keys::ATTACHMENT_PREFIX) || out.len() >= limit {
+                break;
+            }
+            if let Some(id) = AttachmentId::from_slice(&key[1..]) {
+                out.push((id, parse("media", &value)?));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn update(&self, id: u64) -> Result<Option<UpdateRecord>> {
         Ok(get_json!(self, messages, keys::update(id)))
     }
@@ -739,6 +790,15 @@ impl<'a> Tx<'a> {
 
     pub fn delete_raw_user_key(&mut self, key: &[u8]) {
         self.tx.remove(&self.ks.users, key);
+    }
+
+    pub fn put_attachment(&mut self, id: AttachmentId, record: &AttachmentRecord) {
+        self.tx
+            .insert(&self.ks.media, keys::attachment(id), json(record));
+    }
+
+    pub fn delete_attachment(&mut self, id: AttachmentId) {
+        self.tx.remove(&self.ks.media, keys::attachment(id));
     }
 
     pub fn put_inbox(&mut self, device: DeviceId, delivery: u64, entry: &InboxEntry) {

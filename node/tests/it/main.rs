@@ -9,3 +9,4 @@ mod delivery;
 mod errors;
 mod http;
 mod lifecycle;
+mod media;

@@ -2,6 +2,7 @@
 //! client ([`WsClient`]). Waits use deadlines, never fixed sleeps.
 
 pub mod node;
+pub mod s3;
 pub mod ws;
 
 pub use node::TestNode;

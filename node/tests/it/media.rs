@@ -1,0 +1,332 @@
+//! Attachments in both storage modes: embedded (natterd serves signed URLs) and
+//! S3 (a real S3-compatible server verifies object_store's pre-signed URLs).
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::node::BASE_CONFIG;
+use crate::support::s3::{self, S3Server};
+use crate::support::{TestNode, WsClient, eventually};
+
+const PNG: &[u8] = b"\x89PNG\r\n\x1a\n not really a picture, but bytes all the same";
+
+async fn target(client: &mut WsClient, size: usize, content_type: &str) -> Value {
+    client
+        .ok(json!({"type":"getAttachmentTarget","size":size,"contentType":content_type,"name":"cat.png"}))
+        .await
+}
+
+/// PUTs `body` to a target as a plain HTTP client would; returns the status.
+async fn put(http: &reqwest::Client, target: &Value, content_type: &str, body: Vec<u8>) -> u16 {
+    assert_eq!(target["method"], "PUT");
+    assert_eq!(target["headers"]["content-type"], "image/png");
+    http.put(target["uploadUrl"].as_str().unwrap())
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (u16, Vec<u8>, Option<String>) {
+    let response = http.get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    let ct = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, response.bytes().await.unwrap().to_vec(), ct)
+}
+
+fn tamper(url: &str) -> String {
+    // Both kinds of URL end with their signature (hex for S3, base64url for the
+    // embedded store); change its last digit to another valid one.
+    let (head, last) = url.split_at(url.len() - 1);
+    let swapped = if last == "0" { "1" } else { "0" };
+    format!("{head}{swapped}")
+}
+
+struct Chat {
+    a: WsClient,
+    b: WsClient,
+    c: WsClient,
+    chat: String,
+}
+
+async fn alice_bob_and_outsider_carol(node: &TestNode) -> Chat {
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let carol = node.user("carol").await;
+    let mut a = node.connect(&alice).await;
+    let b = node.connect(&bob).await;
+    let c = node.connect(&carol).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    Chat { a, b, c, chat }
+}
+
+/// The flow both modes share: upload, send, receive metadata, download, compare;
+/// plus the refusals that do not depend on the backend.
+async fn round_trip(node: &TestNode, chat: &mut Chat) -> String {
+    let http = node.http();
+    let t = target(&mut chat.a, PNG.len(), "image/png").await;
+    let id = t["attachmentId"].as_str().unwrap().to_owned();
+    // Sending before the upload is refused.
+    assert_eq!(
+        chat.a
+            .error_code(
+                json!({"type":"sendMessage","chatId":chat.chat,"message":"","attachments":[id]})
+            )
+            .await,
+        "unknown_attachment"
+    );
+    assert_eq!(put(http, &t, "image/png", PNG.to_vec()).await, 200);
+    let sent = chat
+        .a
+        .ok(json!({"type":"sendMessage","chatId":chat.chat,"message":"look","attachments":[id]}))
+        .await;
+    assert_eq!(sent["type"], "result");
+
+    let events = chat.b.drain().await;
+    let message = events.iter().find(|e| e["type"] == "newMessage").unwrap();
+    assert_eq!(
+        message["attachments"],
+        json!([{"attachmentId": id, "contentType": "image/png", "size": PNG.len(), "name": "cat.png"}])
+    );
+    let history = chat
+        .b
+        .ok(json!({"type":"getHistory","chatId":chat.chat}))
+        .await;
+    assert_eq!(
+        history["messages"][0]["attachments"][0]["attachmentId"],
+        id.as_str()
+    );
+
+    let link = chat
+        .b
+        .ok(json!({"type":"getAttachmentUrl","attachmentId":id}))
+        .await;
+    let url = link["url"].as_str().unwrap();
+    let (status, bytes, ct) = get(http, url).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, PNG);
+    assert_eq!(ct.as_deref(), Some("image/png"));
+    let (status, _, _) = get(http, &tamper(url)).await;
+    assert_eq!(status, 403, "a tampered URL must be refused");
+
+    // Only participants of a chat it was sent in.
+    assert_eq!(
+        chat.c
+            .error_code(json!({"type":"getAttachmentUrl","attachmentId":id}))
+            .await,
+        "forbidden"
+    );
+    assert_eq!(
+        chat.c
+            .error_code(
+                json!({"type":"getAttachmentUrl","attachmentId":"01JD3VA0C5V2B7N1M4Q8W3E6R9"})
+            )
+            .await,
+        "unknown_attachment"
+    );
+    // Only the uploader may send it.
+    let bob_chat = chat
+        .b
+        .ok(json!({"type":"createChat","participants":["carol"]}))
+        .await["chatId"]
+        .clone();
+    assert_eq!(
+        chat.b
+            .error_code(json!({"type":"sendMessage","chatId":bob_chat,"message":"mine now","attachments":[id]}))
+            .await,
+        "unknown_attachment"
+    );
+    // A content type that differs from the signed one is refused by the store.
+    let t2 = target(&mut chat.a, PNG.len(), "image/png").await;
+    assert_eq!(put(http, &t2, "image/gif", PNG.to_vec()).await, 403);
+    id
+}
+
+#[tokio::test]
+async fn embedded_media_round_trip_and_refusals() {
+    let node = TestNode::with_config(&format!(
+        "{BASE_CONFIG}\n[media]\nmax_size = 1000\nallowed_types = [\"image/*\"]\n"
+    ))
+    .await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let id = round_trip(&node, &mut chat).await;
+    let http = node.http();
+
+    // Limits and declared sizes.
+    assert_eq!(
+        chat.a
+            .error_code(json!({"type":"getAttachmentTarget","size":1001,"contentType":"image/png"}))
+            .await,
+        "attachment_too_large"
+    );
+    assert_eq!(
+        chat.a
+            .error_code(
+                json!({"type":"getAttachmentTarget","size":10,"contentType":"application/x-sh"})
+            )
+            .await,
+        "bad_request"
+    );
+    let t = target(&mut chat.a, 10, "image/png").await;
+    assert_eq!(put(http, &t, "image/png", vec![1; 11]).await, 413);
+    assert_eq!(put(http, &t, "image/png", vec![1; 5]).await, 400);
+    assert_eq!(put(http, &t, "image/png", vec![1; 10]).await, 200);
+
+    // Expired URLs: the node's clock moves past the download expiry (1 h) and the
+    // upload expiry (15 min).
+    let url = chat
+        .b
+        .ok(json!({"type":"getAttachmentUrl","attachmentId":id}))
+        .await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let late_upload = target(&mut chat.a, 3, "image/png").await;
+    node.advance_clock(Duration::from_secs(2 * 3600)).await;
+    assert_eq!(get(http, &url).await.0, 403);
+    assert_eq!(put(http, &late_upload, "image/png", vec![1; 3]).await, 403);
+
+    // A participant removed later loses access to what is sent after.
+    chat.a
+        .ok(json!({"type":"modifyChatParticipants","chatId":chat.chat,"userId":"bob","operation":"REMOVE"}))
+        .await;
+    let t = target(&mut chat.a, PNG.len(), "image/png").await;
+    let after = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(http, &t, "image/png", PNG.to_vec()).await, 200);
+    chat.a
+        .ok(json!({"type":"sendMessage","chatId":chat.chat,"message":"","attachments":[after]}))
+        .await;
+    assert_eq!(
+        chat.b
+            .error_code(json!({"type":"getAttachmentUrl","attachmentId":after}))
+            .await,
+        "forbidden"
+    );
+
+    // Never-sent uploads go after 24 h; the file really disappears.
+    let orphan = target(&mut chat.a, 4, "image/png").await;
+    let orphan_id = orphan["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(http, &orphan, "image/png", vec![7; 4]).await, 200);
+    let orphan_file = node.data.join("media").join(&orphan_id);
+    assert!(orphan_file.exists());
+    node.advance_clock(Duration::from_secs(25 * 3600)).await;
+    let report = node.sweep().await;
+    assert!(
+        report["orphanUploadsRemoved"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(!orphan_file.exists());
+    // Sent attachments stay until the media retention (30 days).
+    let sent_file = node.data.join("media").join(&id);
+    assert!(sent_file.exists());
+    node.advance_clock(Duration::from_secs(31 * 86400)).await;
+    let report = node.sweep().await;
+    assert!(
+        report["attachmentsExpired"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(!sent_file.exists());
+    assert_eq!(
+        chat.a
+            .error_code(json!({"type":"getAttachmentUrl","attachmentId":id}))
+            .await,
+        "unknown_attachment"
+    );
+}
+
+fn s3_config(server: &S3Server, extra: &str) -> String {
+    format!(
+        "{BASE_CONFIG}\n[media]\nstore = \"s3://{}/natter\"\nmax_size = 1000\n{extra}\n\
+         [media.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\n\
+         secret_access_key = \"{}\"\npath_style = true\nallow_http = true\n",
+        s3::BUCKET,
+        server.endpoint,
+        s3::ACCESS_KEY,
+        s3::SECRET_KEY
+    )
+}
+
+#[tokio::test]
+async fn s3_media_round_trip_and_refusals() {
+    let server = S3Server::start().await;
+    let node = TestNode::with_config(&s3_config(&server, "")).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let id = round_trip(&node, &mut chat).await;
+    let http = node.http();
+    // The bytes went to the bucket, not through natter.
+    assert_eq!(
+        std::fs::read(server.object_path(&format!("natter/{id}"))).unwrap(),
+        PNG
+    );
+    assert!(!node.data.join("media").join(&id).exists());
+
+    // S3 cannot cap a pre-signed PUT: natter checks the object before sending and
+    // deletes one that does not match.
+    let t = target(&mut chat.a, 10, "image/png").await;
+    let wrong = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(http, &t, "image/png", vec![1; 11]).await, 200);
+    assert_eq!(
+        chat.a
+            .error_code(
+                json!({"type":"sendMessage","chatId":chat.chat,"message":"","attachments":[wrong]})
+            )
+            .await,
+        "unknown_attachment"
+    );
+    assert!(!server.object_path(&format!("natter/{wrong}")).exists());
+    let t = target(&mut chat.a, 1000, "image/png").await;
+    let huge = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(http, &t, "image/png", vec![1; 5000]).await, 200);
+    assert_eq!(
+        chat.a
+            .error_code(
+                json!({"type":"sendMessage","chatId":chat.chat,"message":"","attachments":[huge]})
+            )
+            .await,
+        "attachment_too_large"
+    );
+    assert!(!server.object_path(&format!("natter/{huge}")).exists());
+
+    // Orphans are removed from the bucket.
+    let orphan = target(&mut chat.a, 4, "image/png").await;
+    let orphan_id = orphan["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(http, &orphan, "image/png", vec![7; 4]).await, 200);
+    let orphan_object = server.object_path(&format!("natter/{orphan_id}"));
+    assert!(orphan_object.exists());
+    node.advance_clock(Duration::from_secs(25 * 3600)).await;
+    let report = node.sweep().await;
+    assert!(
+        report["orphanUploadsRemoved"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert!(!orphan_object.exists());
+}
+
+#[tokio::test]
+async fn s3_refuses_expired_upload_urls() {
+    let server = S3Server::start().await;
+    let node = TestNode::with_config(&s3_config(&server, "upload_expiry = \"1s\"")).await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    let t = target(&mut a, 3, "image/png").await;
+    let http = node.http().clone();
+    // The store's clock decides; wait (bounded) until it says the URL expired.
+    eventually("the store to refuse an expired URL", || {
+        let http = http.clone();
+        let t = t.clone();
+        async move { (put(&http, &t, "image/png", vec![1; 3]).await == 403).then_some(()) }
+    })
+    .await;
+}
