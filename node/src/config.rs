@@ -14,6 +14,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::core::Registration;
+use crate::delivery::nats::NatsConfig;
+use crate::delivery::subjects::valid_gateway_id;
 use crate::ids::NodeName;
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
@@ -30,8 +32,34 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
-    /// Run the all-in-one node: gateway and core in one process (the default).
+    /// Run the all-in-one node: gateway and core in one process. With --nats,
+    /// deliveries go over NATS JetStream.
     Serve(ServeArgs),
+    /// Run the core: owns the store, answers gateways over NATS (needs --nats).
+    /// Serves the admin API and embedded media on --listen (default 127.0.0.1:7071).
+    Core(ServeArgs),
+    /// Run a stateless gateway: client WebSockets and HTTP, forwarded to the core
+    /// over NATS (needs --nats).
+    Gateway(ServeArgs),
+}
+
+impl CliCommand {
+    pub fn into_parts(self) -> (Role, ServeArgs) {
+        match self {
+            Self::Serve(args) => (Role::All, args),
+            Self::Core(args) => (Role::Core, args),
+            Self::Gateway(args) => (Role::Gateway, args),
+        }
+    }
+}
+
+/// What a `natterd` process is (DESIGN §1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Gateway and core in one process.
+    All,
+    Core,
+    Gateway,
 }
 
 #[derive(Debug, Default, Clone, Args)]
@@ -68,6 +96,12 @@ pub struct ServeArgs {
     /// Default http://<listen address>
     #[arg(long, env = "NATTER_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// NATS server URL, e.g. nats://127.0.0.1:4222. Required for core and gateway.
+    #[arg(long, env = "NATTER_NATS")]
+    pub nats: Option<String>,
+    /// This gateway's id on NATS (1-32 of a-z 0-9 -). Default: random per start
+    #[arg(long, env = "NATTER_GATEWAY_ID")]
+    pub gateway_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -102,6 +136,9 @@ struct FileConfig {
     #[serde(default)]
     media: FileMedia,
     public_url: Option<String>,
+    #[serde(default)]
+    nats: FileNats,
+    gateway_id: Option<String>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
 }
@@ -162,6 +199,18 @@ struct FileStore {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileNats {
+    url: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    stream_max_age: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    heartbeat: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileMedia {
     store: Option<String>,
     root: Option<PathBuf>,
@@ -218,6 +267,11 @@ pub struct Config {
     pub media: MediaConfig,
     /// Base URL clients reach this node at; `None` means `http://<bound address>`.
     pub public_url: Option<String>,
+    pub role: Role,
+    /// NATS, when configured (required for the core and gateway roles).
+    pub nats: Option<NatsConfig>,
+    /// This process's id on NATS (its delivery subjects and consumer).
+    pub gateway_id: String,
 }
 
 #[derive(Debug, Clone)]
@@ -293,7 +347,12 @@ impl Config {
             .unwrap_or_else(|e| unreachable!("defaults are valid: {e}"))
     }
 
+    /// Resolves the settings of an all-in-one node.
     pub fn resolve(args: ServeArgs) -> Result<Self, ConfigError> {
+        Self::resolve_for(Role::All, args)
+    }
+
+    pub fn resolve_for(role: Role, args: ServeArgs) -> Result<Self, ConfigError> {
         let file = match &args.config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -379,6 +438,36 @@ impl Config {
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from("natter-data"));
         let media = media_config(args.media, file.media, &data)?;
+        let nats = match args.nats.or(file.nats.url) {
+            Some(url) => Some(NatsConfig {
+                url,
+                stream_max_age: file
+                    .nats
+                    .stream_max_age
+                    .unwrap_or(Duration::from_secs(3600)),
+                heartbeat: file.nats.heartbeat.unwrap_or(Duration::from_secs(5)),
+                request_timeout: file.nats.request_timeout.unwrap_or(Duration::from_secs(10)),
+            }),
+            None if role != Role::All => {
+                return Err(invalid(
+                    "nats",
+                    "the core and gateway roles need --nats URL",
+                ));
+            }
+            None => None,
+        };
+        let gateway_id = match args.gateway_id.or(file.gateway_id) {
+            Some(id) if valid_gateway_id(&id) => id,
+            Some(_) => return Err(invalid("gateway_id", "1-32 of a-z 0-9 -")),
+            None => format!(
+                "gw-{}",
+                ulid::Ulid::new().to_string()[16..].to_ascii_lowercase()
+            ),
+        };
+        let default_listen = match role {
+            Role::Core => SocketAddr::from(([127, 0, 0, 1], 7071)),
+            _ => SocketAddr::from(([127, 0, 0, 1], 7070)),
+        };
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -387,10 +476,7 @@ impl Config {
         }
         Ok(Self {
             data,
-            listen: args
-                .listen
-                .or(file.listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7070))),
+            listen: args.listen.or(file.listen).unwrap_or(default_listen),
             node,
             registration: args
                 .registration
@@ -408,6 +494,9 @@ impl Config {
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             media,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
+            role,
+            nats,
+            gateway_id,
         })
     }
 }

@@ -99,7 +99,8 @@ ulid_id!(
 );
 
 /// A delivery to one device. Node-wide monotonic, so per device it only grows.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct DeliveryId(pub u64);
 
 impl DeliveryId {
@@ -213,6 +214,26 @@ impl UserRef {
                 node: local.clone(),
             }),
         }
+    }
+}
+
+impl Serialize for UserRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UserRef {
+    /// Only the full `name@node` form: a bare name has no node to resolve against.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
+        let (name, node) = s
+            .split_once('@')
+            .ok_or_else(|| serde::de::Error::custom("expected name@node"))?;
+        Ok(Self {
+            name: Username::parse(name).ok_or_else(|| serde::de::Error::custom("invalid name"))?,
+            node: NodeName::parse(node).ok_or_else(|| serde::de::Error::custom("invalid node"))?,
+        })
     }
 }
 

@@ -2,7 +2,7 @@
 //! until SIGINT or SIGTERM.
 
 use clap::Parser;
-use natter::config::{Cli, CliCommand, Config, LogFormat};
+use natter::config::{Cli, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -37,8 +37,8 @@ async fn shutdown_signal(token: CancellationToken) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let CliCommand::Serve(args) = cli.command;
-    let config = Config::resolve(args)?;
+    let (role, args) = cli.command.into_parts();
+    let config = Config::resolve_for(role, args)?;
     init_logging(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));

@@ -38,6 +38,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// A frame was larger than [`super::MAX_FRAME_BYTES`].
     pub const TOO_BIG: u16 = 1009;
+    /// The node cannot serve the connection right now (its core is unreachable).
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     /// An internal fault while serving the connection.
     pub const INTERNAL: u16 = 1011;
     /// Missing, bad or expired token; or no `auth` frame in time.
@@ -63,6 +65,8 @@ pub enum ErrorCode {
     AttachmentTooLarge,
     RateLimited,
     Internal,
+    /// Extension: a part of the node is temporarily unreachable; retry.
+    Unavailable,
     // HTTP only.
     InvalidUsername,
     WeakPassword,
@@ -90,6 +94,7 @@ impl ErrorCode {
             Self::AttachmentTooLarge => "attachment_too_large",
             Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
+            Self::Unavailable => "unavailable",
             Self::InvalidUsername => "invalid_username",
             Self::WeakPassword => "weak_password",
             Self::RegistrationClosed => "registration_closed",
@@ -172,8 +177,14 @@ pub enum Operation {
     Remove,
 }
 
-/// A client command, validated: ids parsed, limits checked.
-#[derive(Clone, Debug, PartialEq)]
+/// A client command, validated: ids parsed, limits checked. Serializable because
+/// gateways forward commands to the core (over NATS, as [`crate::core::rpc`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Command {
     CreateChat {
         participants: Vec<UserRef>,
@@ -212,6 +223,9 @@ pub enum Command {
     Ack {
         delivery_ids: Vec<DeliveryId>,
     },
+    /// Extension: answered once every event pending for this device when the
+    /// command was taken has been sent on this connection.
+    Sync,
 }
 
 impl Command {
@@ -227,6 +241,7 @@ impl Command {
             Self::GetHistory { .. } => "getHistory",
             Self::MarkRead { .. } => "markRead",
             Self::Ack { .. } => "ack",
+            Self::Sync => "sync",
         }
     }
 }
@@ -532,6 +547,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
             }
         }
         "listChats" => Command::ListChats,
+        "sync" => Command::Sync,
         "getHistory" => {
             let raw: RawHistory = fields(map, &id)?;
             let limit = raw.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
@@ -578,6 +594,7 @@ fn is_command(kind: &str) -> bool {
             | "listChats"
             | "getHistory"
             | "markRead"
+            | "sync"
     )
 }
 
@@ -727,6 +744,11 @@ pub enum CommandResult {
     #[serde(rename_all = "camelCase")]
     ChatCreated {
         chat_id: String,
+    },
+    /// `sync`: the highest delivery id pending when it was taken ("0": none).
+    #[serde(rename_all = "camelCase")]
+    Synced {
+        up_to: String,
     },
     Participants {
         participants: Vec<String>,
@@ -968,6 +990,7 @@ mod tests {
             "markRead",
             "modifyChatParticipants",
             "sendMessage",
+            "sync",
         ];
         assert_eq!(
             client_types,

@@ -1,10 +1,15 @@
 //! Wiring: builds the parts of a node from its [`Config`] and runs them until
-//! shutdown.
+//! shutdown, in one of three roles (DESIGN §1):
+//! - **all-in-one** (`serve`): store, core and gateway in one process; the live hop
+//!   is in-process, or JetStream with `--nats`;
+//! - **core**: store and core; answers gateways over NATS, routes deliveries to
+//!   them through JetStream by presence; serves the admin API and embedded media;
+//! - **gateway**: no state; client HTTP and WebSockets, forwarded to the core.
 //!
-//! Every spawned task has an owner: the sweeper is tracked here, client sessions
-//! by the gateway's tracker; both stop when `shutdown` is cancelled. Shutdown
-//! order: stop accepting, let sessions answer what they took and close with 1001,
-//! then let the writer commit what is queued and persist the store.
+//! Every spawned task has an owner: background tasks are tracked here, client
+//! sessions by the gateway's tracker. Shutdown order: stop accepting, let
+//! sessions answer what they took and close with 1001, stop background tasks, let
+//! the writer commit what is queued and persist the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,10 +21,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth;
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Role};
+use crate::core::client::CoreClient;
 use crate::core::{Core, CoreConfig, CoreError};
-use crate::delivery::Hub;
-use crate::gateway::{self, Gateway};
+use crate::delivery::nats::{self, JsPublisher, Nats, NatsError};
+use crate::delivery::presence::PresenceTable;
+use crate::delivery::{Hub, Presence, Publisher, rpc};
+use crate::gateway::{self, Endpoints, Gateway};
 use crate::identity::{self, IdentityError};
 use crate::media::{Media, MediaError};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -39,27 +47,66 @@ pub enum NodeError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Media(#[from] MediaError),
+    #[error(transparent)]
+    Nats(#[from] NatsError),
     #[error("serving: {0}")]
     Serve(std::io::Error),
 }
 
 /// Binds the configured address and runs the node until `shutdown`.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| NodeError::Listen {
-            addr: config.listen,
-            source,
-        })?;
+    let listener = bind(config.listen).map_err(|source| NodeError::Listen {
+        addr: config.listen,
+        source,
+    })?;
     run(config, listener, shutdown).await
+}
+
+/// Binds with a deep accept queue: the default (128) overflows when hundreds of
+/// clients reconnect at once, and each overflow costs a client a 1 s SYN retry.
+pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs an all-in-one node on `listener` until `shutdown` is cancelled.
+/// Runs the configured role on `listener` until `shutdown` is cancelled.
 pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    match config.role {
+        Role::All | Role::Core => run_with_store(config, listener, shutdown).await,
+        Role::Gateway => run_gateway(config, listener, shutdown).await,
+    }
+}
+
+async fn connect_nats(config: &Config) -> Result<Option<Nats>, NodeError> {
+    let Some(nats_config) = &config.nats else {
+        return Ok(None);
+    };
+    let role = match config.role {
+        Role::All => "serve",
+        Role::Core => "core",
+        Role::Gateway => "gateway",
+    };
+    let name = format!("natterd-{role}-{}", config.gateway_id);
+    let nats = Nats::connect(nats_config.clone(), config.node.clone(), &name).await?;
+    tracing::info!(url = %nats_config.url, gateway = %config.gateway_id, "using NATS");
+    Ok(Some(nats))
+}
+
+async fn run_with_store(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
@@ -81,7 +128,6 @@ pub async fn run(
         created = admin.created,
         "admin token (for the natter CLI)"
     );
-
     let store = Store::open(
         &config.data.join("store"),
         StoreOptions {
@@ -106,10 +152,43 @@ pub async fn run(
         public_url,
         clock.clone(),
     )?;
+
+    // Background work stops after the sessions are gone, before the writer.
+    let background = CancellationToken::new();
+    let tasks = TaskTracker::new();
     let hub = Hub::default();
+    let nats = connect_nats(&config).await?;
+    let gateway_id = config.gateway_id.clone();
+    let (publisher, presence, table) = match (&nats, config.role) {
+        (None, _) => (
+            Publisher::Local(hub.clone()),
+            Presence::Local {
+                hub: hub.clone(),
+                gateway: gateway_id.clone(),
+            },
+            None,
+        ),
+        (Some(nats), Role::Core) => {
+            let table = Arc::new(PresenceTable::new(nats.config.heartbeat * 3));
+            let presence = Presence::Table(table.clone());
+            let publisher =
+                JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
+            (Publisher::Nats(publisher), presence, Some(table))
+        }
+        (Some(nats), _) => {
+            let presence = Presence::Local {
+                hub: hub.clone(),
+                gateway: gateway_id.clone(),
+            };
+            let publisher =
+                JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
+            (Publisher::Nats(publisher), presence, None)
+        }
+    };
     let (core, writer) = Core::start(
         store,
-        hub.clone(),
+        publisher,
+        presence,
         media,
         clock,
         CoreConfig {
@@ -121,36 +200,168 @@ pub async fn run(
             max_group: config.store.max_group,
         },
     )?;
-    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(nats) = &nats {
+        let ensure = nats.clone();
+        let stop = background.clone();
+        tasks.spawn(async move {
+            if ensure.wait_for_stream(&stop).await.is_some() {
+                tracing::info!("delivery stream ready");
+            }
+        });
+        match &table {
+            Some(table) => {
+                nats::start_presence_listener(
+                    nats.clone(),
+                    table.clone(),
+                    &tasks,
+                    background.clone(),
+                );
+                rpc::start_server(
+                    nats.clone(),
+                    core.clone(),
+                    table.clone(),
+                    &tasks,
+                    background.clone(),
+                );
+            }
+            None => {
+                nats::start_feed(
+                    nats.clone(),
+                    gateway_id.clone(),
+                    hub.clone(),
+                    &tasks,
+                    background.clone(),
+                );
+                nats::start_gateway_link(
+                    nats.clone(),
+                    gateway_id.clone(),
+                    hub.clone(),
+                    false,
+                    &tasks,
+                    background.clone(),
+                );
+            }
+        }
+    }
+    tasks.spawn(sweeper(
+        core.clone(),
+        config.retention.sweep_interval,
+        background.clone(),
+    ));
+
     let gw = Gateway {
-        core: core.clone(),
+        core: CoreClient::Local(core.clone()),
+        local: Some(core.clone()),
+        nats,
+        presence: table,
         hub,
         ws: Arc::new(config.websocket.clone()),
         limits: config.limits.clone(),
         shutdown: shutdown.clone(),
         sessions: TaskTracker::new(),
         admin_token_hash: auth::token_hash(&admin.token),
-        ready: ready.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
     };
+    let endpoints = Endpoints {
+        clients: config.role == Role::All,
+        store: true,
+    };
+    let served = serve_until_shutdown(&config, listener, gw, endpoints, shutdown).await;
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
+    core.stop().await;
+    writer.join().await;
+    tracing::info!("stopped");
+    served
+}
 
+async fn run_gateway(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let nats = connect_nats(&config)
+        .await?
+        .ok_or_else(|| NodeError::Nats(NatsError::Other("a gateway needs --nats".into())))?;
+    let background = CancellationToken::new();
     let tasks = TaskTracker::new();
-    tasks.spawn(sweeper(
-        core.clone(),
-        config.retention.sweep_interval,
-        shutdown.clone(),
-    ));
+    let hub = Hub::default();
+    let gateway_id = config.gateway_id.clone();
+    let rpc =
+        rpc::RpcClient::start(nats.clone(), gateway_id.clone(), &tasks, background.clone()).await?;
+    nats::start_feed(
+        nats.clone(),
+        gateway_id.clone(),
+        hub.clone(),
+        &tasks,
+        background.clone(),
+    );
+    nats::start_gateway_link(
+        nats.clone(),
+        gateway_id,
+        hub.clone(),
+        true,
+        &tasks,
+        background.clone(),
+    );
+    let gw = Gateway {
+        core: CoreClient::Remote {
+            rpc,
+            node: config.node.clone(),
+        },
+        local: None,
+        nats: Some(nats),
+        presence: None,
+        hub,
+        ws: Arc::new(config.websocket.clone()),
+        limits: config.limits.clone(),
+        shutdown: shutdown.clone(),
+        sessions: TaskTracker::new(),
+        // No admin API here; nothing matches this.
+        admin_token_hash: auth::token_hash(&auth::new_token()),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let endpoints = Endpoints {
+        clients: true,
+        store: false,
+    };
+    let served = serve_until_shutdown(&config, listener, gw, endpoints, shutdown).await;
+    background.cancel();
+    tasks.close();
+    tasks.wait().await;
+    tracing::info!("stopped");
+    served
+}
 
+/// Serves HTTP until `shutdown`, then closes the sessions (within the grace).
+async fn serve_until_shutdown(
+    config: &Config,
+    listener: TcpListener,
+    gw: Gateway,
+    endpoints: Endpoints,
+    shutdown: CancellationToken,
+) -> Result<(), NodeError> {
+    let addr = listener.local_addr().map_err(NodeError::Serve)?;
     tracing::info!(
         url = %format!("http://{addr}"),
         node = %config.node,
+        role = ?config.role,
         registration = ?config.registration,
         "listening"
     );
-    ready.store(true, Ordering::Release);
-    let served = axum::serve(listener, gateway::router(gw.clone()))
+    gw.ready.store(true, Ordering::Release);
+    // Small frames must not wait for the client's TCP ack (Nagle): with it, a
+    // delivery written while another is unacknowledged waits up to ~40 ms.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    let served = axum::serve(listener, gateway::router(gw.clone(), endpoints))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
-    ready.store(false, Ordering::Release);
+    gw.ready.store(false, Ordering::Release);
     tracing::info!("shutting down: closing sessions");
     gw.sessions.close();
     if tokio::time::timeout(config.shutdown_grace, gw.sessions.wait())
@@ -159,11 +370,6 @@ pub async fn run(
     {
         tracing::warn!("some sessions did not close within the grace period");
     }
-    tasks.close();
-    tasks.wait().await;
-    core.stop().await;
-    writer.join().await;
-    tracing::info!("stopped");
     served.map_err(NodeError::Serve)
 }
 

@@ -10,7 +10,9 @@
 //! serializable protocol types and ids, so that a gateway in another process can
 //! talk to it over NATS request/reply.
 
+pub mod client;
 mod render;
+pub mod rpc;
 mod writer;
 
 use std::future::Future;
@@ -22,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::auth;
 use crate::clock::{Clock, rfc3339};
-use crate::delivery::Hub;
+use crate::delivery::{Presence, Publisher};
 use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, NodeName, Username};
 use crate::media::{Media, MediaError};
 use crate::protocol::{self, ChatSummary, Command, CommandResult, ErrorCode, LoginResponse};
@@ -54,6 +56,9 @@ pub enum CoreError {
     Join(#[from] tokio::task::JoinError),
     #[error("media store: {0}")]
     Media(#[from] MediaError),
+    /// A part of the node this needs is unreachable (NATS, the core); retry.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
     /// The writer has stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
@@ -72,6 +77,7 @@ impl CoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Rejected { code, .. } => *code,
+            Self::Unavailable(_) | Self::Stopped => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }
@@ -80,6 +86,7 @@ impl CoreError {
     pub fn public_message(&self) -> String {
         match self {
             Self::Rejected { message, .. } => message.clone(),
+            Self::Unavailable(message) => message.clone(),
             Self::Stopped => "the node is shutting down".into(),
             _ => "internal error".into(),
         }
@@ -153,13 +160,20 @@ impl Core {
     /// command queued before it is committed.
     pub fn start(
         store: Store,
-        hub: Hub,
+        publisher: Publisher,
+        presence: Presence,
         media: Media,
         clock: Clock,
         config: CoreConfig,
     ) -> Result<(Self, WriterThread), CoreError> {
         let (tx, rx) = mpsc::channel(4096);
-        let writer = Writer::new(store.clone(), hub, clock.clone(), config.clone())?;
+        let writer = Writer::new(
+            store.clone(),
+            publisher,
+            presence,
+            clock.clone(),
+            config.clone(),
+        )?;
         let handle = std::thread::Builder::new()
             .name("natter-writer".into())
             .spawn(move || writer.run(rx))
@@ -802,24 +816,31 @@ impl Core {
 
     // ------------------------------------------------------------ delivery
 
-    /// A device's pending events with delivery id > `after`, oldest first, as frames.
+    /// A device's pending events with delivery id > `after`, oldest first, as
+    /// frames: at most `limit` of them and about [`FRAMES_BUDGET`] bytes.
     pub async fn backlog(
         &self,
         device: DeviceId,
         after: DeliveryId,
         limit: usize,
-    ) -> Result<Vec<(DeliveryId, String)>, CoreError> {
+    ) -> Result<Frames, CoreError> {
         self.read(move |view| {
             let entries = view.inbox_after(device, after.0, limit)?;
-            let mut out = Vec::with_capacity(entries.len());
+            let read = entries.len();
+            let mut frames = Vec::with_capacity(read);
+            let mut bytes = 0;
             for (id, entry) in entries {
+                if bytes >= FRAMES_BUDGET {
+                    break;
+                }
                 let event = render::entry_event(view, &entry)?;
-                out.push((
-                    DeliveryId(id),
-                    protocol::event_frame(DeliveryId(id), &event.encode()),
-                ));
+                let frame = protocol::event_frame(DeliveryId(id), &event.encode());
+                bytes += frame.len();
+                frames.push((DeliveryId(id), frame));
             }
-            Ok(out)
+            // Fewer entries than asked for, all of them framed: nothing more now.
+            let complete = read < limit && frames.len() == read;
+            Ok(Frames { frames, complete })
         })
         .await
     }
@@ -829,16 +850,24 @@ impl Core {
         &self,
         device: DeviceId,
         ids: Vec<DeliveryId>,
-    ) -> Result<Vec<(DeliveryId, String)>, CoreError> {
+    ) -> Result<Frames, CoreError> {
         self.read(move |view| {
-            let mut out = Vec::with_capacity(ids.len());
+            let mut frames = Vec::with_capacity(ids.len());
+            let mut bytes = 0;
+            let mut complete = true;
             for id in ids {
+                if bytes >= FRAMES_BUDGET {
+                    complete = false;
+                    break;
+                }
                 if let Some(entry) = view.inbox_entry(device, id.0)? {
                     let event = render::entry_event(view, &entry)?;
-                    out.push((id, protocol::event_frame(id, &event.encode())));
+                    let frame = protocol::event_frame(id, &event.encode());
+                    bytes += frame.len();
+                    frames.push((id, frame));
                 }
             }
-            Ok(out)
+            Ok(Frames { frames, complete })
         })
         .await
     }
@@ -847,6 +876,18 @@ impl Core {
     pub async fn ack(&self, ctx: &DeviceCtx, ids: Vec<DeliveryId>) -> Pending {
         self.dispatch(ctx, Command::Ack { delivery_ids: ids }).await
     }
+}
+
+/// About this many bytes of frames go in one inbox read, so one answer fits in a
+/// NATS message (1 MiB by default) with room to spare.
+pub const FRAMES_BUDGET: usize = 512 * 1024;
+
+/// Frames read from a device's inbox.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Frames {
+    pub frames: Vec<(DeliveryId, String)>,
+    /// Whether everything pending (after the cursor, or of the ids asked for) is here.
+    pub complete: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -24,7 +24,7 @@ use super::render;
 use super::{CoreConfig, CoreError, DeviceCtx, Invite};
 use crate::auth;
 use crate::clock::{Clock, rfc3339};
-use crate::delivery::{Delivery, Hub};
+use crate::delivery::{Delivery, Presence, Publisher};
 use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, MessageId, Username};
 use crate::protocol::{self, Command, CommandResult, ErrorCode, Event, Operation, UpdateReason};
 use crate::store::{
@@ -162,7 +162,8 @@ impl ChatState {
 
 pub(crate) struct Writer {
     store: Store,
-    hub: Hub,
+    publisher: Publisher,
+    presence: Presence,
     clock: Clock,
     config: CoreConfig,
     chats: HashMap<ChatId, ChatState>,
@@ -176,13 +177,15 @@ pub(crate) struct Writer {
 impl Writer {
     pub fn new(
         store: Store,
-        hub: Hub,
+        publisher: Publisher,
+        presence: Presence,
         clock: Clock,
         config: CoreConfig,
     ) -> Result<Self, StoreError> {
         let mut writer = Self {
             store,
-            hub,
+            publisher,
+            presence,
             clock,
             config,
             chats: HashMap::new(),
@@ -275,7 +278,7 @@ impl Writer {
                 self.saved_update = self.next_update;
                 // Deliveries first: once a sender has its result, the recipients'
                 // connections already hold the event.
-                self.hub.publish(pushes);
+                self.publisher.publish(pushes);
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -906,6 +909,10 @@ impl Writer {
                 }
                 Ok(CommandResult::Empty {})
             }
+            // Through the writer so that everything queued before it is committed.
+            Command::Sync => Ok(CommandResult::Synced {
+                up_to: tx.view().inbox_last(ctx.device)?.unwrap_or(0).to_string(),
+            }),
             Command::ListChats
             | Command::GetHistory { .. }
             | Command::GetAttachmentTarget { .. }
@@ -962,7 +969,7 @@ impl Writer {
         let dead_before = now.saturating_sub(self.config.device_ttl_ms);
         let devices = tx.view().devices_after(after, SWEEP_DEVICES)?;
         for (device, record) in &devices {
-            if record.last_active < dead_before && !self.hub.is_online(*device) {
+            if record.last_active < dead_before && !self.presence.is_online(*device) {
                 report.entries_expired += tx.delete_device(*device, record)?;
                 if let Some(list) = self.devices.get_mut(&record.user) {
                     list.retain(|d| d != device);

@@ -1,14 +1,25 @@
 //! The live hop: getting a committed delivery to the connection that holds its
-//! device, right now.
+//! device, right now — in this process, or through NATS JetStream to the gateway
+//! process that holds it.
 //!
 //! Owns: [`Hub`], the map from online device to its connection's queue, and the
-//! [`Delivery`] that travels on it.
+//! [`Delivery`] that travels on it; [`Publisher`], how the core hands deliveries
+//! off after a commit; [`Presence`], which process holds which device; and
+//! ([`nats`], [`rpc`]) everything that talks to NATS — the only modules that
+//! import async-nats, with every subject built in [`subjects`].
 //! Does not own: durability. The fjall inbox is the truth; a delivery that this hop
-//! drops (device offline, queue full) is still in the inbox and reaches the device
-//! through replay. So every operation here is non-blocking and may drop.
+//! drops (device offline, queue full, NATS down) is still in the inbox and reaches
+//! the device through replay. So every operation here is non-blocking and may drop;
+//! whatever drops must leave the connection knowing it has to re-read the inbox
+//! (`lagged`, [`Push::Resync`]).
 //!
 //! Invariant: deliveries are published in commit order, and delivery ids grow in
 //! commit order, so a connection sees ids ascending on this hop.
+
+pub mod nats;
+pub mod presence;
+pub mod rpc;
+pub mod subjects;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,13 +37,22 @@ pub struct Delivery {
     pub encoded: Arc<str>,
 }
 
+/// What the hop hands a connection.
+#[derive(Clone, Debug)]
+pub enum Push {
+    Deliver(Delivery),
+    /// Something may have been missed (NATS reconnected, the core restarted, a
+    /// publish failed): read the inbox again.
+    Resync,
+}
+
 /// How many live deliveries may wait for a connection's task before the hop
 /// declares it lagged (it then catches up from the inbox).
 const LIVE_QUEUE: usize = 256;
 
 struct Slot {
     generation: u64,
-    tx: mpsc::Sender<Delivery>,
+    tx: mpsc::Sender<Push>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -46,7 +66,7 @@ pub struct Hub {
 /// A connection's end of the hop. Dropping it takes the device offline, unless a
 /// newer connection of the same device has displaced it already.
 pub struct Attachment {
-    pub rx: mpsc::Receiver<Delivery>,
+    pub rx: mpsc::Receiver<Push>,
     /// Set when a delivery was dropped because `rx` was full: the holder must
     /// ignore live deliveries until it has caught up from the inbox.
     pub lagged: Arc<AtomicBool>,
@@ -100,12 +120,29 @@ impl Hub {
     pub fn publish(&self, batch: impl IntoIterator<Item = (DeviceId, Delivery)>) {
         let slots = self.lock();
         for (device, delivery) in batch {
-            if let Some(slot) = slots.get(&device)
-                && let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(delivery)
-            {
-                slot.lagged.store(true, Ordering::Release);
+            if let Some(slot) = slots.get(&device) {
+                push(slot, Push::Deliver(delivery));
             }
         }
+    }
+
+    /// Tells one connection to read its inbox again.
+    pub fn resync(&self, device: DeviceId) {
+        if let Some(slot) = self.lock().get(&device) {
+            push(slot, Push::Resync);
+        }
+    }
+
+    /// Tells every connection to read its inbox again.
+    pub fn resync_all(&self) {
+        for slot in self.lock().values() {
+            push(slot, Push::Resync);
+        }
+    }
+
+    /// Closes the device's connection here (it connected elsewhere).
+    pub fn displace(&self, device: DeviceId) {
+        self.lock().remove(&device);
     }
 
     pub fn is_online(&self, device: DeviceId) -> bool {
@@ -114,6 +151,62 @@ impl Hub {
 
     pub fn online(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The devices connected here.
+    pub fn devices(&self) -> Vec<DeviceId> {
+        self.lock().keys().copied().collect()
+    }
+}
+
+fn push(slot: &Slot, item: Push) {
+    if let Err(mpsc::error::TrySendError::Full(_)) = slot.tx.try_send(item) {
+        // The connection will see the flag with the next item it takes.
+        slot.lagged.store(true, Ordering::Release);
+    }
+}
+
+/// How the core hands a commit's deliveries to the live hop.
+#[derive(Clone)]
+pub enum Publisher {
+    /// Straight to this process's connections.
+    Local(Hub),
+    /// Through JetStream, to whichever gateway holds each device.
+    Nats(nats::JsPublisher),
+}
+
+impl Publisher {
+    /// Never blocks: the writer thread calls this after each commit.
+    pub fn publish(&self, batch: Vec<(DeviceId, Delivery)>) {
+        match self {
+            Self::Local(hub) => hub.publish(batch),
+            Self::Nats(publisher) => publisher.publish(batch),
+        }
+    }
+}
+
+/// Which process holds which device.
+#[derive(Clone)]
+pub enum Presence {
+    /// One process: the hub knows; `gateway` names this process on NATS.
+    Local { hub: Hub, gateway: String },
+    /// A core with separate gateways: what they reported.
+    Table(Arc<presence::PresenceTable>),
+}
+
+impl Presence {
+    pub fn gateway_of(&self, device: DeviceId) -> Option<String> {
+        match self {
+            Self::Local { hub, gateway } => hub.is_online(device).then(|| gateway.clone()),
+            Self::Table(table) => table.gateway_of(device),
+        }
+    }
+
+    pub fn is_online(&self, device: DeviceId) -> bool {
+        match self {
+            Self::Local { hub, .. } => hub.is_online(device),
+            Self::Table(table) => table.gateway_of(device).is_some(),
+        }
     }
 }
 
@@ -136,12 +229,23 @@ mod tests {
         let mut second = hub.attach(device);
         assert!(first.rx.recv().await.is_none(), "the first receiver closes");
         hub.publish([(device, delivery(1))]);
-        assert_eq!(second.rx.recv().await.unwrap().id, DeliveryId(1));
-        // Dropping the displaced attachment must not take the device offline.
+        match second.rx.recv().await.unwrap() {
+            Push::Deliver(d) => assert_eq!(d.id, DeliveryId(1)),
+            other => panic!("expected a delivery, got {other:?}"),
+        }
+        hub.resync_all();
+        assert!(matches!(second.rx.recv().await, Some(Push::Resync)));
+        hub.displace(device);
+        assert!(second.rx.recv().await.is_none(), "displaced");
         drop(first);
-        assert!(hub.is_online(device));
         drop(second);
         assert!(!hub.is_online(device));
+        // Dropping a displaced attachment must not take a newer one offline.
+        let older = hub.attach(device);
+        let newer = hub.attach(device);
+        drop(older);
+        assert!(hub.is_online(device));
+        drop(newer);
     }
 
     #[tokio::test]

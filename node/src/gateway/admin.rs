@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, Gateway, bearer, json_body};
+use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
 use crate::protocol::ErrorCode;
 
@@ -42,7 +42,7 @@ fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
 
 async fn list_users(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_admin(&gw, &headers)?;
-    let users = gw.core.list_users().await?;
+    let users = local(&gw)?.list_users().await?;
     Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
 }
 
@@ -76,7 +76,7 @@ async fn add_user(
             (p.clone(), Some(p))
         }
     };
-    let user_id = gw.core.add_user(&req.username, &password).await?;
+    let user_id = local(&gw)?.add_user(&req.username, &password).await?;
     Ok((
         StatusCode::CREATED,
         axum::Json(AddedUser {
@@ -93,7 +93,7 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_admin(&gw, &headers)?;
-    gw.core.set_user_disabled(&name, true).await?;
+    local(&gw)?.set_user_disabled(&name, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -103,7 +103,7 @@ async fn enable_user(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_admin(&gw, &headers)?;
-    gw.core.set_user_disabled(&name, false).await?;
+    local(&gw)?.set_user_disabled(&name, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -126,7 +126,7 @@ async fn add_device(
     } else {
         json_body(&body)?
     };
-    let login = gw.core.add_device(&name, req.device_name).await?;
+    let login = local(&gw)?.add_device(&name, req.device_name).await?;
     Ok((StatusCode::CREATED, axum::Json(login)).into_response())
 }
 
@@ -157,13 +157,15 @@ async fn create_invite(
         ),
         None => None,
     };
-    let invite = gw.core.create_invite(req.uses.unwrap_or(1), ttl_ms).await?;
+    let invite = local(&gw)?
+        .create_invite(req.uses.unwrap_or(1), ttl_ms)
+        .await?;
     Ok((StatusCode::CREATED, axum::Json(invite)).into_response())
 }
 
 async fn sweep(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
     check_admin(&gw, &headers)?;
-    let report = gw.core.sweep().await?;
+    let report = local(&gw)?.sweep().await?;
     Ok(axum::Json(report).into_response())
 }
 
@@ -181,13 +183,13 @@ async fn advance_clock(
 ) -> Result<Response, ApiError> {
     check_admin(&gw, &headers)?;
     let req: AdvanceClock = json_body(&body)?;
-    if !gw.core.clock().advance(req.advance_ms) {
+    if !local(&gw)?.clock().advance(req.advance_ms) {
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "the clock is not adjustable (testing.adjustable_clock) or the step is negative",
         ));
     }
-    let now = gw.core.clock().now_ms();
+    let now = local(&gw)?.clock().now_ms();
     Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
 }
 
@@ -195,9 +197,10 @@ async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Respons
     check_admin(&gw, &headers)?;
     Ok(axum::Json(serde_json::json!({
         "node": gw.core.node().as_str(),
+        "role": if gw.local.is_some() && gw.nats.is_some() { "core" } else { "all-in-one" },
         "version": env!("CARGO_PKG_VERSION"),
-        "onlineDevices": gw.hub.online(),
-        "registration": gw.core.config().registration,
+        "onlineDevices": gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online()),
+        "registration": local(&gw)?.config().registration,
     }))
     .into_response())
 }

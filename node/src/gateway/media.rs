@@ -13,7 +13,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{ApiError, Gateway};
+use super::{ApiError, Gateway, local};
 use crate::ids::AttachmentId;
 use crate::media::{LocalDenied, LocalPutError, LocalQuery};
 use crate::protocol::ErrorCode;
@@ -51,13 +51,13 @@ async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let media = gw.core.media();
+    let core = local(&gw)?;
+    let media = core.media();
     media
         .verify_local("PUT", id, &query, content_type)
         .map_err(denied)?;
     let size = query.size.unwrap_or_default();
-    let record = gw
-        .core
+    let record = core
         .attachment(id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such attachment"))?;
@@ -101,12 +101,13 @@ async fn download(
     Query(query): Query<LocalQuery>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let media = gw.core.media();
+    let core = local(&gw)?;
+    let media = core.media();
     media
         .verify_local("GET", id, &query, None)
         .map_err(denied)?;
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such attachment");
-    let record = gw.core.attachment(id).await?.ok_or_else(not_found)?;
+    let record = core.attachment(id).await?.ok_or_else(not_found)?;
     let stream = media
         .get_local(id)
         .await

@@ -24,8 +24,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{LimitsConfig, WsConfig};
+use crate::core::client::CoreClient;
 use crate::core::{Core, CoreError, DeviceCtx};
 use crate::delivery::Hub;
+use crate::delivery::nats::Nats;
+use crate::delivery::presence::PresenceTable;
 use crate::protocol::{
     self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
 };
@@ -33,7 +36,14 @@ use crate::protocol::{
 /// What every handler shares. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    pub core: Core,
+    /// The core, here or over NATS.
+    pub core: CoreClient,
+    /// The core when this process owns the store: admin API and embedded media.
+    pub local: Option<Core>,
+    /// The NATS connection, when there is one (readiness follows it).
+    pub nats: Option<Nats>,
+    /// The core's presence table (core role): who is online at which gateway.
+    pub presence: Option<Arc<PresenceTable>>,
     pub hub: Hub,
     pub ws: Arc<WsConfig>,
     pub limits: LimitsConfig,
@@ -79,6 +89,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         UsernameTaken => StatusCode::CONFLICT,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -120,19 +131,42 @@ async fn device(gw: &Gateway, headers: &HeaderMap) -> Result<DeviceCtx, ApiError
     Ok(gw.core.authenticate(token).await?)
 }
 
-pub fn router(gw: Gateway) -> Router {
-    Router::new()
-        .route("/v1/register", post(register))
-        .route("/v1/login", post(login))
-        .route("/v1/logout", post(logout))
-        .route("/v1/ws", get(websocket))
+/// Which endpoints a process serves.
+#[derive(Clone, Copy, Debug)]
+pub struct Endpoints {
+    /// `/v1/register`, `/v1/login`, `/v1/logout`, `/v1/ws` (gateways, all-in-one).
+    pub clients: bool,
+    /// `/admin/v1/*` and `/v1/media/*` (processes that own the store).
+    pub store: bool,
+}
+
+pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .nest("/admin/v1", admin::router())
-        .merge(media::router())
+        .route("/readyz", get(readyz));
+    if endpoints.clients {
+        router = router
+            .route("/v1/register", post(register))
+            .route("/v1/login", post(login))
+            .route("/v1/logout", post(logout))
+            .route("/v1/ws", get(websocket));
+    }
+    if endpoints.store {
+        router = router
+            .nest("/admin/v1", admin::router())
+            .merge(media::router());
+    }
+    router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(protocol::MAX_FRAME_BYTES))
         .with_state(gw)
+}
+
+/// The core of this process, for endpoints that need the store.
+fn local(gw: &Gateway) -> Result<&Core, ApiError> {
+    gw.local
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not served by this process"))
 }
 
 async fn register(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
@@ -164,8 +198,15 @@ async fn logout(State(gw): State<Gateway>, headers: HeaderMap) -> Result<StatusC
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
-    if gw.ready.load(Ordering::Acquire) {
+    let nats_up = gw.nats.as_ref().is_none_or(Nats::is_connected);
+    if gw.ready.load(Ordering::Acquire) && nats_up {
         (StatusCode::OK, "ready").into_response()
+    } else if !nats_up {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: NATS is unreachable",
+        )
+            .into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
     }

@@ -35,7 +35,7 @@ use tracing::Instrument;
 
 use super::Gateway;
 use crate::core::{CoreError, DeviceCtx};
-use crate::delivery::{Attachment, Delivery};
+use crate::delivery::{Attachment, Delivery, Push};
 use crate::ids::DeliveryId;
 use crate::protocol::{
     self, ClientFrame, Command, CommandResult, ErrorCode, Reply, close, decode_client_frame,
@@ -217,6 +217,10 @@ struct Session {
     /// Sent, not yet acknowledged: delivery id → when it was (last) sent.
     inflight: BTreeMap<DeliveryId, Instant>,
     answers: FuturesUnordered<Answer>,
+    /// `sync` commands waiting for the cursor: (request id, delivery id to reach).
+    syncs: Vec<(String, DeliveryId)>,
+    /// After a failed inbox read, when to try again.
+    retry_read_at: Option<Instant>,
     rate: RateLimit,
     last_heard: Instant,
     last_ping: Instant,
@@ -225,6 +229,8 @@ struct Session {
 
 /// How often lastActive is refreshed while a device stays connected.
 const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+/// Pause before reading the inbox again after a read failed.
+const READ_RETRY: Duration = Duration::from_millis(500);
 
 impl Session {
     fn new(gw: Gateway, ctx: DeviceCtx, out: mpsc::Sender<Outgoing>) -> Self {
@@ -238,6 +244,8 @@ impl Session {
             behind: true,
             inflight: BTreeMap::new(),
             answers: FuturesUnordered::new(),
+            syncs: Vec::new(),
+            retry_read_at: None,
             rate: RateLimit {
                 tokens: f64::from(limits.send_burst),
                 rate: limits.send_rate,
@@ -266,7 +274,11 @@ impl Session {
     }
 
     async fn run(mut self, mut stream: SplitStream<WebSocket>, mut live: Attachment) -> End {
-        self.gw.core.touch(self.ctx.device);
+        // Routed here before the first inbox read, so nothing falls between them.
+        if let Err(e) = self.gw.core.session_started(self.ctx.device).await {
+            tracing::warn!(error = %e, "cannot start the session");
+            return self.close(close::TRY_AGAIN_LATER, "try again later");
+        }
         let ready = Reply::Ready {
             user_id: self.ctx.user_id.clone(),
             device_id: self.ctx.device.to_string(),
@@ -282,7 +294,10 @@ impl Session {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let shutdown = self.gw.shutdown.clone();
         let end = loop {
-            if self.behind && self.inflight.len() < ws.window {
+            if self.behind
+                && self.inflight.len() < ws.window
+                && self.retry_read_at.is_none_or(|at| Instant::now() >= at)
+            {
                 if let Err(end) = self.catch_up(&live).await {
                     break end;
                 }
@@ -293,8 +308,12 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Err(self.finish().await),
-                delivery = live.rx.recv() => match delivery {
-                    Some(delivery) => self.on_live(delivery, &live),
+                push = live.rx.recv() => match push {
+                    Some(Push::Deliver(delivery)) => self.on_live(delivery, &live),
+                    Some(Push::Resync) => {
+                        self.behind = true;
+                        Ok(())
+                    }
                     None => Err(self.close(close::DISPLACED, "displaced by a newer connection")),
                 },
                 Some((id, kind, result)) = self.answers.next(), if !self.answers.is_empty() => {
@@ -302,13 +321,16 @@ impl Session {
                 }
                 frame = stream.next() => self.on_frame(frame).await,
                 _ = tick.tick() => self.on_tick().await,
+                () = tokio::time::sleep_until(self.retry_read_at.unwrap_or_else(Instant::now)),
+                    if self.retry_read_at.is_some() => Ok(()),
             };
             if let Err(end) = step {
                 break end;
             }
         };
         // What was sent but not acknowledged stays in the inbox for the next connection.
-        self.gw.core.touch(self.ctx.device);
+        drop(live);
+        self.gw.core.session_ended(self.ctx.device).await;
         end
     }
 
@@ -334,26 +356,35 @@ impl Session {
         // Cleared before the read: anything dropped from here on is in the read.
         live.lagged.store(false, Ordering::Release);
         let room = self.gw.ws.window - self.inflight.len();
-        let frames = match self
+        let read = match self
             .gw
             .core
             .backlog(self.ctx.device, self.cursor, room)
             .await
         {
-            Ok(frames) => frames,
+            Ok(read) => {
+                self.retry_read_at = None;
+                read
+            }
             Err(e) => {
-                tracing::error!(error = %e, "reading the inbox failed");
-                return Err(self.close(close::INTERNAL, "internal error"));
+                // The core is unreachable for now (NATS away): stay connected and
+                // try again shortly; the inbox keeps everything meanwhile.
+                tracing::warn!(error = %e, "reading the inbox failed; retrying");
+                self.retry_read_at = Some(Instant::now() + READ_RETRY);
+                return Ok(());
             }
         };
-        if frames.len() < room {
+        if read.complete {
             self.behind = false;
         }
         let now = Instant::now();
-        for (id, frame) in frames {
+        for (id, frame) in read.frames {
             self.send(Outgoing::Text(frame))?;
             self.cursor = id;
             self.inflight.insert(id, now);
+        }
+        if !self.syncs.is_empty() {
+            self.answer_syncs(read.complete)?;
         }
         Ok(())
     }
@@ -376,6 +407,9 @@ impl Session {
         )))?;
         self.cursor = delivery.id;
         self.inflight.insert(delivery.id, Instant::now());
+        if !self.syncs.is_empty() {
+            self.answer_syncs(false)?;
+        }
         Ok(())
     }
 
@@ -446,6 +480,15 @@ impl Session {
         result: Result<CommandResult, CoreError>,
     ) -> Result<(), End> {
         match result {
+            Ok(CommandResult::Synced { up_to }) => {
+                let target = DeliveryId::parse(&up_to).unwrap_or(DeliveryId(0));
+                self.syncs.push((id, target));
+                if target > self.cursor {
+                    // Read the inbox: it holds everything up to the target.
+                    self.behind = true;
+                }
+                self.answer_syncs(false)
+            }
             Ok(result) => self.send(Outgoing::Text(Reply::Result { id, result }.encode())),
             Err(e) => {
                 if !matches!(e, CoreError::Rejected { .. }) {
@@ -454,6 +497,24 @@ impl Session {
                 self.error(Some(id), e.code(), e.public_message())
             }
         }
+    }
+
+    /// Answers the `sync`s whose events have all been sent: those the cursor has
+    /// reached, or all of them once an inbox read found nothing more (`caught_up`;
+    /// a target may have left the inbox by retention before it was sent).
+    fn answer_syncs(&mut self, caught_up: bool) -> Result<(), End> {
+        let cursor = self.cursor;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.syncs)
+            .into_iter()
+            .partition(|(_, target)| caught_up || *target <= cursor);
+        self.syncs = waiting;
+        for (id, target) in done {
+            let result = CommandResult::Synced {
+                up_to: target.to_string(),
+            };
+            self.send(Outgoing::Text(Reply::Result { id, result }.encode()))?;
+        }
+        Ok(())
     }
 
     fn error(&self, id: Option<String>, code: ErrorCode, message: String) -> Result<(), End> {
@@ -473,7 +534,7 @@ impl Session {
         }
         if now.duration_since(self.last_touch) >= TOUCH_EVERY {
             self.last_touch = now;
-            self.gw.core.touch(self.ctx.device);
+            self.gw.core.touch(self.ctx.device).await;
         }
         let due: Vec<DeliveryId> = self
             .inflight
@@ -486,7 +547,7 @@ impl Session {
             return Ok(());
         }
         let frames = match self.gw.core.pending(self.ctx.device, due.clone()).await {
-            Ok(frames) => frames,
+            Ok(read) => read.frames,
             Err(e) => {
                 tracing::error!(error = %e, "reading the inbox for resends failed");
                 return Ok(());

@@ -614,6 +614,15 @@ impl<R: Source> View<R> {
         Ok(out)
     }
 
+    /// The highest pending delivery id of a device.
+    pub fn inbox_last(&self, device: DeviceId) -> Result<Option<u64>> {
+        let range = keys::inbox(device, 0)..=keys::inbox(device, u64::MAX);
+        match self.r.readable().range(&self.ks.inbox, range).next_back() {
+            Some(item) => Ok(keys::inbox_delivery(&item.key()?)),
+            None => Ok(None),
+        }
+    }
+
     pub fn inbox_entry(&self, device: DeviceId, delivery: u64) -> Result<Option<InboxEntry>> {
         match self
             .r

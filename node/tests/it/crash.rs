@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use serde_json::json;
 
 use crate::support::TestNode;
+use crate::support::node::Topology;
 
-#[tokio::test]
-async fn every_answered_send_survives_kill_9() {
-    let mut node = TestNode::start().await;
+async fn every_answered_send_survives_kill_9(t: Topology) {
+    let mut node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -46,3 +46,5 @@ async fn every_answered_send_survives_kill_9() {
         .collect();
     assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
 }
+
+crate::in_every_topology!(every_answered_send_survives_kill_9);

@@ -2,6 +2,7 @@
 
 use serde_json::{Value, json};
 
+use crate::support::node::Topology;
 use crate::support::{TestNode, WsClient};
 
 fn ids(events: &[Value], field: &str) -> Vec<Value> {
@@ -27,9 +28,8 @@ async fn chat_with(
     chat
 }
 
-#[tokio::test]
-async fn every_device_of_every_participant_gets_every_event() {
-    let node = TestNode::start().await;
+async fn every_device_of_every_participant_gets_every_event(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice1 = node.user("alice").await;
     let alice2 = node.login("alice").await;
     let bob1 = node.user("bob").await;
@@ -85,9 +85,8 @@ async fn every_device_of_every_participant_gets_every_event() {
     }
 }
 
-#[tokio::test]
-async fn an_offline_device_gets_its_backlog_in_order_until_it_acks() {
-    let node = TestNode::start().await;
+async fn an_offline_device_gets_its_backlog_in_order_until_it_acks(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -125,9 +124,8 @@ async fn an_offline_device_gets_its_backlog_in_order_until_it_acks() {
     assert!(b.drain().await.is_empty());
 }
 
-#[tokio::test]
-async fn a_device_that_was_off_catches_up_on_what_another_device_saw() {
-    let node = TestNode::start().await;
+async fn a_device_that_was_off_catches_up_on_what_another_device_saw(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let phone = node.user("bob").await;
     let laptop = node.login("bob").await;
@@ -148,12 +146,14 @@ async fn a_device_that_was_off_catches_up_on_what_another_device_saw() {
     assert_eq!(ids(&caught_up[1..], "messageId"), ids(&seen, "messageId"));
 }
 
-#[tokio::test]
-async fn unacked_events_are_resent_on_the_same_connection() {
-    let node = TestNode::with_config(&format!(
-        "{}\n[websocket]\nresend_after = \"200ms\"\n",
-        crate::support::node::BASE_CONFIG
-    ))
+async fn unacked_events_are_resent_on_the_same_connection(t: Topology) {
+    let node = TestNode::with_config(
+        t,
+        &format!(
+            "{}\n[websocket]\nresend_after = \"200ms\"\n",
+            crate::support::node::BASE_CONFIG
+        ),
+    )
     .await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
@@ -171,9 +171,8 @@ async fn unacked_events_are_resent_on_the_same_connection() {
     assert!(b.drain().await.is_empty());
 }
 
-#[tokio::test]
-async fn history_and_chat_list_follow_the_chat() {
-    let node = TestNode::start().await;
+async fn history_and_chat_list_follow_the_chat(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -214,3 +213,11 @@ async fn history_and_chat_list_follow_the_chat() {
     let listed = a.ok(json!({"type":"listChats"})).await;
     assert_eq!(listed["chats"][0]["unread"], 0);
 }
+
+crate::in_every_topology!(
+    every_device_of_every_participant_gets_every_event,
+    an_offline_device_gets_its_backlog_in_order_until_it_acks,
+    a_device_that_was_off_catches_up_on_what_another_device_saw,
+    unacked_events_are_resent_on_the_same_connection,
+    history_and_chat_list_follow_the_chat
+);

@@ -5,6 +5,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::support::TestNode;
+use crate::support::node::Topology;
 use crate::support::ws::Closed;
 
 async fn new_chat(a: &mut crate::support::WsClient, others: &[&str]) -> String {
@@ -14,9 +15,8 @@ async fn new_chat(a: &mut crate::support::WsClient, others: &[&str]) -> String {
     created["chatId"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn malformed_frames_get_errors_and_the_session_stays_open() {
-    let node = TestNode::start().await;
+async fn malformed_frames_get_errors_and_the_session_stays_open(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let mut a = node.connect(&alice).await;
 
@@ -50,9 +50,8 @@ async fn malformed_frames_get_errors_and_the_session_stays_open() {
     a.ok(json!({"type":"listChats"})).await;
 }
 
-#[tokio::test]
-async fn frames_over_64_kib_close_the_socket_with_1009() {
-    let node = TestNode::start().await;
+async fn frames_over_64_kib_close_the_socket_with_1009(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let mut a = node.connect(&alice).await;
     // Exactly at the limit is fine (a refused command, but the session lives).
@@ -72,9 +71,8 @@ async fn frames_over_64_kib_close_the_socket_with_1009() {
     assert_eq!(a.closed().await, Closed::Code(1009));
 }
 
-#[tokio::test]
-async fn message_and_participant_limits() {
-    let node = TestNode::start().await;
+async fn message_and_participant_limits(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -145,9 +143,8 @@ async fn message_and_participant_limits() {
     let _ = bob;
 }
 
-#[tokio::test]
-async fn participants_and_permissions() {
-    let node = TestNode::start().await;
+async fn participants_and_permissions(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let carol = node.user("carol").await;
@@ -234,9 +231,8 @@ async fn participants_and_permissions() {
     .await;
 }
 
-#[tokio::test]
-async fn client_msg_id_makes_sends_idempotent() {
-    let node = TestNode::start().await;
+async fn client_msg_id_makes_sends_idempotent(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -258,9 +254,9 @@ async fn client_msg_id_makes_sends_idempotent() {
     assert_eq!(other["seq"], 2);
 }
 
-#[tokio::test]
-async fn sends_over_the_rate_limit_are_refused() {
+async fn sends_over_the_rate_limit_are_refused(t: Topology) {
     let node = TestNode::with_config(
+        t,
         "registration = \"open\"\n[limits]\nsend_rate = 0.001\nsend_burst = 3\n",
     )
     .await;
@@ -277,3 +273,12 @@ async fn sends_over_the_rate_limit_are_refused() {
         "rate_limited"
     );
 }
+
+crate::in_every_topology!(
+    malformed_frames_get_errors_and_the_session_stays_open,
+    frames_over_64_kib_close_the_socket_with_1009,
+    message_and_participant_limits,
+    participants_and_permissions,
+    client_msg_id_makes_sends_idempotent,
+    sends_over_the_rate_limit_are_refused
+);

@@ -2,12 +2,12 @@
 
 use serde_json::json;
 
+use crate::support::node::Topology;
 use crate::support::ws::Closed;
 use crate::support::{TestNode, WsClient};
 
-#[tokio::test]
-async fn register_and_login_errors() {
-    let node = TestNode::start().await;
+async fn register_and_login_errors(t: Topology) {
+    let node = TestNode::start(t).await;
     let (status, body) = node
         .post(
             "/v1/register",
@@ -101,9 +101,8 @@ async fn register_and_login_errors() {
     assert_eq!((s, b["code"].as_str()), (403, Some("user_disabled")));
 }
 
-#[tokio::test]
-async fn registration_modes() {
-    let closed = TestNode::with_config("registration = \"closed\"\n").await;
+async fn registration_modes(t: Topology) {
+    let closed = TestNode::with_config(t, "registration = \"closed\"\n").await;
     let (s, b) = closed
         .post(
             "/v1/register",
@@ -112,7 +111,7 @@ async fn registration_modes() {
         .await;
     assert_eq!((s, b["code"].as_str()), (403, Some("registration_closed")));
 
-    let invite_only = TestNode::with_config("registration = \"invite\"\n").await;
+    let invite_only = TestNode::with_config(t, "registration = \"invite\"\n").await;
     let (s, b) = invite_only
         .post(
             "/v1/register",
@@ -149,9 +148,8 @@ async fn registration_modes() {
     assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
 }
 
-#[tokio::test]
-async fn logout_ends_the_device() {
-    let node = TestNode::start().await;
+async fn logout_ends_the_device(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let logout = |token: Option<String>| {
         let mut request = node.http().post(format!("{}/v1/logout", node.url));
@@ -207,12 +205,14 @@ async fn logout_ends_the_device() {
     }
 }
 
-#[tokio::test]
-async fn websocket_auth_by_first_frame() {
-    let node = TestNode::with_config(&format!(
-        "{}\n[websocket]\nauth_timeout = \"300ms\"\n",
-        crate::support::node::BASE_CONFIG
-    ))
+async fn websocket_auth_by_first_frame(t: Topology) {
+    let node = TestNode::with_config(
+        t,
+        &format!(
+            "{}\n[websocket]\nauth_timeout = \"300ms\"\n",
+            crate::support::node::BASE_CONFIG
+        ),
+    )
     .await;
     let alice = node.user("alice").await;
     let client = WsClient::connect_with_auth_frame(&node.ws_url(), &alice.token).await;
@@ -251,3 +251,10 @@ async fn close_code(
         }
     }
 }
+
+crate::in_every_topology!(
+    register_and_login_errors,
+    registration_modes,
+    logout_ends_the_device,
+    websocket_auth_by_first_frame
+);

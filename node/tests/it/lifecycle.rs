@@ -6,15 +6,15 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::node::BASE_CONFIG;
+use crate::support::node::Topology;
 use crate::support::ws::Closed;
 use crate::support::{TestNode, eventually};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
-#[tokio::test]
-async fn retention_drops_old_events_and_tells_the_device() {
+async fn retention_drops_old_events_and_tells_the_device(t: Topology) {
     let node =
-        TestNode::with_config(&format!("{BASE_CONFIG}\n[retention]\ninbox = \"1h\"\n")).await;
+        TestNode::with_config(t, &format!("{BASE_CONFIG}\n[retention]\ninbox = \"1h\"\n")).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -60,11 +60,11 @@ async fn retention_drops_old_events_and_tells_the_device() {
     assert_eq!(history["messages"].as_array().unwrap().len(), 4);
 }
 
-#[tokio::test]
-async fn unused_devices_are_deactivated() {
-    let node = TestNode::with_config(&format!(
-        "{BASE_CONFIG}\n[retention]\ndevice_ttl = \"1h\"\n"
-    ))
+async fn unused_devices_are_deactivated(t: Topology) {
+    let node = TestNode::with_config(
+        t,
+        &format!("{BASE_CONFIG}\n[retention]\ndevice_ttl = \"1h\"\n"),
+    )
     .await;
     let phone = node.user("bob").await;
     let old_laptop = node.login("bob").await;
@@ -92,9 +92,8 @@ async fn unused_devices_are_deactivated() {
     assert_eq!(users["users"][0]["devices"], 1);
 }
 
-#[tokio::test]
-async fn a_second_connection_of_a_device_displaces_the_first() {
-    let node = TestNode::start().await;
+async fn a_second_connection_of_a_device_displaces_the_first(t: Topology) {
+    let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;
     let mut a = node.connect(&alice).await;
@@ -106,11 +105,13 @@ async fn a_second_connection_of_a_device_displaces_the_first() {
     assert_eq!(second.event().await["type"], "chatUpdate");
 }
 
-#[tokio::test]
-async fn a_silent_client_is_dropped_after_the_ping_timeout() {
-    let node = TestNode::with_config(&format!(
-        "{BASE_CONFIG}\n[websocket]\nping_interval = \"100ms\"\nping_timeout = \"500ms\"\n"
-    ))
+async fn a_silent_client_is_dropped_after_the_ping_timeout(t: Topology) {
+    let node = TestNode::with_config(
+        t,
+        &format!(
+            "{BASE_CONFIG}\n[websocket]\nping_interval = \"100ms\"\nping_timeout = \"500ms\"\n"
+        ),
+    )
     .await;
     let alice = node.user("alice").await;
     // A raw socket that completes the handshake, then never reads or answers pings.
@@ -137,9 +138,8 @@ async fn a_silent_client_is_dropped_after_the_ping_timeout() {
     assert!(ended.is_ok(), "the server kept a dead connection open");
 }
 
-#[tokio::test]
-async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() {
-    let node = TestNode::with_config(&format!(
+async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing(t: Topology) {
+    let node = TestNode::with_config(t, &format!(
         "{BASE_CONFIG}\n[websocket]\nwrite_timeout = \"500ms\"\nwindow = 2000\nsend_queue = 2100\n"
     ))
     .await;
@@ -154,7 +154,7 @@ async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() {
     let b = node.connect(&bob).await;
     let big = "x".repeat(16 * 1024);
     let mut sent = 0;
-    while online(&node).await == 2 {
+    while node.online().await == 2 {
         for _ in 0..50 {
             a.ok(json!({"type":"sendMessage","chatId":chat,"message":big}))
                 .await;
@@ -184,19 +184,13 @@ async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing() {
         }
     }
     eventually("bob online again", || async {
-        (online(&node).await == 2).then_some(())
+        (node.online().await == 2).then_some(())
     })
     .await;
 }
 
-async fn online(node: &TestNode) -> u64 {
-    let (_, status) = node.admin(reqwest::Method::GET, "/status", None).await;
-    status["onlineDevices"].as_u64().unwrap()
-}
-
-#[tokio::test]
-async fn sigterm_closes_sessions_with_1001_and_keeps_data() {
-    let mut node = TestNode::start().await;
+async fn sigterm_closes_sessions_with_1001_and_keeps_data(t: Topology) {
+    let mut node = TestNode::start(t).await;
     let alice = node.user("alice").await;
     let mut a = node.connect(&alice).await;
     let chat = a
@@ -205,11 +199,22 @@ async fn sigterm_closes_sessions_with_1001_and_keeps_data() {
         .clone();
     a.ok(json!({"type":"sendMessage","chatId":chat,"message":"before shutdown"}))
         .await;
-    let status = node.terminate().await;
+    let statuses = node.terminate_clients_side().await;
     assert_eq!(a.closed().await, Closed::Code(1001));
-    assert!(status.success(), "natterd exited with {status}");
+    for status in statuses {
+        assert!(status.success(), "natterd exited with {status}");
+    }
     node.restart().await;
     let mut a = node.connect(&alice).await;
     let history = a.ok(json!({"type":"getHistory","chatId":chat})).await;
     assert_eq!(history["messages"][0]["message"], "before shutdown");
 }
+
+crate::in_every_topology!(
+    retention_drops_old_events_and_tells_the_device,
+    unused_devices_are_deactivated,
+    a_second_connection_of_a_device_displaces_the_first,
+    a_silent_client_is_dropped_after_the_ping_timeout,
+    a_client_that_does_not_read_is_disconnected_and_loses_nothing,
+    sigterm_closes_sessions_with_1001_and_keeps_data
+);

@@ -10,3 +10,4 @@ mod errors;
 mod http;
 mod lifecycle;
 mod media;
+mod nats_faults;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::node::BASE_CONFIG;
+use crate::support::node::Topology;
 use crate::support::s3::{self, S3Server};
 use crate::support::{TestNode, WsClient, eventually};
 
@@ -154,11 +155,11 @@ async fn round_trip(node: &TestNode, chat: &mut Chat) -> String {
     id
 }
 
-#[tokio::test]
-async fn embedded_media_round_trip_and_refusals() {
-    let node = TestNode::with_config(&format!(
-        "{BASE_CONFIG}\n[media]\nmax_size = 1000\nallowed_types = [\"image/*\"]\n"
-    ))
+async fn embedded_media_round_trip_and_refusals(t: Topology) {
+    let node = TestNode::with_config(
+        t,
+        &format!("{BASE_CONFIG}\n[media]\nmax_size = 1000\nallowed_types = [\"image/*\"]\n"),
+    )
     .await;
     let mut chat = alice_bob_and_outsider_carol(&node).await;
     let id = round_trip(&node, &mut chat).await;
@@ -258,10 +259,9 @@ fn s3_config(server: &S3Server, extra: &str) -> String {
     )
 }
 
-#[tokio::test]
-async fn s3_media_round_trip_and_refusals() {
+async fn s3_media_round_trip_and_refusals(t: Topology) {
     let server = S3Server::start().await;
-    let node = TestNode::with_config(&s3_config(&server, "")).await;
+    let node = TestNode::with_config(t, &s3_config(&server, "")).await;
     let mut chat = alice_bob_and_outsider_carol(&node).await;
     let id = round_trip(&node, &mut chat).await;
     let http = node.http();
@@ -314,10 +314,9 @@ async fn s3_media_round_trip_and_refusals() {
     assert!(!orphan_object.exists());
 }
 
-#[tokio::test]
-async fn s3_refuses_expired_upload_urls() {
+async fn s3_refuses_expired_upload_urls(t: Topology) {
     let server = S3Server::start().await;
-    let node = TestNode::with_config(&s3_config(&server, "upload_expiry = \"1s\"")).await;
+    let node = TestNode::with_config(t, &s3_config(&server, "upload_expiry = \"1s\"")).await;
     let alice = node.user("alice").await;
     let mut a = node.connect(&alice).await;
     let t = target(&mut a, 3, "image/png").await;
@@ -330,3 +329,9 @@ async fn s3_refuses_expired_upload_urls() {
     })
     .await;
 }
+
+crate::in_every_topology!(
+    embedded_media_round_trip_and_refusals,
+    s3_media_round_trip_and_refusals,
+    s3_refuses_expired_upload_urls
+);

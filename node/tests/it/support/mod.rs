@@ -1,6 +1,7 @@
 //! Test support: a real `natterd` process ([`TestNode`]) and a real WebSocket
 //! client ([`WsClient`]). Waits use deadlines, never fixed sleeps.
 
+pub mod nats;
 pub mod node;
 pub mod s3;
 pub mod ws;

@@ -1,14 +1,29 @@
-//! A `natterd` process on a free port with its own data folder.
+//! A natter node for tests, in one of three topologies, each made of real
+//! processes on free ports with their own folders:
+//! - `Embedded`: one `natterd serve`, no NATS;
+//! - `Nats`: one `natterd serve --nats` on a real `nats-server` (deliveries over
+//!   JetStream);
+//! - `Split`: `nats-server`, `natterd core` and two `natterd gateway`s. Clients
+//!   are spread over the gateways (round robin), admin calls go to the core.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::nats::NatsServer;
 use super::{DEADLINE, WsClient};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    Embedded,
+    Nats,
+    Split,
+}
 
 /// One device of one user: what a login returns.
 #[derive(Clone, Debug)]
@@ -16,17 +31,6 @@ pub struct Creds {
     pub token: String,
     pub device_id: String,
     pub user_id: String,
-}
-
-pub struct TestNode {
-    child: Option<Child>,
-    pub url: String,
-    pub data: PathBuf,
-    config: PathBuf,
-    pub admin_token: String,
-    log: Arc<Mutex<Vec<String>>>,
-    _dir: Option<tempfile::TempDir>,
-    http: reqwest::Client,
 }
 
 /// Settings tests commonly change; the rest are the node's defaults.
@@ -37,52 +41,39 @@ adjustable_clock = true
 [limits]
 send_rate = 100000.0
 send_burst = 100000
+[nats]
+request_timeout = "2s"
+heartbeat = "1s"
 "#;
 
-impl TestNode {
-    pub async fn start() -> Self {
-        Self::with_config(BASE_CONFIG).await
-    }
+/// One natterd process.
+pub struct Proc {
+    args: Vec<String>,
+    child: Option<Child>,
+    pub url: String,
+    log: Arc<Mutex<Vec<String>>>,
+}
 
-    /// Starts a node with `config` as its TOML file.
-    pub async fn with_config(config: &str) -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let config_path = dir.path().join("natter.toml");
-        std::fs::write(&config_path, config).expect("write config");
-        let mut node = Self {
+impl Proc {
+    fn new(args: Vec<String>) -> Self {
+        Self {
+            args,
             child: None,
             url: String::new(),
-            data,
-            config: config_path,
-            admin_token: String::new(),
             log: Arc::default(),
-            _dir: Some(dir),
-            http: reqwest::Client::new(),
-        };
-        node.spawn().await;
-        node
+        }
     }
 
-    fn command(&self) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_natterd"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&self.config)
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
+    async fn spawn(&mut self) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_natterd"))
+            .args(&self.args)
             .env_remove("RUST_LOG")
             .env("NATTER_LOG_FORMAT", "human")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        cmd
-    }
-
-    async fn spawn(&mut self) {
-        let mut child = self.command().spawn().expect("start natterd");
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start natterd");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
         let log = self.log.clone();
@@ -101,40 +92,29 @@ impl TestNode {
         let url = tokio::task::spawn_blocking(move || rx.recv_timeout(DEADLINE))
             .await
             .unwrap();
-        let url = match url {
-            Ok(url) => url,
-            Err(_) => panic!("natterd did not start:\n{}", self.log_text()),
-        };
+        match url {
+            Ok(url) => self.url = url,
+            Err(_) => panic!(
+                "natterd {:?} did not start:\n{}",
+                self.args,
+                self.log_text()
+            ),
+        }
         self.child = Some(child);
-        self.url = url;
-        self.admin_token = std::fs::read_to_string(self.data.join("admin.token"))
-            .expect("admin token file")
-            .trim()
-            .to_owned();
     }
 
-    pub fn log_text(&self) -> String {
+    fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
-    pub fn ws_url(&self) -> String {
-        format!("{}/v1/ws", self.url.replacen("http", "ws", 1))
-    }
-
-    pub fn http(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    /// `kill -9`: no shutdown, no flush.
-    pub fn kill9(&mut self) {
+    fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().expect("kill natterd");
             child.wait().expect("reap natterd");
         }
     }
 
-    /// SIGTERM, then waits for the exit status.
-    pub async fn terminate(&mut self) -> ExitStatus {
+    async fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let status = Command::new("kill")
             .arg("-TERM")
@@ -148,11 +128,182 @@ impl TestNode {
                 .expect("natterd did not exit after SIGTERM");
         waited.unwrap().expect("wait for natterd")
     }
+}
 
-    /// Starts natterd again on the same data folder (a new port).
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub struct TestNode {
+    /// The process with the store: all-in-one or core.
+    main: Proc,
+    gateways: Vec<Proc>,
+    pub nats: Option<NatsServer>,
+    /// Where clients connect (the all-in-one process, or the first gateway).
+    pub url: String,
+    pub data: PathBuf,
+    pub admin_token: String,
+    next_gateway: AtomicUsize,
+    _dir: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl TestNode {
+    pub async fn start(topology: Topology) -> Self {
+        Self::with_config(topology, BASE_CONFIG).await
+    }
+
+    /// Starts a node with `config` as the TOML file of every natterd process.
+    pub async fn with_config(topology: Topology, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config_path = dir.path().join("natter.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let nats = (topology != Topology::Embedded).then(NatsServer::start);
+        let common = |role: &str| {
+            let mut args = vec![
+                role.to_owned(),
+                "--config".to_owned(),
+                config_path.display().to_string(),
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+            ];
+            if let Some(nats) = &nats {
+                args.push("--nats".to_owned());
+                args.push(nats.url());
+            }
+            args
+        };
+        let main_role = if topology == Topology::Split {
+            "core"
+        } else {
+            "serve"
+        };
+        let mut main_args = common(main_role);
+        main_args.extend(["--data".to_owned(), data.display().to_string()]);
+        main_args.extend(["--gateway-id".to_owned(), "main".to_owned()]);
+        let mut main = Proc::new(main_args);
+        main.spawn().await;
+        let mut gateways = Vec::new();
+        if topology == Topology::Split {
+            for i in 1..=2 {
+                let mut args = common("gateway");
+                args.extend(["--gateway-id".to_owned(), format!("gw{i}")]);
+                let mut gateway = Proc::new(args);
+                gateway.spawn().await;
+                gateways.push(gateway);
+            }
+        }
+        let url = gateways.first().map_or(main.url.clone(), |g| g.url.clone());
+        let admin_token = std::fs::read_to_string(data.join("admin.token"))
+            .expect("admin token file")
+            .trim()
+            .to_owned();
+        let node = Self {
+            main,
+            gateways,
+            nats,
+            url,
+            data,
+            admin_token,
+            next_gateway: AtomicUsize::new(0),
+            _dir: dir,
+            http: reqwest::Client::new(),
+        };
+        node.wait_ready().await;
+        node
+    }
+
+    /// Waits until every process says it is ready (NATS connected, streams made).
+    async fn wait_ready(&self) {
+        let urls: Vec<String> = std::iter::once(&self.main)
+            .chain(&self.gateways)
+            .map(|p| p.url.clone())
+            .collect();
+        for url in urls {
+            let http = self.http.clone();
+            super::eventually("natterd to be ready", || {
+                let http = http.clone();
+                let url = url.clone();
+                async move {
+                    let r = http.get(format!("{url}/readyz")).send().await.ok()?;
+                    (r.status() == 200).then_some(())
+                }
+            })
+            .await;
+        }
+    }
+
+    /// The client URL of the next gateway (round robin), or of the one process.
+    fn client_url(&self) -> String {
+        if self.gateways.is_empty() {
+            return self.main.url.clone();
+        }
+        let i = self.next_gateway.fetch_add(1, Ordering::Relaxed);
+        self.gateways[i % self.gateways.len()].url.clone()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("{}/v1/ws", self.client_url().replacen("http", "ws", 1))
+    }
+
+    /// The WebSocket URL of a given gateway (split topology), or of the node.
+    pub fn ws_url_of(&self, gateway: usize) -> String {
+        let url = self
+            .gateways
+            .get(gateway)
+            .map_or(self.main.url.clone(), |g| g.url.clone());
+        format!("{}/v1/ws", url.replacen("http", "ws", 1))
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// `kill -9` of the process with the store (all-in-one or core).
+    pub fn kill9(&mut self) {
+        self.main.kill9();
+    }
+
+    /// `kill -9` of gateway `i` (split topology).
+    pub fn kill9_gateway(&mut self, i: usize) {
+        self.gateways[i].kill9();
+    }
+
+    /// SIGTERM to the process clients are connected to (the all-in-one
+    /// process, or every gateway), then waits for its exit status.
+    pub async fn terminate_clients_side(&mut self) -> Vec<ExitStatus> {
+        if self.gateways.is_empty() {
+            vec![self.main.terminate().await]
+        } else {
+            let mut statuses = Vec::new();
+            for gateway in &mut self.gateways {
+                statuses.push(gateway.terminate().await);
+            }
+            statuses
+        }
+    }
+
+    /// Starts every stopped process again (same data, new ports).
     pub async fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the node first");
-        self.spawn().await;
+        if self.main.child.is_none() {
+            self.main.spawn().await;
+        }
+        for gateway in &mut self.gateways {
+            if gateway.child.is_none() {
+                gateway.spawn().await;
+            }
+        }
+        self.url = self
+            .gateways
+            .first()
+            .map_or(self.main.url.clone(), |g| g.url.clone());
+        self.wait_ready().await;
     }
 
     // ------------------------------------------------------------ HTTP
@@ -160,7 +311,7 @@ impl TestNode {
     pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
-            .post(format!("{}{path}", self.url))
+            .post(format!("{}{path}", self.client_url()))
             .json(&body)
             .send()
             .await
@@ -178,7 +329,7 @@ impl TestNode {
     ) -> (u16, Value) {
         let mut request = self
             .http
-            .request(method, format!("{}/admin/v1{path}", self.url))
+            .request(method, format!("{}/admin/v1{path}", self.main.url))
             .bearer_auth(&self.admin_token);
         if let Some(body) = body {
             request = request.json(&body);
@@ -245,13 +396,37 @@ impl TestNode {
         assert_eq!(status, 200, "sweep: {body}");
         body
     }
+
+    /// Devices online, as the node (the core) sees them.
+    pub async fn online(&self) -> u64 {
+        let (_, status) = self.admin(reqwest::Method::GET, "/status", None).await;
+        status["onlineDevices"].as_u64().unwrap()
+    }
 }
 
-impl Drop for TestNode {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Runs an `async fn(Topology)` test in every topology, as three tests.
+#[macro_export]
+macro_rules! in_every_topology {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::support::node::Topology;
+
+                #[tokio::test]
+                async fn embedded() {
+                    super::$name(Topology::Embedded).await
+                }
+
+                #[tokio::test]
+                async fn nats() {
+                    super::$name(Topology::Nats).await
+                }
+
+                #[tokio::test]
+                async fn split() {
+                    super::$name(Topology::Split).await
+                }
+            }
+        )*
+    };
 }

@@ -18,6 +18,8 @@ pub struct WsClient {
     socket: Socket,
     /// Events that arrived while waiting for an answer.
     events: VecDeque<Value>,
+    /// Answers that arrived while waiting for another (answers may come in any order).
+    answers: std::collections::HashMap<String, Value>,
     next_id: u64,
     pub ready: Value,
 }
@@ -67,6 +69,7 @@ impl WsClient {
         let mut client = Self {
             socket,
             events: VecDeque::new(),
+            answers: std::collections::HashMap::new(),
             next_id: 0,
             ready: Value::Null,
         };
@@ -139,16 +142,25 @@ impl WsClient {
 
     /// Waits for the answer to request `id`, keeping events.
     pub async fn answer(&mut self, id: &str) -> Value {
+        if let Some(answer) = self.answers.remove(id) {
+            return answer;
+        }
         loop {
             let frame = self.recv().await;
-            if frame["id"] == id && (frame["type"] == "result" || frame["type"] == "error") {
-                return frame;
+            let is_answer = frame["type"] == "result" || frame["type"] == "error";
+            match frame["id"].as_str() {
+                Some(got) if is_answer && got == id => return frame,
+                Some(other) if is_answer => {
+                    self.answers.insert(other.to_owned(), frame);
+                }
+                _ => {
+                    assert!(
+                        frame.get("deliveryId").is_some(),
+                        "unexpected frame while waiting for {id}: {frame}"
+                    );
+                    self.events.push_back(frame);
+                }
             }
-            assert!(
-                frame.get("deliveryId").is_some(),
-                "unexpected frame while waiting for {id}: {frame}"
-            );
-            self.events.push_back(frame);
         }
     }
 
@@ -179,11 +191,11 @@ impl WsClient {
         frame
     }
 
-    /// Every event the server had queued for this connection before it answers a
-    /// command sent now. The server sends what it holds for the device before the
-    /// answer to a later frame, so this is exact, not a guess based on time.
+    /// Every event pending for this device now, in order. `sync` is answered once
+    /// everything pending when it was taken has been sent on this connection, so
+    /// this is exact in every topology, not a guess based on time.
     pub async fn drain(&mut self) -> Vec<Value> {
-        self.ok(json!({"type":"listChats"})).await;
+        self.ok(json!({"type":"sync"})).await;
         self.events.drain(..).collect()
     }
 

@@ -1,0 +1,612 @@
+//! The NATS side of delivery: the connection, the JetStream stream, the core's
+//! publisher, each gateway's durable consumer, and presence reporting.
+//!
+//! Design (DESIGN §3, measured against nats-server 2.9): one stream captures
+//! `natter.<node>.dlv.>` with Limits retention and a `max_age` of hours — never
+//! per-message deletes, never Interest/WorkQueue retention. Each gateway has ONE
+//! durable pull consumer filtered on its own `natter.<node>.dlv.<gateway>.>`; the
+//! core routes each delivery to the gateway that holds the device (presence), so a
+//! delivery costs one publish and one (batched) ack whatever the number of
+//! connected devices. Only 2.9 JetStream features are used: a single
+//! `filter_subject`, `AckPolicy::All`, Limits retention.
+//!
+//! Everything here may fail while NATS is away; nothing is lost because the inbox
+//! is the truth. When the connection comes back, gateways tell every connection to
+//! re-read its inbox ([`super::Push::Resync`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, stream};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::presence::PresenceTable;
+use super::{Delivery, Hub, Presence, subjects};
+use crate::core::rpc::{GatewayControl, PresenceReport};
+use crate::ids::{DeliveryId, DeviceId, NodeName};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    #[error("connecting to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        source: async_nats::ConnectError,
+    },
+    #[error("JetStream: {0}")]
+    JetStream(String),
+    #[error("NATS: {0}")]
+    Other(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    pub url: String,
+    /// How long deliveries stay in the stream (a reconnecting gateway catches up
+    /// within this; the inbox covers the rest).
+    pub stream_max_age: Duration,
+    /// How often gateways report presence; three missed beats mark a gateway gone.
+    pub heartbeat: Duration,
+    /// How long a gateway waits for the core to answer a request.
+    pub request_timeout: Duration,
+}
+
+/// A NATS connection that knows whether it is up. Cheap to clone.
+#[derive(Clone)]
+pub struct Nats {
+    pub client: async_nats::Client,
+    pub js: jetstream::Context,
+    pub node: NodeName,
+    pub config: NatsConfig,
+    connected: Arc<AtomicBool>,
+    /// Bumped on every (re)connect.
+    connects: watch::Receiver<u64>,
+}
+
+impl Nats {
+    /// Connects in the background: this returns at once even if NATS is down, and
+    /// the client keeps reconnecting for ever.
+    pub async fn connect(
+        config: NatsConfig,
+        node: NodeName,
+        name: &str,
+    ) -> Result<Self, NatsError> {
+        let connected = Arc::new(AtomicBool::new(false));
+        let (connects_tx, connects) = watch::channel(0u64);
+        let flag = connected.clone();
+        let client = async_nats::ConnectOptions::new()
+            .name(name)
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(5000))
+            })
+            .event_callback(move |event| {
+                let flag = flag.clone();
+                let connects_tx = connects_tx.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Connected => {
+                            tracing::info!("NATS connected");
+                            flag.store(true, Ordering::Release);
+                            connects_tx.send_modify(|n| *n += 1);
+                        }
+                        async_nats::Event::Disconnected => {
+                            tracing::warn!("NATS disconnected");
+                            flag.store(false, Ordering::Release);
+                        }
+                        other => tracing::info!(event = %other, "NATS event"),
+                    }
+                }
+            })
+            .connect(&config.url)
+            .await
+            .map_err(|source| NatsError::Connect {
+                url: config.url.clone(),
+                source,
+            })?;
+        let js = jetstream::new(client.clone());
+        Ok(Self {
+            client,
+            js,
+            node,
+            config,
+            connected,
+            connects,
+        })
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    /// Changes on every (re)connect.
+    pub fn connects(&self) -> watch::Receiver<u64> {
+        self.connects.clone()
+    }
+
+    /// Creates (or adopts) the delivery stream.
+    pub async fn ensure_stream(&self) -> Result<stream::Stream, NatsError> {
+        let config = stream::Config {
+            name: subjects::stream_name(&self.node),
+            subjects: vec![subjects::deliveries_all(&self.node)],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            discard: stream::DiscardPolicy::Old,
+            max_age: self.config.stream_max_age,
+            duplicate_window: Duration::from_secs(120),
+            description: Some("natter live deliveries (the inbox in fjall is the truth)".into()),
+            ..Default::default()
+        };
+        self.js
+            .get_or_create_stream(config)
+            .await
+            .map_err(|e| NatsError::JetStream(e.to_string()))
+    }
+
+    /// Retries [`Self::ensure_stream`] until it works or `cancel` fires.
+    pub async fn wait_for_stream(&self, cancel: &CancellationToken) -> Option<stream::Stream> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.ensure_stream().await {
+                Ok(stream) => return Some(stream),
+                Err(e) => tracing::warn!(error = %e, "delivery stream not available yet"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    }
+}
+
+/// A delivery on the wire: the id (8 bytes, big-endian), then the event JSON.
+fn encode(delivery: &Delivery) -> Bytes {
+    let mut out = Vec::with_capacity(8 + delivery.encoded.len());
+    out.extend_from_slice(&delivery.id.0.to_be_bytes());
+    out.extend_from_slice(delivery.encoded.as_bytes());
+    Bytes::from(out)
+}
+
+fn decode(payload: &[u8]) -> Option<Delivery> {
+    let id = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let encoded = std::str::from_utf8(payload.get(8..)?).ok()?;
+    Some(Delivery {
+        id: DeliveryId(id),
+        encoded: Arc::from(encoded),
+    })
+}
+
+// ------------------------------------------------------------ core side
+
+/// The core's hand-off to JetStream. `publish` never blocks the writer; a task
+/// routes each delivery by presence and publishes it.
+#[derive(Clone)]
+pub struct JsPublisher {
+    tx: mpsc::UnboundedSender<Vec<(DeviceId, Delivery)>>,
+}
+
+impl JsPublisher {
+    pub fn publish(&self, batch: Vec<(DeviceId, Delivery)>) {
+        if !batch.is_empty() {
+            let _ = self.tx.send(batch);
+        }
+    }
+
+    pub fn start(
+        nats: Nats,
+        presence: Presence,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tasks.spawn(publish_loop(nats, presence, rx, cancel));
+        Self { tx }
+    }
+}
+
+async fn publish_loop(
+    nats: Nats,
+    presence: Presence,
+    mut rx: mpsc::UnboundedReceiver<Vec<(DeviceId, Delivery)>>,
+    cancel: CancellationToken,
+) {
+    // Publishes in flight (awaiting their JetStream ack), bounded.
+    const IN_FLIGHT: usize = 4096;
+    let mut acks = FuturesUnordered::new();
+    loop {
+        let batch = tokio::select! {
+            biased;
+            Some(done) = acks.next(), if !acks.is_empty() => {
+                handle_ack(&nats, done).await;
+                continue;
+            }
+            batch = rx.recv() => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+            () = cancel.cancelled() => break,
+        };
+        for (device, delivery) in batch {
+            let Some(gateway) = presence.gateway_of(device) else {
+                // Offline: the inbox keeps it for the next connection.
+                continue;
+            };
+            let subject = subjects::delivery(&nats.node, &gateway, device);
+            match nats.js.publish(subject, encode(&delivery)).await {
+                Ok(ack) => acks.push(async move { (gateway, device, ack.await.map(|_| ())) }),
+                Err(e) => handle_ack(&nats, (gateway, device, Err(e))).await,
+            }
+            while acks.len() >= IN_FLIGHT {
+                if let Some(done) = acks.next().await {
+                    handle_ack(&nats, done).await;
+                }
+            }
+        }
+    }
+    while let Some(done) = acks.next().await {
+        handle_ack(&nats, done).await;
+    }
+}
+
+async fn handle_ack(
+    nats: &Nats,
+    (gateway, device, result): (
+        String,
+        DeviceId,
+        Result<(), async_nats::jetstream::context::PublishError>,
+    ),
+) {
+    if let Err(e) = result {
+        tracing::warn!(%device, %gateway, error = %e, "delivery publish failed; asking the gateway to resync");
+        // Best effort: if NATS is down this fails too, and the gateway resyncs
+        // every connection when it reconnects.
+        let _ = publish_json(
+            nats,
+            subjects::gateway_control(&nats.node, &gateway),
+            &GatewayControl::Resync { device },
+        )
+        .await;
+    }
+}
+
+async fn publish_json<T: serde::Serialize>(
+    nats: &Nats,
+    subject: String,
+    value: &T,
+) -> Result<(), NatsError> {
+    let payload = serde_json::to_vec(value).map_err(|e| NatsError::Other(e.to_string()))?;
+    nats.client
+        .publish(subject, payload.into())
+        .await
+        .map_err(|e| NatsError::Other(e.to_string()))
+}
+
+/// Core side of presence: takes gateways' reports into `table`, expires silent
+/// gateways, and announces a (re)start so gateways resync and report again.
+pub fn start_presence_listener(
+    nats: Nats,
+    table: Arc<PresenceTable>,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    let listener = nats.clone();
+    let reports = table.clone();
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        let mut sub = loop {
+            match listener
+                .client
+                .subscribe(subjects::presence(&listener.node))
+                .await
+            {
+                Ok(sub) => break sub,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot subscribe to presence yet");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    }
+                }
+            }
+        };
+        // Once listening, tell gateways the core (re)started: they report their
+        // devices and resync them, covering a crash between commit and publish.
+        let _ = listener
+            .client
+            .publish(subjects::core_started(&listener.node), Bytes::new())
+            .await;
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                message = sub.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            match serde_json::from_slice::<PresenceReport>(&message.payload) {
+                Ok(PresenceReport::Heartbeat { gateway, devices }) => {
+                    reports.heartbeat(&gateway, &devices, Instant::now());
+                }
+                Ok(PresenceReport::SessionEnd { gateway, device }) => {
+                    reports.disconnect(device, &gateway);
+                }
+                Err(e) => tracing::warn!(error = %e, "bad presence report"),
+            }
+        }
+    });
+    let period = nats.config.heartbeat;
+    tasks.spawn(async move {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            for gone in table.expire(Instant::now()) {
+                tracing::warn!(gateway = %gone, "gateway stopped heart-beating; its devices are offline");
+            }
+        }
+    });
+}
+
+/// Tells `gateway` to close its connection of `device` (it connected elsewhere).
+pub async fn displace(nats: &Nats, gateway: &str, device: DeviceId) {
+    let subject = subjects::gateway_control(&nats.node, gateway);
+    if let Err(e) = publish_json(nats, subject, &GatewayControl::Displace { device }).await {
+        tracing::warn!(error = %e, %device, "could not displace a connection");
+    }
+}
+
+// ------------------------------------------------------------ gateway side
+
+/// Runs the gateway's durable consumer, handing every delivery to the hub.
+pub fn start_feed(
+    nats: Nats,
+    gateway: String,
+    hub: Hub,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    tasks.spawn(async move {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match feed(&nats, &gateway, &hub, &cancel).await {
+                Ok(()) => return,
+                Err(e) => tracing::warn!(error = %e, "delivery feed interrupted; restarting"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    });
+}
+
+async fn feed(
+    nats: &Nats,
+    gateway: &str,
+    hub: &Hub,
+    cancel: &CancellationToken,
+) -> Result<(), NatsError> {
+    let js_err = |e: &dyn std::fmt::Display| NatsError::JetStream(e.to_string());
+    let Some(stream) = nats.wait_for_stream(cancel).await else {
+        return Ok(());
+    };
+    let name = subjects::consumer_name(gateway);
+    let consumer: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: subjects::deliveries_for_gateway(&nats.node, gateway),
+                ack_policy: consumer::AckPolicy::All,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 50_000,
+                deliver_policy: consumer::DeliverPolicy::All,
+                // A gateway id that never comes back should not keep a consumer.
+                inactive_threshold: Duration::from_secs(24 * 3600),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| js_err(&e))?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(1000)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| js_err(&e))?;
+    tracing::info!(consumer = %name, "delivery feed running");
+    // Acks are cumulative (AckPolicy::All): ack the newest handed-off message
+    // every ACK_EVERY messages or when the stream goes quiet.
+    const ACK_EVERY: usize = 256;
+    let mut unacked = None;
+    let mut count = 0;
+    let mut quiet = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => {
+                if let Some(last) = unacked.take() {
+                    ack(last).await;
+                }
+                return Ok(());
+            }
+            message = messages.next() => {
+                let message = match message {
+                    Some(Ok(message)) => message,
+                    Some(Err(e)) => return Err(js_err(&e)),
+                    None => return Err(NatsError::JetStream("consumer stream ended".into())),
+                };
+                match (subjects::device_of(&message.subject), decode(&message.payload)) {
+                    (Some(device), Some(delivery)) => hub.publish([(device, delivery)]),
+                    _ => tracing::warn!(subject = %message.subject, "malformed delivery dropped"),
+                }
+                unacked = Some(message);
+                count += 1;
+                if count >= ACK_EVERY {
+                    count = 0;
+                    if let Some(last) = unacked.take() {
+                        ack(last).await;
+                    }
+                }
+            }
+            _ = quiet.tick() => {
+                if let Some(last) = unacked.take() {
+                    count = 0;
+                    ack(last).await;
+                }
+            }
+        }
+    }
+}
+
+async fn ack(message: jetstream::Message) {
+    if let Err(e) = message.ack().await {
+        tracing::debug!(error = %e, "ack failed (the deliveries come again; the inbox dedups)");
+    }
+}
+
+/// Gateway side of presence and control: heartbeats with the list of connected
+/// devices, displacement and resync orders from the core, and a resync of every
+/// connection whenever NATS reconnects or the core restarts.
+pub fn start_gateway_link(
+    nats: Nats,
+    gateway: String,
+    hub: Hub,
+    report_presence: bool,
+    tasks: &TaskTracker,
+    cancel: CancellationToken,
+) {
+    // Resync everything after a reconnect: publishes may have failed meanwhile.
+    let mut connects = nats.connects();
+    let resync_hub = hub.clone();
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        // The first connect is not a reconnect.
+        let mut seen = *connects.borrow_and_update();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = connects.changed() => if changed.is_err() { return },
+            }
+            let now = *connects.borrow_and_update();
+            if seen > 0 {
+                tracing::info!("NATS reconnected: every connection re-reads its inbox");
+                resync_hub.resync_all();
+            }
+            seen = now;
+        }
+    });
+
+    let control = nats.clone();
+    let control_hub = hub.clone();
+    let control_gateway = gateway.clone();
+    let stop = cancel.clone();
+    tasks.spawn(async move {
+        let subjects = [
+            subjects::gateway_control(&control.node, &control_gateway),
+            subjects::core_started(&control.node),
+        ];
+        let mut subs = Vec::new();
+        for subject in subjects {
+            loop {
+                match control.client.subscribe(subject.clone()).await {
+                    Ok(sub) => {
+                        subs.push(sub);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot subscribe to control yet");
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        }
+                    }
+                }
+            }
+        }
+        let mut merged = futures_util::stream::select_all(subs);
+        let started = subjects::core_started(&control.node);
+        loop {
+            let message = tokio::select! {
+                () = stop.cancelled() => return,
+                message = merged.next() => match message {
+                    Some(message) => message,
+                    None => return,
+                },
+            };
+            if message.subject.as_str() == started {
+                tracing::info!("the core (re)started: resyncing every connection");
+                control_hub.resync_all();
+                continue;
+            }
+            match serde_json::from_slice::<GatewayControl>(&message.payload) {
+                Ok(GatewayControl::Displace { device }) => control_hub.displace(device),
+                Ok(GatewayControl::Resync { device }) => control_hub.resync(device),
+                Err(e) => tracing::warn!(error = %e, "bad control message"),
+            }
+        }
+    });
+
+    if report_presence {
+        let period = nats.config.heartbeat;
+        tasks.spawn(async move {
+            let mut connects = nats.connects();
+            loop {
+                let report = PresenceReport::Heartbeat {
+                    gateway: gateway.clone(),
+                    devices: hub.devices(),
+                };
+                if nats.is_connected()
+                    && let Err(e) =
+                        publish_json(&nats, subjects::presence(&nats.node), &report).await
+                {
+                    tracing::debug!(error = %e, "heartbeat not sent");
+                }
+                // Beat on schedule, and at once after a reconnect.
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    () = tokio::time::sleep(period) => {}
+                    _ = connects.changed() => {}
+                }
+            }
+        });
+    }
+}
+
+/// Reports that a device's session at `gateway` ended (best effort: heartbeats
+/// correct a lost report).
+pub async fn session_ended(nats: &Nats, gateway: &str, device: DeviceId) {
+    let report = PresenceReport::SessionEnd {
+        gateway: gateway.to_owned(),
+        device,
+    };
+    let _ = publish_json(nats, subjects::presence(&nats.node), &report).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_round_trip_on_the_wire() {
+        let delivery = Delivery {
+            id: DeliveryId(1 << 40),
+            encoded: Arc::from(r#"{"type":"newMessage"}"#),
+        };
+        let back = decode(&encode(&delivery)).unwrap();
+        assert_eq!(back.id, delivery.id);
+        assert_eq!(back.encoded, delivery.encoded);
+        assert!(decode(b"short").is_none());
+    }
+}

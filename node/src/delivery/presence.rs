@@ -1,0 +1,175 @@
+//! The core's table of which gateway holds which device, fed by the gateways
+//! (session starts, session ends, heartbeats). Pure logic; the NATS side is in
+//! [`super::nats`].
+//!
+//! Rules: a session start is the newest truth for its device (and tells the caller
+//! which other gateway to displace); a heartbeat confirms the gateway is alive and
+//! re-adds devices nobody else claims (after a core restart the table is rebuilt
+//! this way) and drops the gateway's devices it no longer lists; a gateway silent
+//! for longer than the expiry loses all its devices.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::ids::DeviceId;
+
+#[derive(Default)]
+struct Inner {
+    device_gateway: HashMap<DeviceId, String>,
+    gateways: HashMap<String, (Instant, HashSet<DeviceId>)>,
+}
+
+pub struct PresenceTable {
+    inner: Mutex<Inner>,
+    expiry: Duration,
+}
+
+impl PresenceTable {
+    pub fn new(expiry: Duration) -> Self {
+        Self {
+            inner: Mutex::default(),
+            expiry,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A device connected at `gateway`. Returns the gateway it was on before, if
+    /// another: that connection must be displaced.
+    pub fn connect(&self, device: DeviceId, gateway: &str, now: Instant) -> Option<String> {
+        let mut inner = self.lock();
+        let previous = inner.device_gateway.insert(device, gateway.to_owned());
+        if let Some(old) = &previous
+            && old != gateway
+            && let Some((_, set)) = inner.gateways.get_mut(old)
+        {
+            set.remove(&device);
+        }
+        let entry = inner
+            .gateways
+            .entry(gateway.to_owned())
+            .or_insert_with(|| (now, HashSet::new()));
+        entry.0 = now;
+        entry.1.insert(device);
+        previous.filter(|old| old != gateway)
+    }
+
+    pub fn disconnect(&self, device: DeviceId, gateway: &str) {
+        let mut inner = self.lock();
+        if inner
+            .device_gateway
+            .get(&device)
+            .is_some_and(|g| g == gateway)
+        {
+            inner.device_gateway.remove(&device);
+        }
+        if let Some((_, set)) = inner.gateways.get_mut(gateway) {
+            set.remove(&device);
+        }
+    }
+
+    /// A gateway's full list of connected devices.
+    pub fn heartbeat(&self, gateway: &str, devices: &[DeviceId], now: Instant) {
+        let mut inner = self.lock();
+        let listed: HashSet<DeviceId> = devices.iter().copied().collect();
+        let previous = inner
+            .gateways
+            .insert(gateway.to_owned(), (now, HashSet::new()))
+            .map(|(_, set)| set)
+            .unwrap_or_default();
+        for gone in previous.difference(&listed) {
+            if inner.device_gateway.get(gone).is_some_and(|g| g == gateway) {
+                inner.device_gateway.remove(gone);
+            }
+        }
+        let mut kept = HashSet::new();
+        for device in listed {
+            let owner = inner
+                .device_gateway
+                .entry(device)
+                .or_insert_with(|| gateway.to_owned());
+            if owner == gateway {
+                kept.insert(device);
+            }
+        }
+        if let Some(entry) = inner.gateways.get_mut(gateway) {
+            entry.1 = kept;
+        }
+    }
+
+    /// Forgets gateways not heard from within the expiry. Returns their ids.
+    pub fn expire(&self, now: Instant) -> Vec<String> {
+        let mut inner = self.lock();
+        let dead: Vec<String> = inner
+            .gateways
+            .iter()
+            .filter(|(_, (seen, _))| now.duration_since(*seen) > self.expiry)
+            .map(|(g, _)| g.clone())
+            .collect();
+        for gateway in &dead {
+            if let Some((_, devices)) = inner.gateways.remove(gateway) {
+                for device in devices {
+                    if inner.device_gateway.get(&device) == Some(gateway) {
+                        inner.device_gateway.remove(&device);
+                    }
+                }
+            }
+        }
+        dead
+    }
+
+    pub fn gateway_of(&self, device: DeviceId) -> Option<String> {
+        self.lock().device_gateway.get(&device).cloned()
+    }
+
+    pub fn online(&self) -> usize {
+        self.lock().device_gateway.len()
+    }
+
+    pub fn gateways(&self) -> usize {
+        self.lock().gateways.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_moves_and_the_old_gateway_is_told() {
+        let table = PresenceTable::new(Duration::from_secs(15));
+        let now = Instant::now();
+        let d = DeviceId::generate();
+        assert_eq!(table.connect(d, "gw1", now), None);
+        assert_eq!(table.connect(d, "gw2", now), Some("gw1".into()));
+        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
+        // A late heartbeat from gw1 still listing the device does not steal it back.
+        table.heartbeat("gw1", &[d], now);
+        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
+        // gw1's late disconnect does not take it offline either.
+        table.disconnect(d, "gw1");
+        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
+        table.disconnect(d, "gw2");
+        assert_eq!(table.gateway_of(d), None);
+    }
+
+    #[test]
+    fn heartbeats_rebuild_and_silence_expires() {
+        let table = PresenceTable::new(Duration::from_secs(15));
+        let t0 = Instant::now();
+        let (a, b) = (DeviceId::generate(), DeviceId::generate());
+        // After a core restart the table is empty; heartbeats refill it.
+        table.heartbeat("gw1", &[a, b], t0);
+        assert_eq!(table.online(), 2);
+        table.heartbeat("gw1", &[a], t0);
+        assert_eq!(table.gateway_of(b), None);
+        table.heartbeat("gw2", &[], t0 + Duration::from_secs(10));
+        let dead = table.expire(t0 + Duration::from_secs(20));
+        assert_eq!(dead, vec!["gw1".to_string()]);
+        assert_eq!(table.gateway_of(a), None);
+        assert_eq!(table.gateways(), 1);
+    }
+}

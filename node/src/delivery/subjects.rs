@@ -1,0 +1,113 @@
+//! Every NATS subject and JetStream name natter uses, built in one place.
+//!
+//! Node names are DNS-like (`chat.example.org`) and NATS uses `.` between
+//! tokens, so a node name becomes one token with `.` replaced by `_` (node names
+//! cannot contain `_`, so this is unambiguous). Gateway ids and device ids are
+//! single tokens already (`[a-z0-9-]` and ULIDs).
+//!
+//! | subject | what |
+//! | --- | --- |
+//! | `natter.<node>.dlv.<gateway>.<device>` | one delivery for one device held by one gateway (JetStream) |
+//! | `natter.<node>.rpc` | gateway → core requests (request/reply) |
+//! | `natter.<node>.presence` | gateway → core: connects, disconnects, heartbeats |
+//! | `natter.<node>.gw.<gateway>` | core → one gateway: displace, resync |
+//! | `natter.<node>.core.started` | core → all gateways: "I (re)started" |
+
+use crate::ids::{DeviceId, NodeName};
+
+fn node_token(node: &NodeName) -> String {
+    node.as_str().replace('.', "_")
+}
+
+/// The JetStream stream that carries deliveries.
+pub fn stream_name(node: &NodeName) -> String {
+    format!(
+        "NATTER_{}_DLV",
+        node_token(node).to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// Everything the delivery stream captures.
+pub fn deliveries_all(node: &NodeName) -> String {
+    format!("natter.{}.dlv.>", node_token(node))
+}
+
+/// What one gateway's consumer reads.
+pub fn deliveries_for_gateway(node: &NodeName, gateway: &str) -> String {
+    format!("natter.{}.dlv.{gateway}.>", node_token(node))
+}
+
+pub fn delivery(node: &NodeName, gateway: &str, device: DeviceId) -> String {
+    format!("natter.{}.dlv.{gateway}.{device}", node_token(node))
+}
+
+/// The device a delivery subject is for (its last token).
+pub fn device_of(subject: &str) -> Option<DeviceId> {
+    DeviceId::parse(subject.rsplit('.').next()?)
+}
+
+/// The durable consumer of one gateway.
+pub fn consumer_name(gateway: &str) -> String {
+    format!("gw_{}", gateway.replace('-', "_"))
+}
+
+pub fn rpc(node: &NodeName) -> String {
+    format!("natter.{}.rpc", node_token(node))
+}
+
+pub fn presence(node: &NodeName) -> String {
+    format!("natter.{}.presence", node_token(node))
+}
+
+pub fn gateway_control(node: &NodeName, gateway: &str) -> String {
+    format!("natter.{}.gw.{gateway}", node_token(node))
+}
+
+pub fn core_started(node: &NodeName) -> String {
+    format!("natter.{}.core.started", node_token(node))
+}
+
+/// Where replies to one gateway's requests arrive; `*` is the request number.
+pub fn reply_inbox(node: &NodeName, gateway: &str, nonce: &str) -> String {
+    format!("_INBOX.natter.{}.{gateway}.{nonce}", node_token(node))
+}
+
+/// Gateway ids are one subject token: 1-32 of `a-z 0-9 -`.
+pub fn valid_gateway_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_become_one_token() {
+        let node = NodeName::parse("chat.example-1.org").unwrap();
+        let device = DeviceId::generate();
+        let subject = delivery(&node, "gw-1", device);
+        assert_eq!(
+            subject,
+            format!("natter.chat_example-1_org.dlv.gw-1.{device}")
+        );
+        assert_eq!(subject.split('.').count(), 5);
+        assert_eq!(device_of(&subject), Some(device));
+        assert_eq!(stream_name(&node), "NATTER_CHAT_EXAMPLE_1_ORG_DLV");
+        assert!(!stream_name(&node).contains('.'));
+        assert_eq!(consumer_name("gw-1"), "gw_gw_1");
+        assert!(subject.starts_with(deliveries_for_gateway(&node, "gw-1").trim_end_matches('>')));
+    }
+
+    #[test]
+    fn gateway_ids_are_single_tokens() {
+        assert!(valid_gateway_id("gw-1"));
+        assert!(!valid_gateway_id("gw.1"));
+        assert!(!valid_gateway_id("GW"));
+        assert!(!valid_gateway_id(""));
+        assert!(!valid_gateway_id("*"));
+    }
+}

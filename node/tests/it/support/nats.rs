@@ -1,0 +1,106 @@
+//! A real `nats-server` with JetStream on a free loopback port and its own store
+//! folder. Killed on drop; [`NatsServer::restart`] keeps the port and the store.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use super::DEADLINE;
+
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+fn binary() -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .chain([
+            PathBuf::from("/usr/sbin/nats-server"),
+            PathBuf::from("/usr/bin/nats-server"),
+        ]);
+    for candidate in candidates {
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!(
+        "nats-server is not installed; scripts/test installs it, or run \
+         `apt-get install -y nats-server` (Debian)"
+    );
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let (child, port) = spawn(&store, None);
+        Self {
+            child: Some(child),
+            port,
+            store,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same port with the same store (streams survive).
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, _) = spawn(&self.store, Some(self.port));
+        self.child = Some(child);
+    }
+}
+
+/// Starts nats-server and waits for the line that says where it listens.
+fn spawn(store: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
+    let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
+    let mut child = Command::new(binary())
+        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        .arg(store.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nats-server");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        // Keep draining so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent
+                && line.contains("Listening for client connections on")
+                && let Some(port) = line
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok())
+            {
+                let _ = tx.send(port);
+                sent = true;
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(DEADLINE)
+        .expect("nats-server did not start listening");
+    (child, port)
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
