@@ -1,1 +1,54 @@
-fn main() {}
+//! Run with: cargo run --release -p natter-loadgen -- <subcommand> ...
+//!
+//! Load generator for natterd. It drives a real node over real WebSockets:
+//! either one it spawns (`--natterd target/release/natterd`: a temporary data
+//! folder, open registration, no practical send rate limit; killed at the end)
+//! or one already running (`--url URL --admin-token TOKEN`). Users and devices
+//! are created through the admin API. Subcommands:
+//! - `fanout`: send throughput, delivery throughput and latency in one big chat;
+//! - `idle`: natterd's memory per idle WebSocket;
+//! - `replay`: how fast an offline device drains a full inbox.
+//!
+//! Each prints human-readable lines, then one JSON line with all its numbers.
+//! Progress goes to stderr.
+
+mod fanout;
+mod idle;
+mod node;
+mod replay;
+mod report;
+mod ws;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "natter-loadgen", version, about = "Load generator for natterd")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// One chat, all members online; senders send as fast as the node answers.
+    Fanout(fanout::Args),
+    /// Many idle WebSockets; natterd's memory per connection.
+    Idle(idle::Args),
+    /// An offline device connects to a full inbox; time to drain it.
+    Replay(replay::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // Thousands of sockets need thousands of descriptors; a spawned natterd
+    // inherits the raised limit too.
+    let nofile_limit =
+        rlimit::increase_nofile_limit(u64::MAX).context("raise the open-files limit")?;
+    match cli.bench {
+        Bench::Fanout(args) => fanout::run(args).await,
+        Bench::Idle(args) => idle::run(args, nofile_limit).await,
+        Bench::Replay(args) => replay::run(args).await,
+    }
+}

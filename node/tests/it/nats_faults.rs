@@ -107,7 +107,10 @@ async fn devices_on_two_gateways_chat_and_a_device_moves_with_its_backlog() {
     a.ok(json!({"type":"sendMessage","chatId":chat,"message":"follow me"}))
         .await;
     let events = moved.drain().await;
-    assert!(events.iter().any(|e| e["message"] == "follow me"), "{events:?}");
+    assert!(
+        events.iter().any(|e| e["message"] == "follow me"),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +197,10 @@ async fn until_accepted(a: &mut WsClient, command: Value) -> Value {
             return answer;
         }
         assert_eq!(answer["code"], "unavailable", "{answer}");
-        assert!(tokio::time::Instant::now() < deadline, "never accepted: {command}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never accepted: {command}"
+        );
     }
 }
 
@@ -238,7 +244,14 @@ async fn without_nats_the_node_stays_up_says_so_and_recovers() {
     let http = node.http().clone();
     let ready = move |url: String| {
         let http = http.clone();
-        async move { http.get(format!("{url}/readyz")).send().await.unwrap().status().as_u16() }
+        async move {
+            http.get(format!("{url}/readyz"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     node.nats.as_mut().unwrap().stop();
     let url = node.url.clone();

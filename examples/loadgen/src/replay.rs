@@ -1,0 +1,204 @@
+//! `replay`: how fast a device that was offline drains its inbox.
+//!
+//! `sender` sends `messages` messages into a chat with `receiver`, whose device
+//! has never connected, so all of them wait in its inbox. Then the receiver
+//! connects; the drain time runs from the upgrade request to the last of those
+//! messages arriving (acking in batches as it goes, as a real client must: the
+//! node keeps only `websocket.window` events unacked in flight).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::json;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use crate::node::{Node, TargetArgs};
+use crate::report::{self, Errors};
+use crate::ws::{self, ACK_INTERVAL, ANSWER_TIMEOUT, Conn, Frame};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Messages waiting in the receiver's inbox.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// Sends the sender keeps in flight.
+    #[arg(long, default_value_t = 32)]
+    pipeline: usize,
+    /// Size of each message's text.
+    #[arg(long, default_value_t = 64)]
+    message_bytes: usize,
+}
+
+/// How the sender's phase went.
+struct Sent {
+    accepted: usize,
+    errors: Errors,
+    elapsed: Duration,
+}
+
+/// How the receiver's drain went.
+struct Drained {
+    elapsed: Duration,
+    /// `newMessage` frames for a seq already seen (resends).
+    duplicates: u64,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    ensure!(args.messages >= 1, "--messages must be at least 1");
+    ensure!(args.pipeline >= 1, "--pipeline must be at least 1");
+    let node = Node::start(&args.target).await?;
+    let names = [node.username("sender"), node.username("receiver")];
+    node.create_users(&names).await?;
+    let devices = node.create_devices(&[&names[0], &names[1]]).await?;
+    let ws_url = node.ws_url();
+
+    let mut sender = Conn::connect(&ws_url, &devices[0].token).await?;
+    let chat_id = sender.create_chat(&names[1..]).await?;
+    eprintln!(
+        "sending {} messages, {} in flight",
+        args.messages, args.pipeline
+    );
+    let sent = send_all(&mut sender, &chat_id, &args).await?;
+    ensure!(
+        sent.accepted > 0,
+        "the node refused every message: {:?}",
+        sent.errors
+    );
+    // Idle from here on; closing it keeps the drain the only traffic.
+    drop(sender);
+
+    eprintln!("receiver connecting to drain {} messages", sent.accepted);
+    let drained = drain(&ws_url, &devices[1].token, sent.accepted).await?;
+    let rss = node.rss_kib()?;
+    node.stop();
+    print_results(&args, &sent, &drained, rss);
+    Ok(())
+}
+
+/// Sends `args.messages` messages, keeping `args.pipeline` in flight, until each
+/// has its answer.
+async fn send_all(conn: &mut Conn, chat_id: &str, args: &Args) -> Result<Sent> {
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut answered = 0;
+    let mut accepted = 0;
+    let mut errors = Errors::new();
+    while sent < args.pipeline.min(args.messages) {
+        send_one(conn, chat_id, sent, args.message_bytes).await?;
+        sent += 1;
+    }
+    while answered < args.messages {
+        let text = tokio::time::timeout(ANSWER_TIMEOUT, conn.next_text())
+            .await
+            .with_context(|| {
+                format!("no answer for {ANSWER_TIMEOUT:?} after {answered} answers")
+            })??;
+        let frame = Frame::parse(&text)?;
+        match frame.kind.as_ref() {
+            "result" => accepted += 1,
+            "error" => {
+                let code = frame.code.as_deref().unwrap_or("unknown");
+                *errors.entry(code.to_owned()).or_default() += 1;
+            }
+            _ => continue,
+        }
+        answered += 1;
+        if sent < args.messages {
+            send_one(conn, chat_id, sent, args.message_bytes).await?;
+            sent += 1;
+        }
+    }
+    Ok(Sent {
+        accepted,
+        errors,
+        elapsed: started.elapsed(),
+    })
+}
+
+async fn send_one(conn: &mut Conn, chat_id: &str, n: usize, message_bytes: usize) -> Result<()> {
+    let text = ws::message_text(&format!("m{n}"), message_bytes);
+    conn.send_text(ws::send_message_frame(&format!("s{n}"), chat_id, &text))
+        .await
+}
+
+/// Connects the receiver and reads until `expected` distinct messages arrived.
+async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
+    let started = Instant::now();
+    let mut conn = Conn::connect(ws_url, token).await?;
+    let mut seen = HashSet::with_capacity(expected);
+    let mut duplicates = 0;
+    let mut last_progress = Instant::now();
+    let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
+    ack_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    while seen.len() < expected {
+        tokio::select! {
+            text = conn.next_text() => {
+                let text = text?;
+                let frame = Frame::parse(&text)?;
+                if frame.kind == "newMessage" {
+                    let seq = frame.seq.with_context(|| format!("newMessage without seq: {text}"))?;
+                    if !seen.insert(seq) {
+                        duplicates += 1;
+                    }
+                    last_progress = Instant::now();
+                }
+                if let Some(delivery_id) = &frame.delivery_id {
+                    conn.ack_later(delivery_id).await?;
+                }
+            }
+            _ = ack_tick.tick() => {
+                conn.flush_acks().await?;
+                if last_progress.elapsed() > ANSWER_TIMEOUT {
+                    bail!("stalled: {} of {expected} messages after {:?}", seen.len(), started.elapsed());
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    // Not timed: leaves the inbox empty, as a real client would.
+    conn.flush_acks().await?;
+    Ok(Drained {
+        elapsed,
+        duplicates,
+    })
+}
+
+fn print_results(args: &Args, sent: &Sent, drained: &Drained, rss_kib: Option<u64>) {
+    let sends_per_sec = report::per_sec(sent.accepted as u64, sent.elapsed);
+    let events_per_sec = report::per_sec(sent.accepted as u64, drained.elapsed);
+    let drain_ms = drained.elapsed.as_secs_f64() * 1e3;
+    println!(
+        "replay: {} messages of {} bytes, sent {} in flight",
+        args.messages, args.message_bytes, args.pipeline
+    );
+    println!(
+        "sent:        {} accepted in {:.0} ms ({sends_per_sec:.1}/s), errors: {}",
+        sent.accepted,
+        sent.elapsed.as_secs_f64() * 1e3,
+        report::errors_line(&sent.errors)
+    );
+    println!(
+        "drain:       {drain_ms:.1} ms from upgrade request to the last message ({events_per_sec:.1} events/s)"
+    );
+    if drained.duplicates > 0 {
+        println!("duplicates:  {}", drained.duplicates);
+    }
+    println!("natterd RSS: {}", report::rss_line(rss_kib));
+    report::print_json(&json!({
+        "bench": "replay",
+        "messages": args.messages,
+        "messageBytes": args.message_bytes,
+        "pipeline": args.pipeline,
+        "accepted": sent.accepted,
+        "sendMs": report::round2(sent.elapsed.as_secs_f64() * 1e3),
+        "sendsPerSec": report::round2(sends_per_sec),
+        "sendErrors": sent.errors,
+        "drainMs": report::round2(drain_ms),
+        "eventsPerSec": report::round2(events_per_sec),
+        "duplicates": drained.duplicates,
+        "natterdRssKib": rss_kib,
+    }));
+}
