@@ -380,8 +380,8 @@ impl Config {
             write_timeout: ws.write_timeout.unwrap_or(Duration::from_secs(15)),
             window: ws.window.unwrap_or(512),
             send_queue: ws.send_queue.unwrap_or(1024),
-            read_buffer: ws.read_buffer.unwrap_or(4096),
-            write_buffer: ws.write_buffer.unwrap_or(4096),
+            read_buffer: ws.read_buffer.unwrap_or(2048),
+            write_buffer: ws.write_buffer.unwrap_or(2048),
         };
         if websocket.ping_interval.is_zero() || websocket.ping_timeout <= websocket.ping_interval {
             return Err(invalid(

@@ -6,6 +6,13 @@ use natter::config::{Cli, Config, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc returns freed memory to the OS and keeps per-thread caches small;
+/// with glibc's allocator, argon2's 19 MiB buffers and bursty fan-out left
+/// hundreds of megabytes resident (docs/benchmarks.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_logging(config: &Config) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.filter));

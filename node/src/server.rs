@@ -27,7 +27,7 @@ use crate::core::{Core, CoreConfig, CoreError};
 use crate::delivery::nats::{self, JsPublisher, Nats, NatsError};
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
-use crate::gateway::{self, Endpoints, Gateway};
+use crate::gateway::{self, Endpoints, Gateway, Shared};
 use crate::identity::{self, IdentityError};
 use crate::media::{Media, MediaError};
 use crate::store::{Store, StoreError, StoreOptions};
@@ -249,7 +249,7 @@ async fn run_with_store(
         background.clone(),
     ));
 
-    let gw = Gateway {
+    let gw = Gateway::new(Shared {
         core: CoreClient::Local(core.clone()),
         local: Some(core.clone()),
         nats,
@@ -261,7 +261,7 @@ async fn run_with_store(
         sessions: TaskTracker::new(),
         admin_token_hash: auth::token_hash(&admin.token),
         ready: Arc::new(AtomicBool::new(false)),
-    };
+    });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
         store: true,
@@ -305,7 +305,7 @@ async fn run_gateway(
         &tasks,
         background.clone(),
     );
-    let gw = Gateway {
+    let gw = Gateway::new(Shared {
         core: CoreClient::Remote {
             rpc,
             node: config.node.clone(),
@@ -321,7 +321,7 @@ async fn run_gateway(
         // No admin API here; nothing matches this.
         admin_token_hash: auth::token_hash(&auth::new_token()),
         ready: Arc::new(AtomicBool::new(false)),
-    };
+    });
     let endpoints = Endpoints {
         clients: true,
         store: false,

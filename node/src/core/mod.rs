@@ -206,6 +206,10 @@ impl Core {
         &self.inner.media
     }
 
+    pub fn store_stats(&self) -> crate::store::StoreStats {
+        self.inner.store.stats()
+    }
+
     /// Queues a write; the returned receiver answers after the commit.
     async fn enqueue(
         &self,
@@ -341,8 +345,7 @@ impl Core {
             .map(|r| r.password_hash.clone())
             .unwrap_or_else(|| auth::dummy_hash().to_owned());
         let password = password.to_owned();
-        let ok =
-            tokio::task::spawn_blocking(move || auth::verify_password(&password, &phc)).await?;
+        let ok = password_work(move || auth::verify_password(&password, &phc)).await?;
         let (Some(name), Some(record), true) = (name, record, ok) else {
             return Err(bad());
         };
@@ -907,6 +910,24 @@ pub struct Invite {
     pub expires_at: String,
 }
 
+/// Runs password hashing or verification on the blocking pool, at most one per
+/// CPU at a time. argon2 takes ~19 MiB and tens of milliseconds per call: without
+/// a bound, a burst of logins would take every core and leave the allocator
+/// holding hundreds of megabytes.
+async fn password_work<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    use std::sync::OnceLock;
+    use tokio::sync::Semaphore;
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    let slots = SLOTS.get_or_init(|| {
+        Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))
+    });
+    // The semaphore is never closed, so acquiring cannot fail.
+    let _permit = slots.acquire().await.ok();
+    tokio::task::spawn_blocking(f).await
+}
+
 fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -931,7 +952,7 @@ fn check_password(password: &str) -> Result<(), CoreError> {
 }
 
 async fn hash_password(password: String) -> Result<String, CoreError> {
-    tokio::task::spawn_blocking(move || auth::hash_password(&password))
+    password_work(move || auth::hash_password(&password))
         .await?
         .map_err(|e| CoreError::Internal(e.to_string()))
 }

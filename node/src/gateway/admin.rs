@@ -201,6 +201,7 @@ async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Respons
         "version": env!("CARGO_PKG_VERSION"),
         "onlineDevices": gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online()),
         "registration": local(&gw)?.config().registration,
+        "store": local(&gw)?.store_stats(),
     }))
     .into_response())
 }

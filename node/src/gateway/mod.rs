@@ -33,9 +33,25 @@ use crate::protocol::{
     self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
 };
 
-/// What every handler shares. Cheap to clone.
+/// What every handler and session shares: one pointer, so that each of many
+/// thousands of sessions carries 8 bytes of it, not the whole struct.
 #[derive(Clone)]
-pub struct Gateway {
+pub struct Gateway(Arc<Shared>);
+
+impl Gateway {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     /// The core, here or over NATS.
     pub core: CoreClient,
     /// The core when this process owns the store: admin API and embedded media.

@@ -66,7 +66,9 @@ pub async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
     let (mut sink, mut stream) = socket.split();
     let ctx = match ctx {
         Some(ctx) => ctx,
-        None => match authenticate_by_frame(&gw, &mut stream).await {
+        // Boxed, like every rare await below: an idle session's future should not
+        // be as large as the largest thing it ever waits for.
+        None => match Box::pin(authenticate_by_frame(&gw, &mut stream)).await {
             Ok(ctx) => ctx,
             Err(reason) => {
                 let frame = CloseFrame {
@@ -82,7 +84,9 @@ pub async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
             }
         },
     };
-    let span = tracing::info_span!("session", device = %ctx.device, user = %ctx.user_id);
+    // A debug span: at the default level it costs nothing per connection; the
+    // warnings below name the device themselves.
+    let span = tracing::debug_span!("session", device = %ctx.device, user = %ctx.user_id);
     async move {
         tracing::debug!("connected");
         let (out, out_rx) = mpsc::channel(gw.ws.send_queue);
@@ -275,8 +279,8 @@ impl Session {
 
     async fn run(mut self, mut stream: SplitStream<WebSocket>, mut live: Attachment) -> End {
         // Routed here before the first inbox read, so nothing falls between them.
-        if let Err(e) = self.gw.core.session_started(self.ctx.device).await {
-            tracing::warn!(error = %e, "cannot start the session");
+        if let Err(e) = Box::pin(self.gw.core.session_started(self.ctx.device)).await {
+            tracing::warn!(device = %self.ctx.device, error = %e, "cannot start the session");
             return self.close(close::TRY_AGAIN_LATER, "try again later");
         }
         let ready = Reply::Ready {
@@ -298,7 +302,7 @@ impl Session {
                 && self.inflight.len() < ws.window
                 && self.retry_read_at.is_none_or(|at| Instant::now() >= at)
             {
-                if let Err(end) = self.catch_up(&live).await {
+                if let Err(end) = Box::pin(self.catch_up(&live)).await {
                     break end;
                 }
                 continue;
@@ -307,7 +311,7 @@ impl Session {
             // the answer to any frame read after them.
             let step = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => Err(self.finish().await),
+                () = shutdown.cancelled() => Err(Box::pin(self.finish()).await),
                 push = live.rx.recv() => match push {
                     Some(Push::Deliver(delivery)) => self.on_live(delivery, &live),
                     Some(Push::Resync) => {
@@ -319,8 +323,8 @@ impl Session {
                 Some((id, kind, result)) = self.answers.next(), if !self.answers.is_empty() => {
                     self.answer(id, kind, result)
                 }
-                frame = stream.next() => self.on_frame(frame).await,
-                _ = tick.tick() => self.on_tick().await,
+                        frame = stream.next() => Box::pin(self.on_frame(frame)).await,
+                _ = tick.tick() => Box::pin(self.on_tick()).await,
                 () = tokio::time::sleep_until(self.retry_read_at.unwrap_or_else(Instant::now)),
                     if self.retry_read_at.is_some() => Ok(()),
             };
@@ -330,7 +334,7 @@ impl Session {
         };
         // What was sent but not acknowledged stays in the inbox for the next connection.
         drop(live);
-        self.gw.core.session_ended(self.ctx.device).await;
+        Box::pin(self.gw.core.session_ended(self.ctx.device)).await;
         end
     }
 
@@ -369,7 +373,7 @@ impl Session {
             Err(e) => {
                 // The core is unreachable for now (NATS away): stay connected and
                 // try again shortly; the inbox keeps everything meanwhile.
-                tracing::warn!(error = %e, "reading the inbox failed; retrying");
+                tracing::warn!(device = %self.ctx.device, error = %e, "reading the inbox failed; retrying");
                 self.retry_read_at = Some(Instant::now() + READ_RETRY);
                 return Ok(());
             }
@@ -492,7 +496,7 @@ impl Session {
             Ok(result) => self.send(Outgoing::Text(Reply::Result { id, result }.encode())),
             Err(e) => {
                 if !matches!(e, CoreError::Rejected { .. }) {
-                    tracing::error!(request_id = %id, command = kind, error = %e, "command failed");
+                    tracing::error!(device = %self.ctx.device, request_id = %id, command = kind, error = %e, "command failed");
                 }
                 self.error(Some(id), e.code(), e.public_message())
             }
@@ -525,7 +529,7 @@ impl Session {
         let now = Instant::now();
         let ws = self.gw.ws.clone();
         if now.duration_since(self.last_heard) > ws.ping_timeout {
-            tracing::info!("no sign of life from the client; closing");
+            tracing::info!(device = %self.ctx.device, "no sign of life from the client; closing");
             return Err(End::Slow);
         }
         if now.duration_since(self.last_ping) >= ws.ping_interval {
@@ -549,7 +553,7 @@ impl Session {
         let frames = match self.gw.core.pending(self.ctx.device, due.clone()).await {
             Ok(read) => read.frames,
             Err(e) => {
-                tracing::error!(error = %e, "reading the inbox for resends failed");
+                tracing::error!(device = %self.ctx.device, error = %e, "reading the inbox for resends failed");
                 return Ok(());
             }
         };

@@ -330,11 +330,59 @@ impl Store {
         Ok(value)
     }
 
+    /// Numbers for operators: memory held by memtables, journals, pending flushes.
+    pub fn stats(&self) -> StoreStats {
+        let inner = self.db.inner();
+        let keyspaces = [
+            ("meta", &self.ks.meta),
+            ("users", &self.ks.users),
+            ("devices", &self.ks.devices),
+            ("chats", &self.ks.chats),
+            ("messages", &self.ks.messages),
+            ("inbox", &self.ks.inbox),
+            ("media", &self.ks.media),
+        ];
+        StoreStats {
+            write_buffer_bytes: self.db.write_buffer_size(),
+            journals: self.db.journal_count(),
+            outstanding_flushes: inner.outstanding_flushes(),
+            disk_bytes: self.db.disk_space().unwrap_or(0),
+            keyspaces: keyspaces
+                .iter()
+                .map(|(name, ks)| KeyspaceStats {
+                    name,
+                    sealed_memtables: ks.inner().sealed_memtable_count(),
+                    l0_tables: ks.inner().l0_table_count(),
+                    tables: ks.inner().table_count(),
+                })
+                .collect(),
+        }
+    }
+
     /// Flushes everything to disk (used at shutdown).
     pub fn persist(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncAll)?;
         Ok(())
     }
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreStats {
+    pub write_buffer_bytes: u64,
+    pub journals: usize,
+    pub outstanding_flushes: usize,
+    pub disk_bytes: u64,
+    pub keyspaces: Vec<KeyspaceStats>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyspaceStats {
+    pub name: &'static str,
+    pub sealed_memtables: usize,
+    pub l0_tables: usize,
+    pub tables: usize,
 }
 
 /// Typed reads over a snapshot or a write transaction.
