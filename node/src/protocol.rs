@@ -205,6 +205,9 @@ pub enum Command {
         size: u64,
         content_type: String,
         name: Option<String>,
+        /// Extension: base64 SHA-256 of the bytes; the store then refuses others.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sha256: Option<String>,
     },
     GetAttachmentUrl {
         attachment_id: AttachmentId,
@@ -297,6 +300,7 @@ struct RawAttachmentTarget {
     size: u64,
     content_type: String,
     name: Option<String>,
+    sha256: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -534,10 +538,20 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                     format!("name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\"),
                 ));
             }
+            if let Some(sum) = &raw.sha256
+                && !valid_sha256(sum)
+            {
+                return Err(DecodeError::new(
+                    &id,
+                    ErrorCode::BadRequest,
+                    "sha256 must be the base64 of 32 bytes",
+                ));
+            }
             Command::GetAttachmentTarget {
                 size: raw.size,
                 content_type: raw.content_type,
                 name: raw.name,
+                sha256: raw.sha256,
             }
         }
         "getAttachmentUrl" => {
@@ -596,6 +610,16 @@ fn is_command(kind: &str) -> bool {
             | "markRead"
             | "sync"
     )
+}
+
+/// Standard base64 (with padding) of a 32-byte digest, as S3's
+/// `x-amz-checksum-sha256` header wants it.
+fn valid_sha256(s: &str) -> bool {
+    use base64::Engine;
+    s.len() == 44
+        && base64::engine::general_purpose::STANDARD
+            .decode(s)
+            .is_ok_and(|d| d.len() == 32)
 }
 
 /// `type/subtype`, visible ASCII without separators that could smuggle headers.

@@ -560,12 +560,14 @@ impl Core {
                 size,
                 content_type,
                 name,
+                sha256,
             } => {
                 let this = self.clone();
                 let ctx = ctx.clone();
-                Box::pin(
-                    async move { this.attachment_target(&ctx, size, content_type, name).await },
-                )
+                Box::pin(async move {
+                    this.attachment_target(&ctx, size, content_type, name, sha256)
+                        .await
+                })
             }
             Command::GetAttachmentUrl { attachment_id } => {
                 let this = self.clone();
@@ -607,6 +609,7 @@ impl Core {
         size: u64,
         content_type: String,
         name: Option<String>,
+        sha256: Option<String>,
     ) -> Result<CommandResult, CoreError> {
         let media = &self.inner.media;
         let max = media.config().max_size;
@@ -628,12 +631,15 @@ impl Core {
             size,
             content_type: content_type.clone(),
             name,
+            sha256: sha256.clone(),
             created_at: self.inner.clock.now_ms(),
             sent: false,
             chats: Vec::new(),
         };
         self.write(Op::CreateAttachment { id, record }).await?;
-        let target = media.upload_target(id, size, &content_type).await?;
+        let target = media
+            .upload_target(id, size, &content_type, sha256.as_deref())
+            .await?;
         Ok(CommandResult::AttachmentTarget {
             attachment_id: id.to_string(),
             upload_url: target.url,

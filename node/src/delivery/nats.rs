@@ -105,7 +105,15 @@ impl Nats {
                     }
                 }
             })
-            .connect(&config.url)
+            // A cluster is given as a comma-separated list of servers.
+            .connect(
+                config
+                    .url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(|source| NatsError::Connect {
                 url: config.url.clone(),

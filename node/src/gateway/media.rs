@@ -51,10 +51,13 @@ async fn upload(
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
+    let checksum = headers
+        .get(crate::media::CHECKSUM_HEADER)
+        .and_then(|v| v.to_str().ok());
     let core = local(&gw)?;
     let media = core.media();
     media
-        .verify_local("PUT", id, &query, content_type)
+        .verify_local("PUT", id, &query, content_type, checksum)
         .map_err(denied)?;
     let size = query.size.unwrap_or_default();
     let record = core
@@ -75,12 +78,19 @@ async fn upload(
     if declared.is_some_and(|len| len > size) {
         return Err(too_large());
     }
-    match media.put_local(id, size, body.into_data_stream()).await {
+    match media
+        .put_local(id, size, checksum, body.into_data_stream())
+        .await
+    {
         Ok(()) => Ok(StatusCode::OK),
         Err(LocalPutError::TooLarge) => Err(too_large()),
         Err(LocalPutError::WrongSize { written }) => Err(ApiError::new(
             ErrorCode::BadRequest,
             format!("got {written} bytes, the URL is for {size}"),
+        )),
+        Err(LocalPutError::WrongChecksum) => Err(ApiError::new(
+            ErrorCode::BadRequest,
+            "the body does not match the declared SHA-256",
         )),
         Err(LocalPutError::Body(e)) => Err(ApiError::new(ErrorCode::BadRequest, e)),
         Err(LocalPutError::Store(e)) => Err(crate::core::CoreError::from(e).into()),
@@ -104,7 +114,7 @@ async fn download(
     let core = local(&gw)?;
     let media = core.media();
     media
-        .verify_local("GET", id, &query, None)
+        .verify_local("GET", id, &query, None, None)
         .map_err(denied)?;
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such attachment");
     let record = core.attachment(id).await?.ok_or_else(not_found)?;

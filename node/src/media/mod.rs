@@ -208,17 +208,29 @@ impl Media {
         id: AttachmentId,
         size: u64,
         content_type: &str,
+        sha256: Option<&str>,
     ) -> Result<UploadTarget, MediaError> {
         let expiry = self.inner.config.upload_expiry;
         let expires_at = self.inner.clock.now_ms() + millis(expiry);
-        let headers = vec![("content-type".to_owned(), content_type.to_owned())];
+        let mut headers = vec![("content-type".to_owned(), content_type.to_owned())];
+        if let Some(sum) = sha256 {
+            headers.push((CHECKSUM_HEADER.to_owned(), sum.to_owned()));
+        }
         let url = match &self.inner.backend {
             Backend::S3 { store, .. } => {
-                let value = content_type
-                    .parse()
-                    .map_err(|_| MediaError::Config("content type is not a header value".into()))?;
-                let options =
-                    SignedUrlOptions::default().with_signed_header(http_content_type(), value);
+                let mut options = SignedUrlOptions::default();
+                for (name, value) in &headers {
+                    let value = value
+                        .parse()
+                        .map_err(|_| MediaError::Config(format!("{name} is not a header value")))?;
+                    let name =
+                        object_store::signer::HeaderName::from_static(if name == "content-type" {
+                            "content-type"
+                        } else {
+                            CHECKSUM_HEADER
+                        });
+                    options = options.with_signed_header(name, value);
+                }
                 store
                     .signed_url_opts(
                         object_store::signer::Method::PUT,
@@ -232,7 +244,13 @@ impl Media {
             Backend::Local {
                 key, public_url, ..
             } => {
-                let sig = local_signature(key, "PUT", id, expires_at, Some((content_type, size)));
+                let sig = local_signature(
+                    key,
+                    "PUT",
+                    id,
+                    expires_at,
+                    Some((content_type, size, sha256)),
+                );
                 format!("{public_url}/v1/media/{id}?exp={expires_at}&size={size}&sig={sig}")
             }
         };
@@ -298,12 +316,13 @@ impl Media {
         id: AttachmentId,
         query: &LocalQuery,
         content_type: Option<&str>,
+        checksum: Option<&str>,
     ) -> Result<(), LocalDenied> {
         let Backend::Local { key, .. } = &self.inner.backend else {
             return Err(LocalDenied::NotServed);
         };
         let signed = match (method, query.size, content_type) {
-            ("PUT", Some(size), Some(ct)) => Some((ct, size)),
+            ("PUT", Some(size), Some(ct)) => Some((ct, size, checksum)),
             ("PUT", _, _) => return Err(LocalDenied::BadSignature),
             _ => None,
         };
@@ -330,6 +349,7 @@ impl Media {
         &self,
         id: AttachmentId,
         size: u64,
+        sha256: Option<&str>,
         mut body: S,
     ) -> Result<(), LocalPutError>
     where
@@ -345,12 +365,16 @@ impl Media {
             .map_err(|e| LocalPutError::Store(e.into()))?;
         let mut written = 0u64;
         let mut pending: Vec<u8> = Vec::with_capacity(PART);
+        let mut digest = sha2::Sha256::default();
         let result: Result<(), LocalPutError> = async {
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(|e| LocalPutError::Body(e.to_string()))?;
                 written += chunk.len() as u64;
                 if written > size {
                     return Err(LocalPutError::TooLarge);
+                }
+                if sha256.is_some() {
+                    sha2::Digest::update(&mut digest, &chunk);
                 }
                 pending.extend_from_slice(&chunk);
                 if pending.len() >= PART {
@@ -363,6 +387,13 @@ impl Media {
             }
             if written != size {
                 return Err(LocalPutError::WrongSize { written });
+            }
+            if let Some(want) = sha256 {
+                let got = base64::engine::general_purpose::STANDARD
+                    .encode(sha2::Digest::finalize(std::mem::take(&mut digest)));
+                if got != want {
+                    return Err(LocalPutError::WrongChecksum);
+                }
             }
             if !pending.is_empty() {
                 upload
@@ -424,15 +455,17 @@ pub enum LocalPutError {
     TooLarge,
     #[error("the upload has {written} bytes, not the declared size")]
     WrongSize { written: u64 },
+    #[error("the upload does not match its declared SHA-256")]
+    WrongChecksum,
     #[error("reading the upload: {0}")]
     Body(String),
     #[error(transparent)]
     Store(#[from] MediaError),
 }
 
-fn http_content_type() -> object_store::signer::HeaderName {
-    object_store::signer::HeaderName::from_static("content-type")
-}
+/// The header S3 checks a body's SHA-256 against (base64); the embedded store
+/// checks it too.
+pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
 
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -445,7 +478,7 @@ fn local_signature(
     method: &str,
     id: AttachmentId,
     exp: i64,
-    upload: Option<(&str, u64)>,
+    upload: Option<(&str, u64, Option<&str>)>,
 ) -> String {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(method.as_bytes());
@@ -453,11 +486,15 @@ fn local_signature(
     mac.update(id.to_string().as_bytes());
     mac.update(b"\n");
     mac.update(exp.to_string().as_bytes());
-    if let Some((content_type, size)) = upload {
+    if let Some((content_type, size, sha256)) = upload {
         mac.update(b"\n");
         mac.update(content_type.to_ascii_lowercase().as_bytes());
         mac.update(b"\n");
         mac.update(size.to_string().as_bytes());
+        if let Some(sum) = sha256 {
+            mac.update(b"\n");
+            mac.update(sum.as_bytes());
+        }
     }
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
@@ -524,19 +561,22 @@ mod tests {
         let clock = Clock::adjustable();
         let media = local(dir.path(), clock.clone());
         let id = AttachmentId::generate();
-        let target = media.upload_target(id, 5, "image/png").await.unwrap();
+        let target = media.upload_target(id, 5, "image/png", None).await.unwrap();
         let q = query_of(&target.url);
-        assert_eq!(media.verify_local("PUT", id, &q, Some("image/png")), Ok(()));
         assert_eq!(
-            media.verify_local("PUT", id, &q, Some("image/gif")),
+            media.verify_local("PUT", id, &q, Some("image/png"), None),
+            Ok(())
+        );
+        assert_eq!(
+            media.verify_local("PUT", id, &q, Some("image/gif"), None),
             Err(LocalDenied::BadSignature)
         );
         assert_eq!(
-            media.verify_local("PUT", AttachmentId::generate(), &q, Some("image/png")),
+            media.verify_local("PUT", AttachmentId::generate(), &q, Some("image/png"), None),
             Err(LocalDenied::BadSignature)
         );
         assert_eq!(
-            media.verify_local("GET", id, &q, None),
+            media.verify_local("GET", id, &q, None, None),
             Err(LocalDenied::BadSignature)
         );
         let bigger = LocalQuery {
@@ -544,12 +584,12 @@ mod tests {
             ..q.clone()
         };
         assert_eq!(
-            media.verify_local("PUT", id, &bigger, Some("image/png")),
+            media.verify_local("PUT", id, &bigger, Some("image/png"), None),
             Err(LocalDenied::BadSignature)
         );
         clock.advance(16 * 60 * 1000);
         assert_eq!(
-            media.verify_local("PUT", id, &q, Some("image/png")),
+            media.verify_local("PUT", id, &q, Some("image/png"), None),
             Err(LocalDenied::Expired)
         );
     }
@@ -567,21 +607,21 @@ mod tests {
         };
         let id = AttachmentId::generate();
         media
-            .put_local(id, 6, chunks(vec![b"abc", b"def"]))
+            .put_local(id, 6, None, chunks(vec![b"abc", b"def"]))
             .await
             .unwrap();
         assert_eq!(media.inspect(id).await.unwrap().map(|s| s.size), Some(6));
         let too_big = AttachmentId::generate();
         assert!(matches!(
             media
-                .put_local(too_big, 4, chunks(vec![b"abc", b"def"]))
+                .put_local(too_big, 4, None, chunks(vec![b"abc", b"def"]))
                 .await,
             Err(LocalPutError::TooLarge)
         ));
         assert_eq!(media.inspect(too_big).await.unwrap(), None);
         let short = AttachmentId::generate();
         assert!(matches!(
-            media.put_local(short, 10, chunks(vec![b"abc"])).await,
+            media.put_local(short, 10, None, chunks(vec![b"abc"])).await,
             Err(LocalPutError::WrongSize { written: 3 })
         ));
         assert_eq!(media.inspect(short).await.unwrap(), None);

@@ -139,6 +139,9 @@ pub struct AttachmentRecord {
     pub size: u64,
     pub content_type: String,
     pub name: Option<String>,
+    /// base64 SHA-256 the uploader declared (the store enforces it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
     pub created_at: i64,
     /// Checked against the store and sent in at least one message.
     #[serde(default)]

@@ -18,11 +18,18 @@ async fn target(client: &mut WsClient, size: usize, content_type: &str) -> Value
         .await
 }
 
-/// PUTs `body` to a target as a plain HTTP client would; returns the status.
+/// PUTs `body` to a target as a plain HTTP client would (with every header the
+/// target names, the content type replaced by `content_type`); returns the status.
 async fn put(http: &reqwest::Client, target: &Value, content_type: &str, body: Vec<u8>) -> u16 {
     assert_eq!(target["method"], "PUT");
     assert_eq!(target["headers"]["content-type"], "image/png");
-    http.put(target["uploadUrl"].as_str().unwrap())
+    let mut request = http.put(target["uploadUrl"].as_str().unwrap());
+    for (name, value) in target["headers"].as_object().unwrap() {
+        if name != "content-type" {
+            request = request.header(name.as_str(), value.as_str().unwrap());
+        }
+    }
+    request
         .header("content-type", content_type)
         .body(body)
         .send()
@@ -30,6 +37,12 @@ async fn put(http: &reqwest::Client, target: &Value, content_type: &str, body: V
         .unwrap()
         .status()
         .as_u16()
+}
+
+fn sha256_b64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> (u16, Vec<u8>, Option<String>) {
@@ -152,6 +165,24 @@ async fn round_trip(node: &TestNode, chat: &mut Chat) -> String {
     // A content type that differs from the signed one is refused by the store.
     let t2 = target(&mut chat.a, PNG.len(), "image/png").await;
     assert_eq!(put(http, &t2, "image/gif", PNG.to_vec()).await, 403);
+
+    // With a declared SHA-256 the store refuses other bytes of the same size.
+    let sum = sha256_b64(PNG);
+    let t3 = chat
+        .a
+        .ok(json!({"type":"getAttachmentTarget","size":PNG.len(),"contentType":"image/png","sha256":sum}))
+        .await;
+    assert_eq!(t3["headers"]["x-amz-checksum-sha256"], sum.as_str());
+    let mut tampered = PNG.to_vec();
+    tampered[0] ^= 1;
+    assert_eq!(put(http, &t3, "image/png", tampered).await, 400);
+    assert_eq!(put(http, &t3, "image/png", PNG.to_vec()).await, 200);
+    assert_eq!(
+        chat.a
+            .error_code(json!({"type":"getAttachmentTarget","size":3,"contentType":"image/png","sha256":"nope"}))
+            .await,
+        "bad_request"
+    );
     id
 }
 

@@ -14,15 +14,22 @@ pub struct NatsServer {
     store: tempfile::TempDir,
 }
 
+/// `NATTER_TEST_NATS_SERVER` if set (scripts/test runs the NATS tests again with a
+/// newer server that way), else Debian's package (the oldest server natter
+/// supports), else whatever `nats-server` is on the PATH.
 fn binary() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
+    let chosen = std::env::var_os("NATTER_TEST_NATS_SERVER").map(PathBuf::from);
+    let on_path = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join("nats-server"))
+        .map(|dir| dir.join("nats-server"));
+    let candidates = chosen
+        .into_iter()
         .chain([
             PathBuf::from("/usr/sbin/nats-server"),
             PathBuf::from("/usr/bin/nats-server"),
-        ]);
+        ])
+        .chain(on_path);
     for candidate in candidates {
         if candidate.is_file() {
             return candidate;
