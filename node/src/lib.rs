@@ -12,6 +12,7 @@ pub mod gateway;
 pub mod identity;
 pub mod ids;
 pub mod media;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;

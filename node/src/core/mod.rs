@@ -206,6 +206,12 @@ impl Core {
         &self.inner.media
     }
 
+    /// Commands waiting for the writer.
+    pub fn queue_depth(&self) -> usize {
+        let writer = &self.inner.writer;
+        writer.max_capacity() - writer.capacity()
+    }
+
     pub fn store_stats(&self) -> crate::store::StoreStats {
         self.inner.store.stats()
     }

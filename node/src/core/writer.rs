@@ -247,6 +247,9 @@ impl Writer {
     }
 
     fn commit_group(&mut self, group: Vec<WriteRequest>) {
+        let started = std::time::Instant::now();
+        let metrics = &crate::metrics::METRICS;
+        metrics.commit_group.observe(group.len() as f64);
         let store = self.store.clone();
         let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|r| (r.op, r.reply)).unzip();
         let mut pushes = Vec::new();
@@ -272,6 +275,10 @@ impl Writer {
             }
             Ok(((), durability))
         });
+        metrics.commits.inc();
+        metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         match committed {
             Ok(()) => {
                 self.saved_delivery = self.next_delivery;
@@ -371,6 +378,7 @@ impl Writer {
             queued_at: self.clock.now_ms(),
             kind,
         };
+        let created_ms = crate::metrics::wall_ms();
         for member in members {
             // Remote members are reached through federation, not the inbox.
             let Some(name) = &member.local else { continue };
@@ -386,6 +394,7 @@ impl Writer {
                     Delivery {
                         id: DeliveryId(id),
                         encoded: encoded.clone(),
+                        created_ms,
                     },
                 ));
             }
@@ -1024,6 +1033,7 @@ impl Writer {
                 Delivery {
                     id: DeliveryId(id),
                     encoded: event.encode(),
+                    created_ms: crate::metrics::wall_ms(),
                 },
             ));
             report.devices_notified += 1;

@@ -35,6 +35,8 @@ use crate::ids::{DeliveryId, DeviceId};
 pub struct Delivery {
     pub id: DeliveryId,
     pub encoded: Arc<str>,
+    /// Wall-clock ms when the event was made (for the delivery latency metric).
+    pub created_ms: i64,
 }
 
 /// What the hop hands a connection.
@@ -218,6 +220,7 @@ mod tests {
         Delivery {
             id: DeliveryId(id),
             encoded: Arc::from("{\"type\":\"x\"}"),
+            created_ms: 0,
         }
     }
 

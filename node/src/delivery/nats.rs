@@ -175,20 +175,24 @@ impl Nats {
     }
 }
 
-/// A delivery on the wire: the id (8 bytes, big-endian), then the event JSON.
+/// A delivery on the wire: the id and the creation time (8 bytes each,
+/// big-endian), then the event JSON.
 fn encode(delivery: &Delivery) -> Bytes {
-    let mut out = Vec::with_capacity(8 + delivery.encoded.len());
+    let mut out = Vec::with_capacity(16 + delivery.encoded.len());
     out.extend_from_slice(&delivery.id.0.to_be_bytes());
+    out.extend_from_slice(&delivery.created_ms.to_be_bytes());
     out.extend_from_slice(delivery.encoded.as_bytes());
     Bytes::from(out)
 }
 
 fn decode(payload: &[u8]) -> Option<Delivery> {
     let id = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
-    let encoded = std::str::from_utf8(payload.get(8..)?).ok()?;
+    let created_ms = i64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    let encoded = std::str::from_utf8(payload.get(16..)?).ok()?;
     Some(Delivery {
         id: DeliveryId(id),
         encoded: Arc::from(encoded),
+        created_ms,
     })
 }
 
@@ -273,6 +277,7 @@ async fn handle_ack(
     ),
 ) {
     if let Err(e) = result {
+        crate::metrics::METRICS.publish_failures.inc();
         tracing::warn!(%device, %gateway, error = %e, "delivery publish failed; asking the gateway to resync");
         // Best effort: if NATS is down this fails too, and the gateway resyncs
         // every connection when it reconnects.
@@ -611,10 +616,12 @@ mod tests {
         let delivery = Delivery {
             id: DeliveryId(1 << 40),
             encoded: Arc::from(r#"{"type":"newMessage"}"#),
+            created_ms: 1_767_225_600_000,
         };
         let back = decode(&encode(&delivery)).unwrap();
         assert_eq!(back.id, delivery.id);
         assert_eq!(back.encoded, delivery.encoded);
+        assert_eq!(back.created_ms, delivery.created_ms);
         assert!(decode(b"short").is_none());
     }
 }

@@ -159,7 +159,8 @@ pub struct Endpoints {
 pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz));
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
     if endpoints.clients {
         router = router
             .route("/v1/register", post(register))
@@ -211,6 +212,30 @@ async fn logout(State(gw): State<Gateway>, headers: HeaderMap) -> Result<StatusC
     let ctx = device(&gw, &headers).await?;
     gw.core.logout(&ctx).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Prometheus text format. Gauges mirroring other state are set here.
+async fn metrics(State(gw): State<Gateway>) -> Response {
+    let m = &crate::metrics::METRICS;
+    let online = gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online());
+    m.online_devices.set(online as i64);
+    if let Some(core) = &gw.local {
+        m.writer_queue.set(core.queue_depth() as i64);
+        let stats = core.store_stats();
+        m.store_write_buffer_bytes
+            .set(stats.write_buffer_bytes as i64);
+        m.store_journals.set(stats.journals as i64);
+        m.store_outstanding_flushes
+            .set(stats.outstanding_flushes as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+        .into_response()
 }
 
 async fn readyz(State(gw): State<Gateway>) -> Response {

@@ -37,6 +37,7 @@ use super::Gateway;
 use crate::core::{CoreError, DeviceCtx};
 use crate::delivery::{Attachment, Delivery, Push};
 use crate::ids::DeliveryId;
+use crate::metrics::{METRICS, wall_ms};
 use crate::protocol::{
     self, ClientFrame, Command, CommandResult, ErrorCode, Reply, close, decode_client_frame,
 };
@@ -93,12 +94,15 @@ pub async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
         let writer = write_loop(sink, out_rx, gw.ws.write_timeout);
         tokio::pin!(writer);
         let attachment = gw.hub.attach(ctx.device);
+        METRICS.sessions_opened.inc();
         let session = Session::new(gw.clone(), ctx, out).run(stream, attachment);
         tokio::pin!(session);
         tokio::select! {
             () = &mut writer => {}
             end = &mut session => {
-                if end != End::Slow {
+                if end == End::Slow {
+                    METRICS.sessions_slow.inc();
+                } else {
                     // Let the writer flush what is queued (a close frame, results).
                     let _ = tokio::time::timeout(gw.ws.write_timeout, writer).await;
                 }
@@ -382,6 +386,7 @@ impl Session {
             self.behind = false;
         }
         let now = Instant::now();
+        METRICS.events_sent.inc_by(read.frames.len() as u64);
         for (id, frame) in read.frames {
             self.send(Outgoing::Text(frame))?;
             self.cursor = id;
@@ -411,6 +416,10 @@ impl Session {
         )))?;
         self.cursor = delivery.id;
         self.inflight.insert(delivery.id, Instant::now());
+        METRICS.events_sent.inc();
+        METRICS
+            .delivery_latency
+            .observe((wall_ms() - delivery.created_ms).max(0) as f64 / 1000.0);
         if !self.syncs.is_empty() {
             self.answer_syncs(false)?;
         }
@@ -451,7 +460,10 @@ impl Session {
             Ok(ClientFrame::Auth { .. }) => {
                 return self.error(None, ErrorCode::BadRequest, "already authenticated".into());
             }
-            Err(e) => return self.error(e.id, e.code, e.message),
+            Err(e) => {
+                METRICS.command("invalid", e.code.as_str());
+                return self.error(e.id, e.code, e.message);
+            }
         };
         let kind = command.kind();
         if let Command::Ack { delivery_ids } = &command {
@@ -462,6 +474,7 @@ impl Session {
         if let Command::SendMessage { .. } = &command
             && !self.rate.take(Instant::now())
         {
+            METRICS.command(kind, ErrorCode::RateLimited.as_str());
             return self.error(
                 id,
                 ErrorCode::RateLimited,
@@ -485,6 +498,7 @@ impl Session {
     ) -> Result<(), End> {
         match result {
             Ok(CommandResult::Synced { up_to }) => {
+                METRICS.command(kind, "ok");
                 let target = DeliveryId::parse(&up_to).unwrap_or(DeliveryId(0));
                 self.syncs.push((id, target));
                 if target > self.cursor {
@@ -493,8 +507,12 @@ impl Session {
                 }
                 self.answer_syncs(false)
             }
-            Ok(result) => self.send(Outgoing::Text(Reply::Result { id, result }.encode())),
+            Ok(result) => {
+                METRICS.command(kind, "ok");
+                self.send(Outgoing::Text(Reply::Result { id, result }.encode()))
+            }
             Err(e) => {
+                METRICS.command(kind, e.code().as_str());
                 if !matches!(e, CoreError::Rejected { .. }) {
                     tracing::error!(device = %self.ctx.device, request_id = %id, command = kind, error = %e, "command failed");
                 }
@@ -562,6 +580,7 @@ impl Session {
             self.inflight.remove(id);
         }
         let now = Instant::now();
+        METRICS.events_sent.inc_by(frames.len() as u64);
         for (id, frame) in frames {
             self.send(Outgoing::Text(frame))?;
             self.inflight.insert(id, now);

@@ -210,6 +210,60 @@ async fn sigterm_closes_sessions_with_1001_and_keeps_data(t: Topology) {
     assert_eq!(history["messages"][0]["message"], "before shutdown");
 }
 
+async fn metrics_count_what_happened(t: Topology) {
+    let node = TestNode::start(t).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    // Both on the first gateway (split), whose /metrics the test reads.
+    let mut a = crate::support::WsClient::connect(&node.ws_url_of(0), &alice.token).await;
+    let mut b = crate::support::WsClient::connect(&node.ws_url_of(0), &bob.token).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .clone();
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"counted"}))
+        .await;
+    assert_eq!(
+        a.error_code(json!({"type":"sendMessage","chatId":"nope","message":"x"}))
+            .await,
+        "unknown_chat"
+    );
+    let events = b.drain().await;
+    assert_eq!(events.len(), 2);
+    let text = node
+        .http()
+        .get(format!("{}/metrics", node.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    };
+    assert_eq!(
+        value("natter_commands_total{command=\"sendMessage\",outcome=\"ok\"}"),
+        1.0
+    );
+    assert_eq!(
+        value("natter_commands_total{command=\"invalid\",outcome=\"unknown_chat\"}"),
+        1.0
+    );
+    assert_eq!(value("natter_online_devices"), 2.0);
+    assert!(
+        value("natter_delivery_latency_seconds_count") >= 2.0,
+        "{text}"
+    );
+    assert!(value("natter_events_sent_total") >= 3.0, "{text}");
+}
+
+crate::in_every_topology!(metrics_count_what_happened);
+
 crate::in_every_topology!(
     retention_drops_old_events_and_tells_the_device,
     unused_devices_are_deactivated,
