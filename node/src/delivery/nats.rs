@@ -158,6 +158,25 @@ impl Nats {
             .map_err(|e| NatsError::JetStream(e.to_string()))
     }
 
+    /// Subscribes to `subject`, retrying every 500 ms until it works; `None` if
+    /// `cancel` fires first.
+    pub async fn subscribe(
+        &self,
+        subject: String,
+        cancel: &CancellationToken,
+    ) -> Option<async_nats::Subscriber> {
+        loop {
+            match self.client.subscribe(subject.clone()).await {
+                Ok(sub) => return Some(sub),
+                Err(e) => tracing::warn!(%subject, error = %e, "cannot subscribe yet"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return None,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
     /// Retries [`Self::ensure_stream`] until it works or `cancel` fires.
     pub async fn wait_for_stream(&self, cancel: &CancellationToken) -> Option<stream::Stream> {
         let mut delay = Duration::from_millis(100);
@@ -314,21 +333,11 @@ pub fn start_presence_listener(
     let reports = table.clone();
     let stop = cancel.clone();
     tasks.spawn(async move {
-        let mut sub = loop {
-            match listener
-                .client
-                .subscribe(subjects::presence(&listener.node))
-                .await
-            {
-                Ok(sub) => break sub,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to presence yet");
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                }
-            }
+        let Some(mut sub) = listener
+            .subscribe(subjects::presence(&listener.node), &stop)
+            .await
+        else {
+            return;
         };
         // Once listening, tell gateways the core (re)started: they report their
         // devices and resync them, covering a crash between commit and publish.
@@ -532,20 +541,9 @@ pub fn start_gateway_link(
         ];
         let mut subs = Vec::new();
         for subject in subjects {
-            loop {
-                match control.client.subscribe(subject.clone()).await {
-                    Ok(sub) => {
-                        subs.push(sub);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot subscribe to control yet");
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                        }
-                    }
-                }
+            match control.subscribe(subject, &stop).await {
+                Some(sub) => subs.push(sub),
+                None => return,
             }
         }
         let mut merged = futures_util::stream::select_all(subs);

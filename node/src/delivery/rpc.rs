@@ -181,17 +181,8 @@ pub fn start_server(
 ) {
     let spawner = tasks.clone();
     tasks.spawn(async move {
-        let mut sub = loop {
-            match nats.client.subscribe(subjects::rpc(&nats.node)).await {
-                Ok(sub) => break sub,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to requests yet");
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-                    }
-                }
-            }
+        let Some(mut sub) = nats.subscribe(subjects::rpc(&nats.node), &cancel).await else {
+            return;
         };
         loop {
             let message = tokio::select! {
