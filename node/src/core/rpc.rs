@@ -82,9 +82,14 @@ pub type RpcReply = Result<RpcResponse, RpcError>;
     rename_all_fields = "camelCase"
 )]
 pub enum PresenceReport {
-    /// Everything connected at `gateway` now; sent periodically.
+    /// Everything connected at `gateway` now, sent periodically in `parts`
+    /// messages (so a gateway with many devices stays under NATS' payload limit).
     Heartbeat {
         gateway: String,
+        /// Which beat the parts belong to.
+        round: u64,
+        part: u32,
+        parts: u32,
         devices: Vec<DeviceId>,
     },
     SessionEnd {

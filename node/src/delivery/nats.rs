@@ -354,8 +354,14 @@ pub fn start_presence_listener(
                 },
             };
             match serde_json::from_slice::<PresenceReport>(&message.payload) {
-                Ok(PresenceReport::Heartbeat { gateway, devices }) => {
-                    reports.heartbeat(&gateway, &devices, Instant::now());
+                Ok(PresenceReport::Heartbeat {
+                    gateway,
+                    round,
+                    parts,
+                    devices,
+                    ..
+                }) => {
+                    reports.heartbeat_part(&gateway, round, parts, devices, Instant::now());
                 }
                 Ok(PresenceReport::SessionEnd { gateway, device }) => {
                     reports.disconnect(device, &gateway);
@@ -572,17 +578,33 @@ pub fn start_gateway_link(
     if report_presence {
         let period = nats.config.heartbeat;
         tasks.spawn(async move {
+            // Devices per heartbeat message: ~120 KB of JSON, far below 1 MiB.
+            const PART: usize = 4096;
             let mut connects = nats.connects();
+            let mut round = 0u64;
             loop {
-                let report = PresenceReport::Heartbeat {
-                    gateway: gateway.clone(),
-                    devices: hub.devices(),
+                round += 1;
+                let devices = hub.devices();
+                let chunks: Vec<&[DeviceId]> = if devices.is_empty() {
+                    vec![&[]]
+                } else {
+                    devices.chunks(PART).collect()
                 };
-                if nats.is_connected()
-                    && let Err(e) =
-                        publish_json(&nats, subjects::presence(&nats.node), &report).await
-                {
-                    tracing::debug!(error = %e, "heartbeat not sent");
+                let parts = chunks.len() as u32;
+                for (part, chunk) in chunks.into_iter().enumerate() {
+                    let report = PresenceReport::Heartbeat {
+                        gateway: gateway.clone(),
+                        round,
+                        part: part as u32,
+                        parts,
+                        devices: chunk.to_vec(),
+                    };
+                    if nats.is_connected()
+                        && let Err(e) =
+                            publish_json(&nats, subjects::presence(&nats.node), &report).await
+                    {
+                        tracing::debug!(error = %e, "heartbeat not sent");
+                    }
                 }
                 // Beat on schedule, and at once after a reconnect.
                 tokio::select! {

@@ -18,6 +18,8 @@ use crate::ids::DeviceId;
 struct Inner {
     device_gateway: HashMap<DeviceId, String>,
     gateways: HashMap<String, (Instant, HashSet<DeviceId>)>,
+    /// Heartbeats arriving in parts: gateway → (round, parts seen, devices so far).
+    assembling: HashMap<String, (u64, u32, Vec<DeviceId>)>,
 }
 
 pub struct PresenceTable {
@@ -71,6 +73,39 @@ impl PresenceTable {
         }
     }
 
+    /// One part of a heartbeat. The gateway counts as alive at once; its device
+    /// list is replaced when every part of a round has arrived (a round with a
+    /// lost part is simply superseded by the next).
+    pub fn heartbeat_part(
+        &self,
+        gateway: &str,
+        round: u64,
+        parts: u32,
+        devices: Vec<DeviceId>,
+        now: Instant,
+    ) {
+        let complete = {
+            let mut inner = self.lock();
+            if let Some(entry) = inner.gateways.get_mut(gateway) {
+                entry.0 = now;
+            }
+            let slot = inner
+                .assembling
+                .entry(gateway.to_owned())
+                .or_insert_with(|| (round, 0, Vec::new()));
+            if slot.0 != round {
+                *slot = (round, 0, Vec::new());
+            }
+            slot.1 += 1;
+            slot.2.extend(devices);
+            (slot.1 >= parts).then(|| std::mem::take(&mut slot.2))
+        };
+        if let Some(all) = complete {
+            self.lock().assembling.remove(gateway);
+            self.heartbeat(gateway, &all, now);
+        }
+    }
+
     /// A gateway's full list of connected devices.
     pub fn heartbeat(&self, gateway: &str, devices: &[DeviceId], now: Instant) {
         let mut inner = self.lock();
@@ -110,6 +145,7 @@ impl PresenceTable {
             .map(|(g, _)| g.clone())
             .collect();
         for gateway in &dead {
+            inner.assembling.remove(gateway);
             if let Some((_, devices)) = inner.gateways.remove(gateway) {
                 for device in devices {
                     if inner.device_gateway.get(&device) == Some(gateway) {
@@ -154,6 +190,26 @@ mod tests {
         assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
         table.disconnect(d, "gw2");
         assert_eq!(table.gateway_of(d), None);
+    }
+
+    #[test]
+    fn heartbeats_in_parts_apply_when_complete() {
+        let table = PresenceTable::new(Duration::from_secs(15));
+        let now = Instant::now();
+        let (a, b, c) = (
+            DeviceId::generate(),
+            DeviceId::generate(),
+            DeviceId::generate(),
+        );
+        table.heartbeat_part("gw1", 1, 2, vec![a], now);
+        assert_eq!(table.gateway_of(a), None, "not before the last part");
+        table.heartbeat_part("gw1", 1, 2, vec![b], now);
+        assert_eq!(table.online(), 2);
+        // A round with a lost part is replaced by the next one.
+        table.heartbeat_part("gw1", 2, 2, vec![c], now);
+        table.heartbeat_part("gw1", 3, 1, vec![c], now);
+        assert_eq!(table.gateway_of(c).as_deref(), Some("gw1"));
+        assert_eq!(table.gateway_of(a), None);
     }
 
     #[test]
