@@ -818,7 +818,7 @@ impl Core {
             let to = before.unwrap_or(u64::MAX);
             // With only `beforeSeq` (or nothing) the client scrolls back: newest first.
             let newest = after.is_none();
-            let rows = view.messages(chat_id, from, to, limit as usize, newest)?;
+            let rows = view.messages(chat_id, from, to, limit as usize, newest, FRAMES_BUDGET)?;
             Ok(CommandResult::History {
                 messages: rows
                     .iter()

@@ -572,7 +572,8 @@ impl<R: Source> View<R> {
     }
 
     /// Messages of a chat with `from <= seq < to`, ascending; or the last `limit`
-    /// of that range when `newest` is set.
+    /// of that range when `newest` is set. Stops early once the stored records
+    /// add up to `max_bytes` (at least one message is returned).
     pub fn messages(
         &self,
         chat: ChatId,
@@ -580,15 +581,18 @@ impl<R: Source> View<R> {
         to: u64,
         limit: usize,
         newest: bool,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, MessageRecord)>> {
         let range = keys::message(chat, from)..keys::message(chat, to);
         let mut out = Vec::new();
+        let mut bytes = 0;
         let iter = self.r.readable().range(&self.ks.messages, range);
         let mut push = |item: fjall::Guard| -> Result<bool> {
             let (key, value) = item.into_inner()?;
             let seq = keys::message_seq(&key).unwrap_or_default();
+            bytes += value.len();
             out.push((seq, parse("messages", &value)?));
-            Ok(out.len() < limit)
+            Ok(out.len() < limit && bytes < max_bytes)
         };
         if newest {
             for item in iter.rev() {

@@ -214,6 +214,41 @@ async fn history_and_chat_list_follow_the_chat(t: Topology) {
     assert_eq!(listed["chats"][0]["unread"], 0);
 }
 
+async fn history_of_large_messages_comes_in_pages(t: Topology) {
+    let node = TestNode::start(t).await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a.ok(json!({"type":"createChat","participants":[]})).await["chatId"].clone();
+    let big = "x".repeat(16 * 1024);
+    for _ in 0..100 {
+        a.ok(json!({"type":"sendMessage","chatId":chat,"message":big}))
+            .await;
+    }
+    // 1.6 MB of messages: more than one answer carries (or NATS' 1 MiB allows).
+    let mut seqs = Vec::new();
+    let mut before = 101;
+    while before > 1 {
+        let page = a
+            .ok(json!({"type":"getHistory","chatId":chat,"beforeSeq":before,"limit":200}))
+            .await;
+        let messages = page["messages"].as_array().unwrap();
+        assert!(
+            !messages.is_empty() && messages.len() < 100,
+            "{}",
+            messages.len()
+        );
+        let page_seqs: Vec<u64> = messages
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        before = page_seqs[0];
+        seqs.splice(0..0, page_seqs);
+    }
+    assert_eq!(seqs, (1..=100).collect::<Vec<_>>());
+}
+
+crate::in_every_topology!(history_of_large_messages_comes_in_pages);
+
 crate::in_every_topology!(
     every_device_of_every_participant_gets_every_event,
     an_offline_device_gets_its_backlog_in_order_until_it_acks,
