@@ -5,6 +5,11 @@
 //! answer). A message's text starts with its send time, so the receiver computes
 //! send→receive latency on arrival (one process, one clock). Counting starts
 //! after the warm-up and covers `duration`.
+//!
+//! The node's CPU time over the same window, divided by the deliveries, is the
+//! cost of one delivery. `--idle-devices` keeps that many other devices (not in
+//! the chat) connected meanwhile: comparing runs with few and many shows
+//! whether a delivery gets dearer as more devices are online.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -14,12 +19,23 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::idlers::Idlers;
 use crate::node::{Node, TargetArgs};
-use crate::report::{self, Errors, Latency};
+use crate::report::{self, Errors, Latency, RssJson};
+use crate::usage::{CpuUse, Processes, Reading};
 use crate::ws::{self, ACK_INTERVAL, Conn, Frame};
 
 /// Connections opened at once during setup.
 const CONNECT_CONCURRENCY: usize = 32;
+/// Idle connections opened at once (as `idle`'s default).
+const IDLE_CONNECT_CONCURRENCY: usize = 200;
+/// Below this share of the expected deliveries per send, the receivers are
+/// falling behind rather than just missing the messages sent at the window's
+/// edges.
+const BEHIND_RATIO: f64 = 0.95;
+/// Devices per idle user (as `idle`'s default). No chat reaches them, so this
+/// only sets how many users are created.
+const IDLE_DEVICES_PER_USER: usize = 100;
 /// The protocol's limit on a chat, the creator included.
 const MAX_PARTICIPANTS: usize = 100;
 /// The protocol's limit on a message's text.
@@ -47,6 +63,9 @@ pub struct Args {
     /// Size of each message's text (at least its 19-digit timestamp).
     #[arg(long, default_value_t = 64)]
     message_bytes: usize,
+    /// Devices outside the chat kept connected and idle during the run.
+    #[arg(long, default_value_t = 0)]
+    idle_devices: usize,
 }
 
 impl Args {
@@ -66,6 +85,17 @@ impl Args {
             "--message-bytes must be at most {MAX_MESSAGE_BYTES}"
         );
         ensure!(!self.duration.is_zero(), "--duration must be above zero");
+        Ok(())
+    }
+
+    /// Each connection is one descriptor here (and one in the spawned process
+    /// that serves it, which inherits this limit); leaves room for the rest.
+    fn check_open_files(&self, nofile_limit: u64) -> Result<()> {
+        let connections = (self.members + self.idle_devices) as u64;
+        ensure!(
+            connections + 256 <= nofile_limit,
+            "the open-files limit ({nofile_limit}) is too low for {connections} connections; raise the hard limit (ulimit -Hn)"
+        );
         Ok(())
     }
 }
@@ -158,8 +188,20 @@ impl Sender {
     }
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// What the whole run measured.
+struct Results {
+    total: Stats,
+    /// The node's CPU time over the window; `None` when its processes are
+    /// unknown.
+    cpu: Option<CpuUse>,
+    rss: Option<Reading<u64>>,
+    /// Idle connections that dropped before the end.
+    idle_lost: usize,
+}
+
+pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     args.check()?;
+    args.check_open_files(nofile_limit)?;
     let node = Node::start(&args.target).await?;
     let names: Vec<String> = (1..=args.members)
         .map(|i| node.username(&format!("u{i:04}")))
@@ -168,11 +210,13 @@ pub async fn run(args: Args) -> Result<()> {
     node.create_users(&names).await?;
     let owners: Vec<&str> = names.iter().map(String::as_str).collect();
     let devices = node.create_devices(&owners).await?;
+    let idlers = connect_idle(&node, args.idle_devices).await?;
     eprintln!("connecting {} members", devices.len());
-    let ws_url = node.ws_url();
     let mut conns = ws::connect_all(
-        &ws_url,
-        devices.iter().map(|d| d.token.as_str()),
+        devices
+            .iter()
+            .enumerate()
+            .map(|(k, d)| (node.ws_url(k), d.token.as_str())),
         CONNECT_CONCURRENCY,
     )
     .await?;
@@ -188,6 +232,7 @@ pub async fn run(args: Args) -> Result<()> {
         "running: {:?} warm-up, then {:?} measured",
         args.warmup, args.duration
     );
+    let cpu = tokio::spawn(measure_cpu(node.processes().clone(), window));
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
@@ -201,10 +246,52 @@ pub async fn run(args: Args) -> Result<()> {
     for task in tasks {
         total.merge(task.await.context("a member task panicked")?)?;
     }
-    let rss = node.rss_kib()?;
+    let cpu = cpu.await.context("the CPU measuring task panicked")??;
+    let idle_lost = match idlers {
+        Some(mut idlers) => {
+            let lost = idlers.lost();
+            idlers.close().await;
+            lost
+        }
+        None => 0,
+    };
+    let rss = node.processes().rss_kib()?;
     node.stop();
-    print_results(&args, &total, rss);
+    let results = Results {
+        total,
+        cpu,
+        rss,
+        idle_lost,
+    };
+    print_results(&args, &results);
     Ok(())
+}
+
+/// Creates `count` devices outside the chat and connects them, to stay idle
+/// through the run (none when `count` is 0).
+async fn connect_idle(node: &Node, count: usize) -> Result<Option<Idlers>> {
+    if count == 0 {
+        return Ok(None);
+    }
+    eprintln!("creating {count} idle devices, up to {IDLE_DEVICES_PER_USER} per user");
+    let tokens = node.provision("idle", count, IDLE_DEVICES_PER_USER).await?;
+    eprintln!("connecting {count} idle devices, {IDLE_CONNECT_CONCURRENCY} at a time");
+    let (idlers, _) = Idlers::open(node, &tokens, IDLE_CONNECT_CONCURRENCY).await?;
+    Ok(Some(idlers))
+}
+
+/// The node's CPU time over `window`, read from /proc at its start and its end.
+async fn measure_cpu(processes: Processes, window: Window) -> Result<Option<CpuUse>> {
+    tokio::time::sleep_until(window.start).await;
+    let started = Instant::now();
+    let Some(start) = processes.cpu_time()? else {
+        return Ok(None);
+    };
+    tokio::time::sleep_until(window.end).await;
+    let Some(end) = processes.cpu_time()? else {
+        return Ok(None);
+    };
+    Ok(Some(CpuUse::between(&start, &end, started.elapsed())))
 }
 
 /// Drives one member until the window ends. A lost connection ends it early and
@@ -308,11 +395,13 @@ fn unix_nanos() -> u64 {
         .unwrap_or_default()
 }
 
-fn print_results(args: &Args, total: &Stats, rss_kib: Option<u64>) {
+fn print_results(args: &Args, results: &Results) {
+    let total = &results.total;
     let sends_per_sec = report::per_sec(total.sends, args.duration);
     let deliveries_per_sec = report::per_sec(total.deliveries, args.duration);
     let latency = Latency::of(&total.latency_us);
     let result_latency = Latency::of(&total.result_us);
+    let cpu = results.cpu.as_ref();
     // Every other member gets each message: the sending device gets only its result.
     let expected_fanout = args.members - 1;
     let fanout = if total.sends > 0 {
@@ -321,9 +410,21 @@ fn print_results(args: &Args, total: &Stats, rss_kib: Option<u64>) {
         0.0
     };
     println!(
-        "fanout: {} members, {} senders x pipeline {}, {}-byte messages, {:?} warm-up + {:?} measured",
-        args.members, args.senders, args.pipeline, args.message_bytes, args.warmup, args.duration
+        "fanout: {} members, {} senders x pipeline {}, {}-byte messages, {:?} warm-up + {:?} measured, topology {}",
+        args.members,
+        args.senders,
+        args.pipeline,
+        args.message_bytes,
+        args.warmup,
+        args.duration,
+        args.target.topology_name()
     );
+    if args.idle_devices > 0 {
+        println!(
+            "idle:        {} other devices connected, {} of them lost",
+            args.idle_devices, results.idle_lost
+        );
+    }
     println!("sends:       {} ({sends_per_sec:.1}/s)", total.sends);
     println!(
         "deliveries:  {} ({deliveries_per_sec:.1}/s), {fanout:.2} per send (expected {expected_fanout})",
@@ -335,13 +436,29 @@ fn print_results(args: &Args, total: &Stats, rss_kib: Option<u64>) {
         result_latency.line()
     );
     println!("errors:      {}", report::errors_line(&total.errors));
-    println!("natterd RSS: {}", report::rss_line(rss_kib));
+    if fanout < expected_fanout as f64 * BEHIND_RATIO {
+        println!(
+            "warning:     deliveries fell behind the sends: the node is overloaded, latency \
+             grows with the run, and the cost per delivery includes work for messages \
+             not delivered yet; lower --senders or --pipeline"
+        );
+    }
+    println!("CPU:         {}", report::cpu_line(cpu));
+    println!(
+        "CPU per delivery: {}",
+        report::per_unit_line(cpu, total.deliveries)
+    );
+    println!("natterd RSS: {}", report::rss_line(results.rss.as_ref()));
+    let rss = RssJson::of(results.rss.as_ref());
     report::print_json(&json!({
         "bench": "fanout",
+        "topology": args.target.topology_name(),
         "members": args.members,
         "senders": args.senders,
         "pipeline": args.pipeline,
         "messageBytes": args.message_bytes,
+        "idleDevices": args.idle_devices,
+        "idleLost": results.idle_lost,
         "warmupS": args.warmup.as_secs_f64(),
         "durationS": args.duration.as_secs_f64(),
         "sends": total.sends,
@@ -351,7 +468,11 @@ fn print_results(args: &Args, total: &Stats, rss_kib: Option<u64>) {
         "latencyMs": latency.json(),
         "resultLatencyMs": result_latency.json(),
         "errors": total.errors,
-        "natterdRssKib": rss_kib,
+        "cpu": report::cpu_json(cpu),
+        "cpuPerDeliveryUs": report::per_unit_json(cpu, total.deliveries),
+        "natterdRssKib": rss.total,
+        "natterdRssKibByProcess": rss.by_process,
+        "natsServerRssKib": rss.nats,
     }));
 }
 

@@ -1,21 +1,20 @@
 //! `idle`: the memory natterd spends per open, idle WebSocket.
 //!
-//! natterd's RSS is read after provisioning and before the first connection,
-//! then again once all connections are ready and the RSS stopped growing; the
-//! difference divided by the connections is the cost of one.
+//! natterd's RSS (summed over its processes) is read after provisioning and
+//! before the first connection, then again once all connections are ready and
+//! the RSS stopped growing; the difference divided by the connections is the
+//! cost of one. The CPU time spent while opening them is the cost of a connect.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use futures_util::{StreamExt, stream};
-use hdrhistogram::Histogram;
 use serde_json::json;
-use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::node::{self, Node, TargetArgs};
-use crate::report::{self, Latency};
-use crate::ws::Conn;
+use crate::idlers::Idlers;
+use crate::node::{Node, TargetArgs};
+use crate::report::{self, Latency, RssJson};
+use crate::usage::{CpuUse, Processes, Reading};
 
 /// How often RSS is sampled while waiting for it to settle.
 const SETTLE_POLL: Duration = Duration::from_millis(250);
@@ -45,11 +44,13 @@ struct Opened {
     elapsed: Duration,
     /// Each connection, from its TCP connect to its `ready`.
     each: Latency,
+    /// The node's CPU time meanwhile.
+    cpu: CpuUse,
 }
 
 /// natterd's RSS once it stopped growing.
 struct Settled {
-    rss_kib: u64,
+    rss_kib: Reading<u64>,
     waited: Duration,
     /// False when it was still growing after `SETTLE_MAX`.
     quiet: bool,
@@ -69,119 +70,90 @@ pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
         args.connections
     );
     let node = Node::start(&args.target).await?;
-    let pid = node
-        .pid()
-        .context("idle measures natterd's memory: use --natterd, or --pid with --url")?;
+    let processes = node.processes().clone();
+    ensure!(
+        !processes.natterd.is_empty(),
+        "idle measures natterd's memory: use --natterd, or --pid with --url"
+    );
 
-    let tokens = provision(&node, &args).await?;
-    let before_kib = node::rss_kib(pid)?;
-    eprintln!("natterd RSS before connecting: {before_kib} KiB");
+    eprintln!(
+        "creating {} devices, up to {} per user",
+        args.connections, args.devices_per_user
+    );
+    let tokens = node
+        .provision("u", args.connections, args.devices_per_user)
+        .await?;
+    let before_kib = read_rss(&processes)?;
+    eprintln!(
+        "natterd RSS before connecting: {}",
+        report::rss_line(Some(&before_kib))
+    );
 
     eprintln!(
         "opening {} connections, {} at a time",
         tokens.len(),
         args.connect_concurrency
     );
-    let opening = Instant::now();
-    let (mut open, connect_us) =
-        open_all(&node.ws_url(), &tokens, args.connect_concurrency).await?;
-    let opened = Opened {
-        elapsed: opening.elapsed(),
-        each: Latency::of(&connect_us),
-    };
+    let (mut idlers, opened) = open(&node, &tokens, args.connect_concurrency).await?;
     eprintln!(
         "all ready after {:?}; waiting for natterd's RSS to settle",
         opened.elapsed
     );
 
-    let settled = settle(pid).await?;
-    let lost = lost_connections(&mut open);
-    open.shutdown().await;
+    let settled = settle(&processes).await?;
+    let lost = idlers.lost();
+    idlers.close().await;
     node.stop();
 
-    print_results(&args, before_kib, &settled, &opened, lost);
+    print_results(&args, &before_kib, &settled, &opened, lost);
     Ok(())
 }
 
-/// Creates the users and `connections` devices; returns the devices' tokens.
-async fn provision(node: &Node, args: &Args) -> Result<Vec<String>> {
-    let users = args.connections.div_ceil(args.devices_per_user);
-    let names: Vec<String> = (1..=users)
-        .map(|i| node.username(&format!("u{i:04}")))
-        .collect();
-    eprintln!(
-        "creating {users} users and {} devices (up to {} per user)",
-        args.connections, args.devices_per_user
-    );
-    node.create_users(&names).await?;
-    let owners: Vec<&str> = (0..args.connections)
-        .map(|k| names[k / args.devices_per_user].as_str())
-        .collect();
-    let devices = node.create_devices(&owners).await?;
-    Ok(devices.into_iter().map(|d| d.token).collect())
+/// Opens the connections, timing them and the node's CPU time meanwhile.
+async fn open(node: &Node, tokens: &[String], concurrency: usize) -> Result<(Idlers, Opened)> {
+    let processes = node.processes();
+    let cpu_before = read_cpu(processes)?;
+    let opening = Instant::now();
+    let (idlers, connect_us) = Idlers::open(node, tokens, concurrency).await?;
+    let elapsed = opening.elapsed();
+    let cpu = CpuUse::between(&cpu_before, &read_cpu(processes)?, elapsed);
+    let opened = Opened {
+        elapsed,
+        each: Latency::of(&connect_us),
+        cpu,
+    };
+    Ok((idlers, opened))
 }
 
-/// Opens every connection and hands each, once ready, to a task that keeps
-/// reading it (reading is what answers the node's pings). A task ends only if
-/// its connection does.
-/// Also returns how long each took, from the TCP connect to `ready`.
-async fn open_all(
-    ws_url: &str,
-    tokens: &[String],
-    concurrency: usize,
-) -> Result<(JoinSet<Result<()>>, Histogram<u64>)> {
-    let mut connecting = stream::iter(tokens)
-        .map(|token| async move {
-            let started = Instant::now();
-            let conn = Conn::connect(ws_url, token).await?;
-            anyhow::Ok((conn, started.elapsed()))
-        })
-        .buffer_unordered(concurrency);
-    let mut open = JoinSet::new();
-    let mut connect_us = report::latency_histogram();
-    while let Some(connected) = connecting.next().await {
-        let (conn, took) = connected?;
-        connect_us.saturating_record(u64::try_from(took.as_micros()).unwrap_or(u64::MAX));
-        open.spawn(hold(conn));
-    }
-    Ok((open, connect_us))
+/// natterd's RSS; the caller made sure its processes are known.
+fn read_rss(processes: &Processes) -> Result<Reading<u64>> {
+    processes
+        .rss_kib()?
+        .context("natterd's processes are unknown")
 }
 
-async fn hold(mut conn: Conn) -> Result<()> {
-    loop {
-        // Idle devices get no events; anything that arrives is just drained.
-        conn.next_text().await?;
-    }
+/// natterd's CPU time; the caller made sure its processes are known.
+fn read_cpu(processes: &Processes) -> Result<Reading<Duration>> {
+    processes
+        .cpu_time()?
+        .context("natterd's processes are unknown")
 }
 
-/// Connections that ended before the measurement did (each is reported).
-fn lost_connections(open: &mut JoinSet<Result<()>>) -> usize {
-    let mut lost = 0;
-    while let Some(ended) = open.try_join_next() {
-        lost += 1;
-        match ended {
-            Ok(Err(e)) => eprintln!("a connection ended early: {e:#}"),
-            Ok(Ok(())) => eprintln!("a connection ended early"),
-            Err(e) => eprintln!("a connection task failed: {e}"),
-        }
-    }
-    lost
-}
-
-/// Polls natterd's RSS until it has not grown for `SETTLE_QUIET`, at most
-/// `SETTLE_MAX`: the node allocates lazily (buffers, task state), so a reading
-/// taken right after the last `ready` would miss part of the cost.
-async fn settle(pid: u32) -> Result<Settled> {
+/// Polls natterd's RSS (summed over its processes) until it has not grown for
+/// `SETTLE_QUIET`, at most `SETTLE_MAX`: the node allocates lazily (buffers,
+/// task state), so a reading taken right after the last `ready` would miss part
+/// of the cost.
+async fn settle(processes: &Processes) -> Result<Settled> {
     let started = Instant::now();
-    let mut peak = node::rss_kib(pid)?;
+    let mut peak = read_rss(processes)?.natterd_total();
     let mut grew_at = started;
     let mut poll = tokio::time::interval(SETTLE_POLL);
     poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         poll.tick().await;
-        let rss_kib = node::rss_kib(pid)?;
-        if rss_kib > peak {
-            peak = rss_kib;
+        let rss_kib = read_rss(processes)?;
+        if rss_kib.natterd_total() > peak {
+            peak = rss_kib.natterd_total();
             grew_at = Instant::now();
         }
         let quiet = grew_at.elapsed() >= SETTLE_QUIET;
@@ -195,10 +167,18 @@ async fn settle(pid: u32) -> Result<Settled> {
     }
 }
 
-fn print_results(args: &Args, before_kib: u64, settled: &Settled, opened: &Opened, lost: usize) {
-    let growth_kib = settled.rss_kib.saturating_sub(before_kib);
+fn print_results(
+    args: &Args,
+    before_kib: &Reading<u64>,
+    settled: &Settled,
+    opened: &Opened,
+    lost: usize,
+) {
+    let growth = settled.rss_kib.growth_since(before_kib);
+    let growth_kib = growth.natterd_total();
     let per_conn_kib = growth_kib as f64 / args.connections as f64;
     let connects_per_sec = report::per_sec(args.connections as u64, opened.elapsed);
+    let connections = args.connections as u64;
     println!(
         "idle: {} connections ({} devices per user)",
         args.connections, args.devices_per_user
@@ -208,10 +188,15 @@ fn print_results(args: &Args, before_kib: u64, settled: &Settled, opened: &Opene
         opened.elapsed.as_secs_f64() * 1e3
     );
     println!("each:        {} (connect -> ready)", opened.each.line());
+    println!("open CPU:    {}", report::cpu_line(Some(&opened.cpu)));
+    println!(
+        "CPU/connect: {}",
+        report::per_unit_line(Some(&opened.cpu), connections)
+    );
     println!("RSS before:  {}", report::rss_line(Some(before_kib)));
     println!(
         "RSS after:   {}, {} after {:.1} s",
-        report::rss_line(Some(settled.rss_kib)),
+        report::rss_line(Some(&settled.rss_kib)),
         if settled.quiet {
             "settled"
         } else {
@@ -219,23 +204,51 @@ fn print_results(args: &Args, before_kib: u64, settled: &Settled, opened: &Opene
         },
         settled.waited.as_secs_f64()
     );
-    println!("growth:      {growth_kib} KiB, {per_conn_kib:.2} KiB per connection");
+    println!("growth:      {}", growth_line(&growth, per_conn_kib));
     if lost > 0 {
         println!("lost:        {lost} connections ended before the measurement did");
     }
+    let before = RssJson::of(Some(before_kib));
+    let after = RssJson::of(Some(&settled.rss_kib));
+    let grown = RssJson::of(Some(&growth));
     report::print_json(&json!({
         "bench": "idle",
+        "topology": args.target.topology_name(),
         "connections": args.connections,
         "devicesPerUser": args.devices_per_user,
         "openMs": report::round2(opened.elapsed.as_secs_f64() * 1e3),
         "connectMs": opened.each.json(),
         "connectsPerSec": report::round2(connects_per_sec),
-        "rssBeforeKib": before_kib,
-        "rssAfterKib": settled.rss_kib,
+        "openCpu": report::cpu_json(Some(&opened.cpu)),
+        "cpuPerConnectUs": report::per_unit_json(Some(&opened.cpu), connections),
+        "rssBeforeKib": before.total,
+        "rssAfterKib": after.total,
+        "rssBeforeKibByProcess": before.by_process,
+        "rssAfterKibByProcess": after.by_process,
+        "natsServerRssKib": after.nats,
         "rssSettled": settled.quiet,
         "settleWaitS": report::round2(settled.waited.as_secs_f64()),
         "growthKib": growth_kib,
+        "growthKibByProcess": grown.by_process,
         "perConnectionKib": report::round2(per_conn_kib),
         "lostConnections": lost,
     }));
+}
+
+/// "1234 KiB, 2.47 KiB per connection", then each process's share when there
+/// are several.
+fn growth_line(growth: &Reading<u64>, per_conn_kib: f64) -> String {
+    let mut line = format!(
+        "{} KiB, {per_conn_kib:.2} KiB per connection",
+        growth.natterd_total()
+    );
+    if growth.is_split() {
+        let each: Vec<String> = growth
+            .natterd
+            .iter()
+            .map(|(name, kib)| format!("{name} +{kib} KiB"))
+            .collect();
+        line.push_str(&format!(" ({})", each.join(", ")));
+    }
+    line
 }

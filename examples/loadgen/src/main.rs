@@ -2,9 +2,12 @@
 //!
 //! Load generator for natterd. It drives a real node over real WebSockets:
 //! either one it spawns (`--natterd target/release/natterd`: a temporary data
-//! folder, open registration, no practical send rate limit; killed at the end)
-//! or one already running (`--url URL --admin-token TOKEN`). Users and devices
-//! are created through the admin API. Subcommands:
+//! folder, open registration, no practical send rate limit; killed at the end),
+//! in the topology `--topology` names (`embedded`, `nats`: over a spawned
+//! nats-server, `split`: a core and two gateways), or one already running
+//! (`--url URL --admin-token TOKEN`). Users and devices are created through the
+//! admin API. Memory and CPU are read from /proc for every natterd process
+//! (summed and each) and for nats-server. Subcommands:
 //! - `fanout`: send throughput, delivery throughput and latency in one big chat;
 //! - `idle`: natterd's memory per idle WebSocket;
 //! - `replay`: how fast an offline device drains a full inbox.
@@ -14,13 +17,17 @@
 
 mod fanout;
 mod idle;
+mod idlers;
 mod node;
 mod replay;
 mod report;
+mod spawn;
+mod usage;
 mod ws;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Debug, Parser)]
 #[command(name = "natter-loadgen", version, about = "Load generator for natterd")]
@@ -46,9 +53,27 @@ async fn main() -> Result<()> {
     // inherits the raised limit too.
     let nofile_limit =
         rlimit::increase_nofile_limit(u64::MAX).context("raise the open-files limit")?;
-    match cli.bench {
-        Bench::Fanout(args) => fanout::run(args).await,
-        Bench::Idle(args) => idle::run(args, nofile_limit).await,
-        Bench::Replay(args) => replay::run(args).await,
+    let bench = async {
+        match cli.bench {
+            Bench::Fanout(args) => fanout::run(args, nofile_limit).await,
+            Bench::Idle(args) => idle::run(args, nofile_limit).await,
+            Bench::Replay(args) => replay::run(args).await,
+        }
+    };
+    // On SIGINT or SIGTERM the benchmark is dropped rather than the process
+    // just exiting: dropping it kills the processes it spawned.
+    tokio::select! {
+        result = bench => result,
+        signal = stop_signal() => bail!("stopped by {}", signal?),
     }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name.
+async fn stop_signal() -> Result<&'static str> {
+    let mut term = signal(SignalKind::terminate()).context("listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listen for SIGINT")?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
 }

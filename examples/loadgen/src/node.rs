@@ -1,27 +1,26 @@
-//! The node under test: a `natterd` this process spawned, or one already running,
-//! plus the admin calls that provision users and devices.
+//! The node under test: one this process spawned (see `spawn`), or one already
+//! running, plus the admin calls that provision users and devices.
 //!
 //! Provisioning goes through the admin API, never `/v1/login`: a login hashes a
 //! password with argon2, which would make setting up 10k devices take minutes.
 
-use std::collections::VecDeque;
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::spawn::{Cluster, Topology};
+use crate::usage::{Processes, Watched};
+
 /// How natterd is reached; every subcommand takes these.
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
 pub struct TargetArgs {
-    /// Spawn this natterd binary (e.g. target/release/natterd) on a free port with
-    /// a temporary data folder; it is killed at the end.
+    /// Spawn this natterd binary (e.g. target/release/natterd) on free ports with
+    /// a temporary data folder; every process is killed at the end.
     #[arg(
         long,
         value_name = "PATH",
@@ -29,13 +28,26 @@ pub struct TargetArgs {
         conflicts_with = "url"
     )]
     natterd: Option<PathBuf>,
-    /// Use a node that is already running at this base URL instead.
+    /// With --natterd: which processes to run. In split, admin calls go to the
+    /// core and client connections round robin to the two gateways.
+    #[arg(long, value_enum, default_value_t = Topology::Embedded, conflicts_with = "url")]
+    topology: Topology,
+    /// With --topology nats or split: the nats-server binary to spawn.
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/usr/sbin/nats-server",
+        conflicts_with = "url"
+    )]
+    nats_server: PathBuf,
+    /// Use a node that is already running at this base URL instead (one
+    /// all-in-one process: its admin API and client endpoints).
     #[arg(long, value_name = "URL", requires = "admin_token")]
     url: Option<String>,
     /// The running node's admin token (with --url).
     #[arg(long, env = "NATTER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
-    /// The running node's process id (with --url), to report its memory.
+    /// The running node's process id (with --url), to report its memory and CPU.
     #[arg(long, requires = "url")]
     pid: Option<u32>,
     /// Prepended to every username. Default: none for a spawned node (its store is
@@ -45,20 +57,20 @@ pub struct TargetArgs {
     user_prefix: Option<String>,
 }
 
-/// The settings a spawned natterd runs with: anyone may register, and the send
-/// rate limit is far above what one machine can produce, so the benchmark
-/// measures the node rather than its throttle.
-const SPAWN_CONFIG: &str = r#"registration = "open"
+impl TargetArgs {
+    /// For the results: the spawned topology, or `running` for `--url`.
+    pub fn topology_name(&self) -> &'static str {
+        if self.natterd.is_none() {
+            return "running";
+        }
+        match self.topology {
+            Topology::Embedded => "embedded",
+            Topology::Nats => "nats",
+            Topology::Split => "split",
+        }
+    }
+}
 
-[limits]
-send_rate = 1000000.0
-send_burst = 1000000
-"#;
-
-/// How long natterd may take to print its address.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Lines of natterd's log kept to explain a failed start.
-const LOG_TAIL: usize = 50;
 /// Admin requests in flight while provisioning.
 const PROVISION_CONCURRENCY: usize = 16;
 /// Long enough for the admin API's checks; short enough to not be a weak password.
@@ -71,29 +83,17 @@ pub struct Device {
     pub token: String,
 }
 
-/// A natterd this process started. Dropping it kills the process, so an error
-/// anywhere in a benchmark does not leave a node running.
-struct Spawned {
-    child: Child,
-    // Holds the data folder and config until natterd is gone.
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        // Already exited is fine: there is nothing left to stop.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 pub struct Node {
-    base_url: String,
+    /// Base URL of the admin API.
+    admin_url: String,
+    /// `ws://…/v1/ws` of every process that serves clients.
+    ws_urls: Vec<String>,
     admin_token: String,
     user_prefix: String,
-    pid: Option<u32>,
+    processes: Processes,
     http: reqwest::Client,
-    spawned: Option<Spawned>,
+    /// Dropping it kills the spawned processes.
+    cluster: Option<Cluster>,
 }
 
 impl Node {
@@ -101,37 +101,44 @@ impl Node {
     pub async fn start(args: &TargetArgs) -> Result<Self> {
         let http = reqwest::Client::new();
         if let Some(path) = args.natterd.clone() {
-            // Spawning blocks on natterd's log until it listens.
-            let (spawned, base_url, admin_token) =
-                tokio::task::spawn_blocking(move || spawn(&path))
-                    .await
-                    .context("the natterd start task panicked")??;
+            let cluster =
+                Cluster::start(path, args.nats_server.clone(), args.topology, &http).await?;
             return Ok(Self {
-                base_url,
-                admin_token,
+                admin_url: cluster.admin_url.clone(),
+                ws_urls: cluster.client_urls.iter().map(|u| ws_url(u)).collect(),
+                admin_token: cluster.admin_token.clone(),
                 user_prefix: args.user_prefix.clone().unwrap_or_default(),
-                pid: Some(spawned.child.id()),
+                processes: cluster.processes(),
                 http,
-                spawned: Some(spawned),
+                cluster: Some(cluster),
             });
         }
         let (Some(url), Some(token)) = (&args.url, &args.admin_token) else {
             bail!("give --natterd PATH, or --url URL with --admin-token TOKEN");
         };
+        let url = url.trim_end_matches('/').to_owned();
+        let natterd = args.pid.map(|pid| Watched {
+            name: "natterd".to_owned(),
+            pid,
+        });
         Ok(Self {
-            base_url: url.trim_end_matches('/').to_owned(),
+            ws_urls: vec![ws_url(&url)],
+            admin_url: url,
             admin_token: token.clone(),
             user_prefix: args.user_prefix.clone().unwrap_or_else(run_tag),
-            pid: args.pid,
+            processes: Processes {
+                natterd: natterd.into_iter().collect(),
+                nats: None,
+            },
             http,
-            spawned: None,
+            cluster: None,
         })
     }
 
-    /// `ws://HOST/v1/ws` for the node's `http://HOST`.
-    pub fn ws_url(&self) -> String {
-        let rest = self.base_url.strip_prefix("http").unwrap_or(&self.base_url);
-        format!("ws{rest}/v1/ws")
+    /// The WebSocket URL for connection number `k`: connections are spread
+    /// round robin over the processes that serve clients.
+    pub fn ws_url(&self, k: usize) -> &str {
+        &self.ws_urls[k % self.ws_urls.len()]
     }
 
     /// The username for `name` in this run (see `--user-prefix`).
@@ -139,18 +146,15 @@ impl Node {
         format!("{}{name}", self.user_prefix)
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.pid
+    /// natterd's processes (none when running and no `--pid` was given) and the
+    /// spawned nats-server.
+    pub fn processes(&self) -> &Processes {
+        &self.processes
     }
 
-    /// natterd's resident memory in KiB, when its process is known.
-    pub fn rss_kib(&self) -> Result<Option<u64>> {
-        self.pid.map(rss_kib).transpose()
-    }
-
-    /// Kills a spawned natterd (a running node is left alone).
+    /// Kills the spawned processes (a running node is left alone).
     pub fn stop(mut self) {
-        self.spawned.take();
+        self.cluster.take();
     }
 
     pub async fn create_user(&self, username: &str) -> Result<()> {
@@ -191,9 +195,28 @@ impl Node {
             .await
     }
 
+    /// Creates `devices` devices for users named `stem0001`, `stem0002`, …,
+    /// `per_user` devices each (the last user may have fewer); returns their
+    /// tokens.
+    pub async fn provision(
+        &self,
+        stem: &str,
+        devices: usize,
+        per_user: usize,
+    ) -> Result<Vec<String>> {
+        let users = devices.div_ceil(per_user);
+        let names: Vec<String> = (1..=users)
+            .map(|i| self.username(&format!("{stem}{i:04}")))
+            .collect();
+        self.create_users(&names).await?;
+        let owners: Vec<&str> = (0..devices).map(|k| names[k / per_user].as_str()).collect();
+        let created = self.create_devices(&owners).await?;
+        Ok(created.into_iter().map(|d| d.token).collect())
+    }
+
     /// POSTs JSON with the admin token; any status but 201 is an error.
     async fn admin_post(&self, path: &str, body: serde_json::Value) -> Result<String> {
-        let url = format!("{}{path}", self.base_url);
+        let url = format!("{}{path}", self.admin_url);
         let response = self
             .http
             .post(&url)
@@ -214,103 +237,10 @@ impl Node {
     }
 }
 
-/// Starts natterd with a fresh data folder; returns it, its base URL and its
-/// admin token.
-fn spawn(binary: &Path) -> Result<(Spawned, String, String)> {
-    let dir = tempfile::tempdir().context("make a temporary folder for natterd")?;
-    let data = dir.path().join("data");
-    let config = dir.path().join("natter.toml");
-    std::fs::write(&config, SPAWN_CONFIG).context("write natterd's config")?;
-    let mut child = Command::new(binary)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--data")
-        .arg(&data)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        // The address is parsed from the human log format at its default level.
-        .env("NATTER_LOG_FORMAT", "human")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("start {}", binary.display()))?;
-    let stderr = child.stderr.take().context("natterd's stderr")?;
-    // From here on, an early return kills natterd.
-    let spawned = Spawned { child, _dir: dir };
-    let base_url = wait_for_url(stderr)?;
-    let token_file = data.join("admin.token");
-    let admin_token = std::fs::read_to_string(&token_file)
-        .with_context(|| format!("read {}", token_file.display()))?
-        .trim()
-        .to_owned();
-    Ok((spawned, base_url, admin_token))
-}
-
-/// Reads natterd's log until the `listening url=…` line and returns the URL. A
-/// thread keeps draining the log afterwards so natterd never blocks on a full
-/// pipe; it echoes warnings and errors, which matter when reading results.
-fn wait_for_url(stderr: ChildStderr) -> Result<String> {
-    let (url_tx, url_rx) = mpsc::channel();
-    let (tail_tx, tail_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut tail = VecDeque::with_capacity(LOG_TAIL);
-        let mut url_tx = Some(url_tx);
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(url) = listening_url(&line)
-                && let Some(tx) = url_tx.take()
-            {
-                let _ = tx.send(url);
-            }
-            if url_tx.is_none() {
-                if line.contains(" WARN ") || line.contains(" ERROR ") {
-                    eprintln!("natterd: {line}");
-                }
-                continue;
-            }
-            if tail.len() == LOG_TAIL {
-                tail.pop_front();
-            }
-            tail.push_back(line);
-        }
-        // natterd closed its log before listening: hand over what it said.
-        let _ = tail_tx.send(Vec::from(tail));
-    });
-    match url_rx.recv_timeout(START_TIMEOUT) {
-        Ok(url) => Ok(url),
-        Err(mpsc::RecvTimeoutError::Timeout) => {
-            bail!("natterd printed no `listening url=` line within {START_TIMEOUT:?}")
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            let log = tail_rx.recv().unwrap_or_default().join("\n");
-            bail!("natterd exited before listening; its log ends with:\n{log}")
-        }
-    }
-}
-
-/// `http://127.0.0.1:PORT` from natterd's `… listening url=http://… …` line.
-fn listening_url(line: &str) -> Option<String> {
-    if !line.contains("listening") {
-        return None;
-    }
-    let url = line.split("url=").nth(1)?.split_whitespace().next()?;
-    Some(url.to_owned())
-}
-
-/// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .with_context(|| format!("no VmRSS in {path}"))?;
-    // The line reads `VmRSS:     12345 kB`.
-    let kib = line.trim().trim_end_matches("kB").trim();
-    kib.parse()
-        .with_context(|| format!("VmRSS {line:?} in {path}"))
+/// `ws://HOST/v1/ws` for the base URL `http://HOST`.
+fn ws_url(base_url: &str) -> String {
+    let rest = base_url.strip_prefix("http").unwrap_or(base_url);
+    format!("ws{rest}/v1/ws")
 }
 
 /// A short tag unique to this run, e.g. `r1a2b3c4d5e6f7`: the current time in
@@ -336,13 +266,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_the_listening_url() {
-        let line = "2025-01-01T00:00:00Z  INFO natter::server: listening url=http://127.0.0.1:4321 node=localhost registration=Open";
-        assert_eq!(
-            listening_url(line).as_deref(),
-            Some("http://127.0.0.1:4321")
-        );
-        assert_eq!(listening_url("INFO shutting down"), None);
+    fn websocket_urls_follow_the_base_url() {
+        assert_eq!(ws_url("http://127.0.0.1:7070"), "ws://127.0.0.1:7070/v1/ws");
+        assert_eq!(ws_url("https://chat.example"), "wss://chat.example/v1/ws");
     }
 
     #[test]

@@ -4,7 +4,11 @@
 //! has never connected, so all of them wait in its inbox. Then the receiver
 //! connects; the drain time runs from the upgrade request to the last of those
 //! messages arriving (acking in batches as it goes, as a real client must: the
-//! node keeps only `websocket.window` events unacked in flight).
+//! node keeps only `websocket.window` events unacked in flight). The node's CPU
+//! time over the drain gives the cost of one replayed event.
+//!
+//! With two gateways (`--topology split`) the sender and the receiver use
+//! different ones, so the messages cross from one to the other.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -14,7 +18,8 @@ use serde_json::json;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::node::{Node, TargetArgs};
-use crate::report::{self, Errors};
+use crate::report::{self, Errors, RssJson};
+use crate::usage::{CpuUse, Reading};
 use crate::ws::{self, ACK_INTERVAL, ANSWER_TIMEOUT, Conn, Frame};
 
 #[derive(Debug, clap::Args)]
@@ -53,9 +58,8 @@ pub async fn run(args: Args) -> Result<()> {
     let names = [node.username("sender"), node.username("receiver")];
     node.create_users(&names).await?;
     let devices = node.create_devices(&[&names[0], &names[1]]).await?;
-    let ws_url = node.ws_url();
 
-    let mut sender = Conn::connect(&ws_url, &devices[0].token).await?;
+    let mut sender = Conn::connect(node.ws_url(0), &devices[0].token).await?;
     let chat_id = sender.create_chat(&names[1..]).await?;
     eprintln!(
         "sending {} messages, {} in flight",
@@ -71,10 +75,15 @@ pub async fn run(args: Args) -> Result<()> {
     drop(sender);
 
     eprintln!("receiver connecting to drain {} messages", sent.accepted);
-    let drained = drain(&ws_url, &devices[1].token, sent.accepted).await?;
-    let rss = node.rss_kib()?;
+    let cpu_before = node.processes().cpu_time()?;
+    let drained = drain(node.ws_url(1), &devices[1].token, sent.accepted).await?;
+    let cpu = match (cpu_before, node.processes().cpu_time()?) {
+        (Some(before), Some(after)) => Some(CpuUse::between(&before, &after, drained.elapsed)),
+        _ => None,
+    };
+    let rss = node.processes().rss_kib()?;
     node.stop();
-    print_results(&args, &sent, &drained, rss);
+    print_results(&args, &sent, &drained, cpu.as_ref(), rss.as_ref());
     Ok(())
 }
 
@@ -166,7 +175,13 @@ async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
     })
 }
 
-fn print_results(args: &Args, sent: &Sent, drained: &Drained, rss_kib: Option<u64>) {
+fn print_results(
+    args: &Args,
+    sent: &Sent,
+    drained: &Drained,
+    cpu: Option<&CpuUse>,
+    rss: Option<&Reading<u64>>,
+) {
     let sends_per_sec = report::per_sec(sent.accepted as u64, sent.elapsed);
     let events_per_sec = report::per_sec(sent.accepted as u64, drained.elapsed);
     let drain_ms = drained.elapsed.as_secs_f64() * 1e3;
@@ -186,9 +201,14 @@ fn print_results(args: &Args, sent: &Sent, drained: &Drained, rss_kib: Option<u6
     if drained.duplicates > 0 {
         println!("duplicates:  {}", drained.duplicates);
     }
-    println!("natterd RSS: {}", report::rss_line(rss_kib));
+    let events = sent.accepted as u64;
+    println!("drain CPU:   {}", report::cpu_line(cpu));
+    println!("CPU/event:   {}", report::per_unit_line(cpu, events));
+    println!("natterd RSS: {}", report::rss_line(rss));
+    let rss = RssJson::of(rss);
     report::print_json(&json!({
         "bench": "replay",
+        "topology": args.target.topology_name(),
         "messages": args.messages,
         "messageBytes": args.message_bytes,
         "pipeline": args.pipeline,
@@ -199,6 +219,10 @@ fn print_results(args: &Args, sent: &Sent, drained: &Drained, rss_kib: Option<u6
         "drainMs": report::round2(drain_ms),
         "eventsPerSec": report::round2(events_per_sec),
         "duplicates": drained.duplicates,
-        "natterdRssKib": rss_kib,
+        "drainCpu": report::cpu_json(cpu),
+        "cpuPerEventUs": report::per_unit_json(cpu, events),
+        "natterdRssKib": rss.total,
+        "natterdRssKibByProcess": rss.by_process,
+        "natsServerRssKib": rss.nats,
     }));
 }

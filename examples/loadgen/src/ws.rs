@@ -211,15 +211,14 @@ impl Conn {
     }
 }
 
-/// Opens one connection per token, `concurrency` at a time, each waiting for
-/// `ready`; in the order of `tokens`.
+/// Opens one connection per `(ws_url, token)`, `concurrency` at a time, each
+/// waiting for `ready`; in the order given.
 pub async fn connect_all<'a>(
-    ws_url: &str,
-    tokens: impl IntoIterator<Item = &'a str>,
+    targets: impl IntoIterator<Item = (&'a str, &'a str)>,
     concurrency: usize,
 ) -> Result<Vec<Conn>> {
-    futures_util::stream::iter(tokens)
-        .map(|token| Conn::connect(ws_url, token))
+    futures_util::stream::iter(targets)
+        .map(|(ws_url, token)| Conn::connect(ws_url, token))
         .buffered(concurrency)
         .try_collect()
         .await

@@ -1,0 +1,356 @@
+//! A node this process spawns, in one of three topologies, each made of real
+//! processes on free loopback ports sharing one temporary folder:
+//! - `embedded`: one `natterd serve` (the live hop is in-process);
+//! - `nats`: `nats-server` and `natterd serve --nats` (deliveries over JetStream);
+//! - `split`: `nats-server`, `natterd core` (the store and the admin API) and two
+//!   `natterd gateway`s (the client connections), as a scaled-out node runs.
+//!
+//! Every process is killed when the [`Cluster`] is dropped, so an error anywhere
+//! in a benchmark leaves nothing running.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tokio::time::Instant;
+
+use crate::usage::{Processes, Watched};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Topology {
+    /// One `natterd serve`.
+    #[default]
+    Embedded,
+    /// nats-server and `natterd serve --nats`.
+    Nats,
+    /// nats-server, `natterd core` and two `natterd gateway`s.
+    Split,
+}
+
+/// The settings every spawned natterd runs with: anyone may register, and the
+/// send rate limit is far above what one machine can produce, so the benchmark
+/// measures the node rather than its throttle.
+const SPAWN_CONFIG: &str = r#"registration = "open"
+
+[limits]
+send_rate = 1000000.0
+send_burst = 1000000
+"#;
+
+/// The gateways of the split topology, by `--gateway-id`.
+const GATEWAY_IDS: [&str; 2] = ["gw1", "gw2"];
+/// How long a process may take to print its address, and then to be ready.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often `/readyz` is asked while waiting.
+const READY_POLL: Duration = Duration::from_millis(50);
+/// Lines of a process's log kept to explain a failed start.
+const LOG_TAIL: usize = 50;
+
+/// The spawned processes, with where to reach them.
+pub struct Cluster {
+    // Fields drop in order: natterd's processes, then nats-server (so natterd
+    // never sees its broker go and logs about it), then the folder they all use.
+    /// The process with the store first (`serve` or `core`), then the gateways.
+    natterd: Vec<Process>,
+    nats: Option<Process>,
+    /// Base URL of the admin API (the process with the store).
+    pub admin_url: String,
+    /// Base URLs clients connect to (the gateways in split, else the one node).
+    pub client_urls: Vec<String>,
+    pub admin_token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts every process of `topology`, then waits until each is ready.
+    pub async fn start(
+        natterd: PathBuf,
+        nats_server: PathBuf,
+        topology: Topology,
+        http: &reqwest::Client,
+    ) -> Result<Self> {
+        // Starting blocks on the processes' logs until they listen.
+        let cluster = tokio::task::spawn_blocking(move || launch(&natterd, &nats_server, topology))
+            .await
+            .context("the start task panicked")??;
+        for process in &cluster.natterd {
+            wait_ready(http, &process.name, &process.url).await?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn processes(&self) -> Processes {
+        let watched = |p: &Process| Watched {
+            name: p.name.clone(),
+            pid: p.child.id(),
+        };
+        Processes {
+            natterd: self.natterd.iter().map(watched).collect(),
+            nats: self.nats.as_ref().map(watched),
+        }
+    }
+}
+
+/// Spawns the processes one after the other, each once the one it needs
+/// listens. An early return drops (kills) those already started.
+fn launch(natterd: &Path, nats_server: &Path, topology: Topology) -> Result<Cluster> {
+    let dir = tempfile::tempdir().context("make a temporary folder for the node")?;
+    let config = dir.path().join("natter.toml");
+    std::fs::write(&config, SPAWN_CONFIG).context("write natterd's config")?;
+    let nats = match topology {
+        Topology::Embedded => None,
+        Topology::Nats | Topology::Split => Some(spawn_nats(nats_server, dir.path())?),
+    };
+    let nats_url = nats.as_ref().map(|n| n.url.clone());
+    let spawner = Spawner {
+        binary: natterd,
+        dir: dir.path(),
+        config: &config,
+        nats_url: nats_url.as_deref(),
+    };
+    let data = dir.path().join("data");
+    // Each process is named after its role, the gateways after their ids.
+    let main_role = match topology {
+        Topology::Split => "core",
+        Topology::Embedded | Topology::Nats => "serve",
+    };
+    let data_args = [OsString::from("--data"), data.clone().into_os_string()];
+    let mut processes = vec![spawner.natterd(main_role, main_role, &data_args)?];
+    if topology == Topology::Split {
+        for id in GATEWAY_IDS {
+            let args = [OsString::from("--gateway-id"), OsString::from(id)];
+            processes.push(spawner.natterd(id, "gateway", &args)?);
+        }
+    }
+    let token_file = data.join("admin.token");
+    let admin_token = std::fs::read_to_string(&token_file)
+        .with_context(|| format!("read {}", token_file.display()))?
+        .trim()
+        .to_owned();
+    // Clients go to the gateways in split, else to the one process.
+    let clients = match topology {
+        Topology::Split => &processes[1..],
+        Topology::Embedded | Topology::Nats => &processes[..],
+    };
+    Ok(Cluster {
+        admin_url: processes[0].url.clone(),
+        client_urls: clients.iter().map(|p| p.url.clone()).collect(),
+        admin_token,
+        natterd: processes,
+        nats,
+        _dir: dir,
+    })
+}
+
+/// A started process; dropping it kills it.
+struct Process {
+    name: String,
+    child: Child,
+    /// Where it listens: `http://…` for natterd, `nats://…` for nats-server.
+    url: String,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        // Already exited is fine: there is nothing left to stop.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What every natterd of one cluster shares.
+struct Spawner<'a> {
+    binary: &'a Path,
+    /// The working folder: whatever a process writes outside its data folder
+    /// stays in the temporary folder too.
+    dir: &'a Path,
+    config: &'a Path,
+    nats_url: Option<&'a str>,
+}
+
+impl Spawner<'_> {
+    /// Starts `natterd ROLE` with the shared flags and `extra`; returns once it
+    /// prints the address it listens on.
+    fn natterd(&self, name: &str, role: &str, extra: &[OsString]) -> Result<Process> {
+        let mut command = Command::new(self.binary);
+        command
+            .arg(role)
+            .arg("--config")
+            .arg(self.config)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        if let Some(url) = self.nats_url {
+            command.args(["--nats", url]);
+        }
+        // The address is parsed from the human log format at its default level.
+        command
+            .env("NATTER_LOG_FORMAT", "human")
+            .env_remove("RUST_LOG");
+        let watch = LogWatch {
+            name: format!("natterd {name}"),
+            find: listening_url,
+            alarm: |line| line.contains(" WARN ") || line.contains(" ERROR "),
+        };
+        start(command, name, self.dir, watch, self.binary)
+    }
+}
+
+/// Starts nats-server with JetStream, its store under `dir`.
+fn spawn_nats(binary: &Path, dir: &Path) -> Result<Process> {
+    let mut command = Command::new(binary);
+    command
+        .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+        .arg(dir.join("nats"));
+    let watch = LogWatch {
+        name: "nats-server".to_owned(),
+        find: nats_url,
+        alarm: |line| line.contains("[ERR]") || line.contains("[WRN]"),
+    };
+    start(command, "nats-server", dir, watch, binary).context(
+        "start nats-server (Debian: apt-get install nats-server; or give --nats-server PATH)",
+    )
+}
+
+/// Runs `command` in `dir` with its stderr watched; returns once the log shows
+/// the address it listens on. `name` is how the reports call it.
+fn start(
+    mut command: Command,
+    name: &str,
+    dir: &Path,
+    watch: LogWatch,
+    binary: &Path,
+) -> Result<Process> {
+    let mut child = command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))?;
+    let stderr = child.stderr.take().context("the child's stderr")?;
+    // From here on, an early return kills the process.
+    let mut process = Process {
+        name: name.to_owned(),
+        child,
+        url: String::new(),
+    };
+    process.url = watch.wait(stderr)?;
+    Ok(process)
+}
+
+/// What to look for in a process's log.
+struct LogWatch {
+    /// E.g. `natterd gw1`: names the process in errors and echoed lines.
+    name: String,
+    /// The address it listens on, from the line that announces it.
+    find: fn(&str) -> Option<String>,
+    /// Lines worth echoing once started (warnings and errors matter when
+    /// reading results).
+    alarm: fn(&str) -> bool,
+}
+
+impl LogWatch {
+    /// Reads the log until `find` matches and returns what it found. A thread
+    /// keeps draining the log afterwards so the process never blocks on a full
+    /// pipe.
+    fn wait(self, stderr: ChildStderr) -> Result<String> {
+        let (found_tx, found_rx) = mpsc::channel();
+        let (tail_tx, tail_rx) = mpsc::channel();
+        let name = self.name.clone();
+        std::thread::spawn(move || {
+            let mut tail = VecDeque::with_capacity(LOG_TAIL);
+            let mut found_tx = Some(found_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(found) = (self.find)(&line)
+                    && let Some(tx) = found_tx.take()
+                {
+                    let _ = tx.send(found);
+                }
+                if found_tx.is_none() {
+                    if (self.alarm)(&line) {
+                        eprintln!("{}: {line}", self.name);
+                    }
+                    continue;
+                }
+                if tail.len() == LOG_TAIL {
+                    tail.pop_front();
+                }
+                tail.push_back(line);
+            }
+            // The process closed its log before listening: hand over what it said.
+            let _ = tail_tx.send(Vec::from(tail));
+        });
+        match found_rx.recv_timeout(START_TIMEOUT) {
+            Ok(found) => Ok(found),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                bail!("{name} printed no address within {START_TIMEOUT:?}")
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let log = tail_rx.recv().unwrap_or_default().join("\n");
+                bail!("{name} exited before listening; its log ends with:\n{log}")
+            }
+        }
+    }
+}
+
+/// `http://127.0.0.1:PORT` from natterd's `… listening url=http://… …` line.
+fn listening_url(line: &str) -> Option<String> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let url = line.split("url=").nth(1)?.split_whitespace().next()?;
+    Some(url.to_owned())
+}
+
+/// `nats://127.0.0.1:PORT` from nats-server's `… Listening for client
+/// connections on 127.0.0.1:PORT` line.
+fn nats_url(line: &str) -> Option<String> {
+    let (_, addr) = line.split_once("Listening for client connections on ")?;
+    let port: u16 = addr.trim().rsplit(':').next()?.parse().ok()?;
+    Some(format!("nats://127.0.0.1:{port}"))
+}
+
+/// Polls `GET {url}/readyz` until it answers 200 (NATS connected, streams made),
+/// within `START_TIMEOUT`.
+async fn wait_ready(http: &reqwest::Client, name: &str, url: &str) -> Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    let readyz = format!("{url}/readyz");
+    loop {
+        let last = match http.get(&readyz).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::OK => return Ok(()),
+            Ok(r) => format!("{}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => format!("{e:#}"),
+        };
+        if Instant::now() >= deadline {
+            bail!("{name} was not ready within {START_TIMEOUT:?} ({readyz}: {last})");
+        }
+        tokio::time::sleep(READY_POLL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_listening_url() {
+        let line = "2025-01-01T00:00:00Z  INFO natter::server: listening url=http://127.0.0.1:4321 node=localhost registration=Open";
+        assert_eq!(
+            listening_url(line).as_deref(),
+            Some("http://127.0.0.1:4321")
+        );
+        assert_eq!(listening_url("INFO shutting down"), None);
+    }
+
+    #[test]
+    fn finds_the_nats_port() {
+        let line = "[23334] 2026/11/25 13:49:53.387449 [INF] Listening for client connections on 127.0.0.1:46589";
+        assert_eq!(nats_url(line).as_deref(), Some("nats://127.0.0.1:46589"));
+        assert_eq!(nats_url("[INF] Server is ready"), None);
+    }
+}
