@@ -203,6 +203,7 @@ struct FileNats {
     url: Option<String>,
     #[serde(default, with = "humantime_serde")]
     stream_max_age: Option<Duration>,
+    stream_max_mb: Option<u64>,
     #[serde(default, with = "humantime_serde")]
     heartbeat: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -445,6 +446,7 @@ impl Config {
                     .nats
                     .stream_max_age
                     .unwrap_or(Duration::from_secs(3600)),
+                stream_max_bytes: file.nats.stream_max_mb.unwrap_or(1024) << 20,
                 heartbeat: file.nats.heartbeat.unwrap_or(Duration::from_secs(5)),
                 request_timeout: file.nats.request_timeout.unwrap_or(Duration::from_secs(10)),
             }),

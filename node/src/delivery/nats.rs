@@ -50,6 +50,9 @@ pub struct NatsConfig {
     /// How long deliveries stay in the stream (a reconnecting gateway catches up
     /// within this; the inbox covers the rest).
     pub stream_max_age: Duration,
+    /// Cap on the stream's size; the oldest deliveries go first (a gateway that
+    /// misses some notices the gap in its sequence and resyncs).
+    pub stream_max_bytes: u64,
     /// How often gateways report presence; three missed beats mark a gateway gone.
     pub heartbeat: Duration,
     /// How long a gateway waits for the core to answer a request.
@@ -148,6 +151,7 @@ impl Nats {
             storage: stream::StorageType::File,
             discard: stream::DiscardPolicy::Old,
             max_age: self.config.stream_max_age,
+            max_bytes: i64::try_from(self.config.stream_max_bytes).unwrap_or(i64::MAX),
             duplicate_window: Duration::from_secs(120),
             description: Some("natter live deliveries (the inbox in fjall is the truth)".into()),
             ..Default::default()
@@ -194,41 +198,94 @@ impl Nats {
     }
 }
 
-/// A delivery on the wire: the id and the creation time (8 bytes each,
+/// Where a delivery sits in its gateway's sequence: the publisher's epoch (new at
+/// every core start) and a counter per gateway. A gateway that sees the counter
+/// skip knows something between the core and it was lost (a failed publish, a
+/// message the stream's limits removed) and resyncs its connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    epoch: u64,
+    seq: u64,
+}
+
+/// A delivery on the wire: the id, the creation time, the stamp (8 bytes each,
 /// big-endian), then the event JSON.
-fn encode(delivery: &Delivery) -> Bytes {
-    let mut out = Vec::with_capacity(16 + delivery.encoded.len());
+fn encode(delivery: &Delivery, stamp: Stamp) -> Bytes {
+    let mut out = Vec::with_capacity(32 + delivery.encoded.len());
     out.extend_from_slice(&delivery.id.0.to_be_bytes());
     out.extend_from_slice(&delivery.created_ms.to_be_bytes());
+    out.extend_from_slice(&stamp.epoch.to_be_bytes());
+    out.extend_from_slice(&stamp.seq.to_be_bytes());
     out.extend_from_slice(delivery.encoded.as_bytes());
     Bytes::from(out)
 }
 
-fn decode(payload: &[u8]) -> Option<Delivery> {
-    let id = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
-    let created_ms = i64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
-    let encoded = std::str::from_utf8(payload.get(16..)?).ok()?;
-    Some(Delivery {
-        id: DeliveryId(id),
+fn decode(payload: &[u8]) -> Option<(Delivery, Stamp)> {
+    let word = |at: usize| -> Option<[u8; 8]> { payload.get(at..at + 8)?.try_into().ok() };
+    let encoded = std::str::from_utf8(payload.get(32..)?).ok()?;
+    let delivery = Delivery {
+        id: DeliveryId(u64::from_be_bytes(word(0)?)),
+        created_ms: i64::from_be_bytes(word(8)?),
         encoded: Arc::from(encoded),
-        created_ms,
-    })
+    };
+    let stamp = Stamp {
+        epoch: u64::from_be_bytes(word(16)?),
+        seq: u64::from_be_bytes(word(24)?),
+    };
+    Some((delivery, stamp))
+}
+
+/// The feed's view of its sequence: whether a stamp shows a gap.
+#[derive(Default)]
+struct SeqCheck {
+    last: Option<Stamp>,
+}
+
+impl SeqCheck {
+    /// Records `stamp`; `true` when deliveries before it are missing. A new epoch
+    /// (the core restarted, and announced it) starts over; redeliveries (lower
+    /// numbers) are not gaps.
+    fn gap(&mut self, stamp: Stamp) -> bool {
+        let gap = match self.last {
+            Some(last) if last.epoch == stamp.epoch => {
+                if stamp.seq <= last.seq {
+                    return false;
+                }
+                stamp.seq > last.seq + 1
+            }
+            _ => false,
+        };
+        self.last = Some(stamp);
+        gap
+    }
 }
 
 // ------------------------------------------------------------ core side
 
-/// The core's hand-off to JetStream. `publish` never blocks the writer; a task
-/// routes each delivery by presence and publishes it.
+/// The core's hand-off to JetStream: a task routes each delivery by presence and
+/// publishes it.
+///
+/// Back-pressure: the hand-off queue is bounded, and the writer thread waits when
+/// it is full, so a node that cannot publish as fast as it commits slows its
+/// senders down instead of queueing without limit. While NATS is down the writer
+/// does not wait: the deliveries are dropped here (they are in the inbox, and
+/// every connection re-reads it when NATS comes back).
 #[derive(Clone)]
 pub struct JsPublisher {
-    tx: mpsc::UnboundedSender<Vec<(DeviceId, Delivery)>>,
+    tx: mpsc::Sender<Vec<(DeviceId, Delivery)>>,
+    nats: Nats,
 }
 
+/// Commit groups waiting for the publisher before the writer waits.
+const PUBLISH_QUEUE: usize = 32;
+
 impl JsPublisher {
+    /// Called on the writer thread (not an async context), after each commit.
     pub fn publish(&self, batch: Vec<(DeviceId, Delivery)>) {
-        if !batch.is_empty() {
-            let _ = self.tx.send(batch);
+        if batch.is_empty() || !self.nats.is_connected() {
+            return;
         }
+        let _ = self.tx.blocking_send(batch);
     }
 
     pub fn start(
@@ -237,21 +294,23 @@ impl JsPublisher {
         tasks: &TaskTracker,
         cancel: CancellationToken,
     ) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tasks.spawn(publish_loop(nats, presence, rx, cancel));
-        Self { tx }
+        let (tx, rx) = mpsc::channel(PUBLISH_QUEUE);
+        tasks.spawn(publish_loop(nats.clone(), presence, rx, cancel));
+        Self { tx, nats }
     }
 }
 
 async fn publish_loop(
     nats: Nats,
     presence: Presence,
-    mut rx: mpsc::UnboundedReceiver<Vec<(DeviceId, Delivery)>>,
+    mut rx: mpsc::Receiver<Vec<(DeviceId, Delivery)>>,
     cancel: CancellationToken,
 ) {
     // Publishes in flight (awaiting their JetStream ack), bounded.
     const IN_FLIGHT: usize = 4096;
     let mut acks = FuturesUnordered::new();
+    let epoch = u64::from_be_bytes(crate::auth::random_bytes::<8>());
+    let mut seqs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
     loop {
         let batch = tokio::select! {
             biased;
@@ -265,13 +324,20 @@ async fn publish_loop(
             },
             () = cancel.cancelled() => break,
         };
+        if !nats.is_connected() {
+            // Dropped: the inbox has them, and a reconnect resyncs every connection.
+            continue;
+        }
         for (device, delivery) in batch {
             let Some(gateway) = presence.gateway_of(device) else {
                 // Offline: the inbox keeps it for the next connection.
                 continue;
             };
             let subject = subjects::delivery(&nats.node, &gateway, device);
-            match nats.js.publish(subject, encode(&delivery)).await {
+            let seq = seqs.entry(gateway.clone()).or_default();
+            *seq += 1;
+            let stamp = Stamp { epoch, seq: *seq };
+            match nats.js.publish(subject, encode(&delivery, stamp)).await {
                 Ok(ack) => acks.push(async move { (gateway, device, ack.await.map(|_| ())) }),
                 Err(e) => handle_ack(&nats, (gateway, device, Err(e))).await,
             }
@@ -332,6 +398,29 @@ pub fn start_presence_listener(
     let listener = nats.clone();
     let reports = table.clone();
     let stop = cancel.clone();
+    let (listening_tx, mut listening) = watch::channel(false);
+    // Once listening, and after every reconnect, tell gateways the core
+    // (re)started: they report their devices and resync them. This covers a crash
+    // between commit and publish, and deliveries the core dropped while it could
+    // not reach NATS.
+    let announcer = nats.clone();
+    let announce_stop = cancel.clone();
+    tasks.spawn(async move {
+        if listening.wait_for(|up| *up).await.is_err() {
+            return;
+        }
+        let mut connects = announcer.connects();
+        loop {
+            let _ = announcer
+                .client
+                .publish(subjects::core_started(&announcer.node), Bytes::new())
+                .await;
+            tokio::select! {
+                () = announce_stop.cancelled() => return,
+                changed = connects.changed() => if changed.is_err() { return },
+            }
+        }
+    });
     tasks.spawn(async move {
         let Some(mut sub) = listener
             .subscribe(subjects::presence(&listener.node), &stop)
@@ -339,12 +428,7 @@ pub fn start_presence_listener(
         else {
             return;
         };
-        // Once listening, tell gateways the core (re)started: they report their
-        // devices and resync them, covering a crash between commit and publish.
-        let _ = listener
-            .client
-            .publish(subjects::core_started(&listener.node), Bytes::new())
-            .await;
+        let _ = listening_tx.send(true);
         loop {
             let message = tokio::select! {
                 () = stop.cancelled() => return,
@@ -461,6 +545,7 @@ async fn feed(
     let mut unacked = None;
     let mut count = 0;
     let mut quiet = tokio::time::interval(Duration::from_millis(20));
+    let mut sequence = SeqCheck::default();
     loop {
         tokio::select! {
             () = cancel.cancelled() => {
@@ -476,7 +561,13 @@ async fn feed(
                     None => return Err(NatsError::JetStream("consumer stream ended".into())),
                 };
                 match (subjects::device_of(&message.subject), decode(&message.payload)) {
-                    (Some(device), Some(delivery)) => hub.publish([(device, delivery)]),
+                    (Some(device), Some((delivery, stamp))) => {
+                        if sequence.gap(stamp) {
+                            tracing::warn!("deliveries missing on the hop: every connection re-reads its inbox");
+                            hub.resync_all();
+                        }
+                        hub.publish([(device, delivery)]);
+                    }
                     _ => tracing::warn!(subject = %message.subject, "malformed delivery dropped"),
                 }
                 unacked = Some(message);
@@ -638,10 +729,25 @@ mod tests {
             encoded: Arc::from(r#"{"type":"newMessage"}"#),
             created_ms: 1_767_225_600_000,
         };
-        let back = decode(&encode(&delivery)).unwrap();
+        let stamp = Stamp { epoch: 7, seq: 9 };
+        let (back, back_stamp) = decode(&encode(&delivery, stamp)).unwrap();
+        assert_eq!(back_stamp, stamp);
         assert_eq!(back.id, delivery.id);
         assert_eq!(back.encoded, delivery.encoded);
         assert_eq!(back.created_ms, delivery.created_ms);
         assert!(decode(b"short").is_none());
+    }
+
+    #[test]
+    fn skipped_numbers_are_gaps_redeliveries_and_new_epochs_are_not() {
+        let mut check = SeqCheck::default();
+        let at = |epoch, seq| Stamp { epoch, seq };
+        assert!(!check.gap(at(1, 5)), "the first one seen");
+        assert!(!check.gap(at(1, 6)));
+        assert!(check.gap(at(1, 8)), "7 is missing");
+        assert!(!check.gap(at(1, 3)), "a redelivery");
+        assert!(!check.gap(at(1, 9)));
+        assert!(!check.gap(at(2, 1)), "the core restarted");
+        assert!(!check.gap(at(2, 2)));
     }
 }
