@@ -173,7 +173,7 @@ async fn run_with_store(
             let presence = Presence::Table(table.clone());
             let publisher =
                 JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
-            (Publisher::Nats(publisher), presence, Some(table))
+            (Publisher::Nats(Box::new(publisher)), presence, Some(table))
         }
         (Some(nats), _) => {
             let presence = Presence::Local {
@@ -182,7 +182,7 @@ async fn run_with_store(
             };
             let publisher =
                 JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
-            (Publisher::Nats(publisher), presence, None)
+            (Publisher::Nats(Box::new(publisher)), presence, None)
         }
     };
     let (core, writer) = Core::start(

@@ -174,7 +174,7 @@ pub enum Publisher {
     /// Straight to this process's connections.
     Local(Hub),
     /// Through JetStream, to whichever gateway holds each device.
-    Nats(nats::JsPublisher),
+    Nats(Box<nats::JsPublisher>),
 }
 
 impl Publisher {
