@@ -198,7 +198,7 @@ impl Nats {
     }
 }
 
-/// Where a delivery sits in its gateway's sequence: the publisher's epoch (new at
+/// Where a message sits in its gateway's sequence: the publisher's epoch (new at
 /// every core start) and a counter per gateway. A gateway that sees the counter
 /// skip knows something between the core and it was lost (a failed publish, a
 /// message the stream's limits removed) and resyncs its connections.
@@ -208,31 +208,79 @@ struct Stamp {
     seq: u64,
 }
 
-/// A delivery on the wire: the id, the creation time, the stamp (8 bytes each,
-/// big-endian), then the event JSON.
-fn encode(delivery: &Delivery, stamp: Stamp) -> Bytes {
-    let mut out = Vec::with_capacity(32 + delivery.encoded.len());
-    out.extend_from_slice(&delivery.id.0.to_be_bytes());
-    out.extend_from_slice(&delivery.created_ms.to_be_bytes());
+/// Deliveries for one gateway travel together: one JetStream message carries
+/// those of one commit group (up to [`BATCH_BYTES`]), so a message to a chat of
+/// 100 costs one stored message per gateway, not 99.
+///
+/// Wire format (big-endian): epoch u64, seq u64, then per delivery: device (16
+/// bytes), id u64, created_ms i64, length u32, event JSON.
+fn encode(stamp: Stamp, deliveries: &[(DeviceId, &Delivery)]) -> Bytes {
+    let size: usize = deliveries.iter().map(|(_, d)| 36 + d.encoded.len()).sum();
+    let mut out = Vec::with_capacity(16 + size);
     out.extend_from_slice(&stamp.epoch.to_be_bytes());
     out.extend_from_slice(&stamp.seq.to_be_bytes());
-    out.extend_from_slice(delivery.encoded.as_bytes());
+    for (device, delivery) in deliveries {
+        out.extend_from_slice(&device.to_bytes());
+        out.extend_from_slice(&delivery.id.0.to_be_bytes());
+        out.extend_from_slice(&delivery.created_ms.to_be_bytes());
+        out.extend_from_slice(&(delivery.encoded.len() as u32).to_be_bytes());
+        out.extend_from_slice(delivery.encoded.as_bytes());
+    }
     Bytes::from(out)
 }
 
-fn decode(payload: &[u8]) -> Option<(Delivery, Stamp)> {
-    let word = |at: usize| -> Option<[u8; 8]> { payload.get(at..at + 8)?.try_into().ok() };
-    let encoded = std::str::from_utf8(payload.get(32..)?).ok()?;
-    let delivery = Delivery {
-        id: DeliveryId(u64::from_be_bytes(word(0)?)),
-        created_ms: i64::from_be_bytes(word(8)?),
-        encoded: Arc::from(encoded),
+fn decode(payload: &[u8]) -> Option<(Stamp, Vec<(DeviceId, Delivery)>)> {
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(
+            payload.get(at..at + 8)?.try_into().ok()?,
+        ))
     };
     let stamp = Stamp {
-        epoch: u64::from_be_bytes(word(16)?),
-        seq: u64::from_be_bytes(word(24)?),
+        epoch: u64_at(0)?,
+        seq: u64_at(8)?,
     };
-    Some((delivery, stamp))
+    let mut at = 16;
+    let mut deliveries = Vec::new();
+    while at < payload.len() {
+        let device = DeviceId::from_slice(payload.get(at..at + 16)?)?;
+        let id = u64_at(at + 16)?;
+        let created_ms = u64_at(at + 24)? as i64;
+        let len = u32::from_be_bytes(payload.get(at + 32..at + 36)?.try_into().ok()?) as usize;
+        let encoded = std::str::from_utf8(payload.get(at + 36..at + 36 + len)?).ok()?;
+        deliveries.push((
+            device,
+            Delivery {
+                id: DeliveryId(id),
+                created_ms,
+                encoded: Arc::from(encoded),
+            },
+        ));
+        at += 36 + len;
+    }
+    Some((stamp, deliveries))
+}
+
+/// The most event bytes in one JetStream message (well under NATS' 1 MiB).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// Splits one gateway's deliveries into messages of at most [`BATCH_BYTES`].
+fn chunks<'a>(deliveries: &'a [(DeviceId, &'a Delivery)]) -> Vec<&'a [(DeviceId, &'a Delivery)]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, (_, delivery)) in deliveries.iter().enumerate() {
+        let size = 36 + delivery.encoded.len();
+        if i > start && bytes + size > BATCH_BYTES {
+            out.push(&deliveries[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    if start < deliveries.len() {
+        out.push(&deliveries[start..]);
+    }
+    out
 }
 
 /// The feed's view of its sequence: whether a stamp shows a gap.
@@ -307,7 +355,7 @@ async fn publish_loop(
     cancel: CancellationToken,
 ) {
     // Publishes in flight (awaiting their JetStream ack), bounded.
-    const IN_FLIGHT: usize = 4096;
+    const IN_FLIGHT: usize = 1024;
     let mut acks = FuturesUnordered::new();
     let epoch = u64::from_be_bytes(crate::auth::random_bytes::<8>());
     let mut seqs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
@@ -328,22 +376,34 @@ async fn publish_loop(
             // Dropped: the inbox has them, and a reconnect resyncs every connection.
             continue;
         }
-        for (device, delivery) in batch {
-            let Some(gateway) = presence.gateway_of(device) else {
-                // Offline: the inbox keeps it for the next connection.
+        // Route by presence, keeping commit order within each gateway.
+        let mut by_gateway: Vec<(String, Vec<(DeviceId, &Delivery)>)> = Vec::new();
+        for (device, delivery) in &batch {
+            // Offline devices are skipped: the inbox keeps their events.
+            let Some(gateway) = presence.gateway_of(*device) else {
                 continue;
             };
-            let subject = subjects::delivery(&nats.node, &gateway, device);
-            let seq = seqs.entry(gateway.clone()).or_default();
-            *seq += 1;
-            let stamp = Stamp { epoch, seq: *seq };
-            match nats.js.publish(subject, encode(&delivery, stamp)).await {
-                Ok(ack) => acks.push(async move { (gateway, device, ack.await.map(|_| ())) }),
-                Err(e) => handle_ack(&nats, (gateway, device, Err(e))).await,
+            match by_gateway.iter_mut().find(|(g, _)| *g == gateway) {
+                Some((_, list)) => list.push((*device, delivery)),
+                None => by_gateway.push((gateway, vec![(*device, delivery)])),
             }
-            while acks.len() >= IN_FLIGHT {
-                if let Some(done) = acks.next().await {
-                    handle_ack(&nats, done).await;
+        }
+        for (gateway, deliveries) in &by_gateway {
+            for chunk in chunks(deliveries) {
+                let seq = seqs.entry(gateway.clone()).or_default();
+                *seq += 1;
+                let payload = encode(Stamp { epoch, seq: *seq }, chunk);
+                let devices: Vec<DeviceId> = chunk.iter().map(|(d, _)| *d).collect();
+                let subject = subjects::deliveries(&nats.node, gateway);
+                let gateway = gateway.clone();
+                match nats.js.publish(subject, payload).await {
+                    Ok(ack) => acks.push(async move { (gateway, devices, ack.await.map(|_| ())) }),
+                    Err(e) => handle_ack(&nats, (gateway, devices, Err(e))).await,
+                }
+                while acks.len() >= IN_FLIGHT {
+                    if let Some(done) = acks.next().await {
+                        handle_ack(&nats, done).await;
+                    }
                 }
             }
         }
@@ -355,23 +415,30 @@ async fn publish_loop(
 
 async fn handle_ack(
     nats: &Nats,
-    (gateway, device, result): (
+    (gateway, devices, result): (
         String,
-        DeviceId,
+        Vec<DeviceId>,
         Result<(), async_nats::jetstream::context::PublishError>,
     ),
 ) {
     if let Err(e) = result {
-        crate::metrics::METRICS.publish_failures.inc();
-        tracing::warn!(%device, %gateway, error = %e, "delivery publish failed; asking the gateway to resync");
+        crate::metrics::METRICS
+            .publish_failures
+            .inc_by(devices.len() as u64);
+        tracing::warn!(%gateway, devices = devices.len(), error = %e, "delivery publish failed; asking the gateway to resync");
         // Best effort: if NATS is down this fails too, and the gateway resyncs
-        // every connection when it reconnects.
-        let _ = publish_json(
-            nats,
-            subjects::gateway_control(&nats.node, &gateway),
-            &GatewayControl::Resync { device },
-        )
-        .await;
+        // every connection when it reconnects (and on the gap in its sequence).
+        let mut devices = devices;
+        devices.sort_unstable();
+        devices.dedup();
+        for device in devices {
+            let _ = publish_json(
+                nats,
+                subjects::gateway_control(&nats.node, &gateway),
+                &GatewayControl::Resync { device },
+            )
+            .await;
+        }
     }
 }
 
@@ -540,8 +607,9 @@ async fn feed(
         .map_err(|e| js_err(&e))?;
     tracing::info!(consumer = %name, "delivery feed running");
     // Acks are cumulative (AckPolicy::All): ack the newest handed-off message
-    // every ACK_EVERY messages or when the stream goes quiet.
-    const ACK_EVERY: usize = 256;
+    // every ACK_EVERY messages (each carries many deliveries) or when the stream
+    // goes quiet.
+    const ACK_EVERY: usize = 64;
     let mut unacked = None;
     let mut count = 0;
     let mut quiet = tokio::time::interval(Duration::from_millis(20));
@@ -560,15 +628,15 @@ async fn feed(
                     Some(Err(e)) => return Err(js_err(&e)),
                     None => return Err(NatsError::JetStream("consumer stream ended".into())),
                 };
-                match (subjects::device_of(&message.subject), decode(&message.payload)) {
-                    (Some(device), Some((delivery, stamp))) => {
+                match decode(&message.payload) {
+                    Some((stamp, deliveries)) => {
                         if sequence.gap(stamp) {
                             tracing::warn!("deliveries missing on the hop: every connection re-reads its inbox");
                             hub.resync_all();
                         }
-                        hub.publish([(device, delivery)]);
+                        hub.publish(deliveries);
                     }
-                    _ => tracing::warn!(subject = %message.subject, "malformed delivery dropped"),
+                    None => tracing::warn!(subject = %message.subject, "malformed deliveries dropped"),
                 }
                 unacked = Some(message);
                 count += 1;
@@ -723,18 +791,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn deliveries_round_trip_on_the_wire() {
-        let delivery = Delivery {
-            id: DeliveryId(1 << 40),
-            encoded: Arc::from(r#"{"type":"newMessage"}"#),
-            created_ms: 1_767_225_600_000,
+    fn batches_round_trip_on_the_wire_and_split_by_size() {
+        let small = Delivery {
+            id: DeliveryId(1),
+            encoded: Arc::from(r#"{"type":"chatUpdate"}"#),
+            created_ms: 5,
         };
-        let stamp = Stamp { epoch: 7, seq: 9 };
-        let (back, back_stamp) = decode(&encode(&delivery, stamp)).unwrap();
+        let big = Delivery {
+            id: DeliveryId(2),
+            encoded: Arc::from("x".repeat(BATCH_BYTES / 2).as_str()),
+            created_ms: 6,
+        };
+        let (a, b) = (DeviceId::generate(), DeviceId::generate());
+        let list = vec![(a, &small), (b, &big), (a, &big), (b, &small)];
+        let parts = chunks(&list);
+        assert_eq!(parts.iter().map(|p| p.len()).collect::<Vec<_>>(), [2, 2]);
+        let stamp = Stamp { epoch: 3, seq: 4 };
+        let (back_stamp, back) = decode(&encode(stamp, parts[0])).unwrap();
         assert_eq!(back_stamp, stamp);
-        assert_eq!(back.id, delivery.id);
-        assert_eq!(back.encoded, delivery.encoded);
-        assert_eq!(back.created_ms, delivery.created_ms);
+        assert_eq!(back.len(), 2);
+        assert_eq!(
+            (back[0].0, back[0].1.id, back[0].1.created_ms),
+            (a, DeliveryId(1), 5)
+        );
+        assert_eq!(back[1].1.encoded, big.encoded);
+        assert!(decode(&encode(stamp, &[])).unwrap().1.is_empty());
         assert!(decode(b"short").is_none());
     }
 

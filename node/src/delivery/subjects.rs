@@ -7,13 +7,13 @@
 //!
 //! | subject | what |
 //! | --- | --- |
-//! | `natter.<node>.dlv.<gateway>.<device>` | one delivery for one device held by one gateway (JetStream) |
+//! | `natter.<node>.dlv.<gateway>.batch` | deliveries for devices held by one gateway (JetStream) |
 //! | `natter.<node>.rpc` | gateway → core requests (request/reply) |
 //! | `natter.<node>.presence` | gateway → core: connects, disconnects, heartbeats |
 //! | `natter.<node>.gw.<gateway>` | core → one gateway: displace, resync |
 //! | `natter.<node>.core.started` | core → all gateways: "I (re)started" |
 
-use crate::ids::{DeviceId, NodeName};
+use crate::ids::NodeName;
 
 fn node_token(node: &NodeName) -> String {
     node.as_str().replace('.', "_")
@@ -37,13 +37,9 @@ pub fn deliveries_for_gateway(node: &NodeName, gateway: &str) -> String {
     format!("natter.{}.dlv.{gateway}.>", node_token(node))
 }
 
-pub fn delivery(node: &NodeName, gateway: &str, device: DeviceId) -> String {
-    format!("natter.{}.dlv.{gateway}.{device}", node_token(node))
-}
-
-/// The device a delivery subject is for (its last token).
-pub fn device_of(subject: &str) -> Option<DeviceId> {
-    DeviceId::parse(subject.rsplit('.').next()?)
+/// Where the core publishes a gateway's deliveries (batches of devices).
+pub fn deliveries(node: &NodeName, gateway: &str) -> String {
+    format!("natter.{}.dlv.{gateway}.batch", node_token(node))
 }
 
 /// The durable consumer of one gateway.
@@ -88,14 +84,9 @@ mod tests {
     #[test]
     fn node_names_become_one_token() {
         let node = NodeName::parse("chat.example-1.org").unwrap();
-        let device = DeviceId::generate();
-        let subject = delivery(&node, "gw-1", device);
-        assert_eq!(
-            subject,
-            format!("natter.chat_example-1_org.dlv.gw-1.{device}")
-        );
+        let subject = deliveries(&node, "gw-1");
+        assert_eq!(subject, "natter.chat_example-1_org.dlv.gw-1.batch");
         assert_eq!(subject.split('.').count(), 5);
-        assert_eq!(device_of(&subject), Some(device));
         assert_eq!(stream_name(&node), "NATTER_CHAT_EXAMPLE_1_ORG_DLV");
         assert!(!stream_name(&node).contains('.'));
         assert_eq!(consumer_name("gw-1"), "gw_gw_1");
