@@ -60,6 +60,9 @@ pub struct Args {
     /// Sends each sender keeps in flight.
     #[arg(long, default_value_t = 8)]
     pipeline: usize,
+    /// Measure the node's idle CPU this long before the run (0: skip).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    baseline: Duration,
     /// Size of each message's text (at least its 19-digit timestamp).
     #[arg(long, default_value_t = 64)]
     message_bytes: usize,
@@ -194,6 +197,8 @@ struct Results {
     /// The node's CPU time over the window; `None` when its processes are
     /// unknown.
     cpu: Option<CpuUse>,
+    /// The node's CPU time while everything was connected but quiet.
+    idle_cpu: Option<CpuUse>,
     rss: Option<Reading<u64>>,
     /// Idle connections that dropped before the end.
     idle_lost: usize,
@@ -222,6 +227,22 @@ pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     .await?;
     // The first member creates the chat; the others are its participants.
     let chat_id = conns[0].create_chat(&names[1..]).await?;
+    // What holding the connections costs, with no traffic: subtracted from the
+    // run's CPU, it leaves the cost of the deliveries themselves.
+    let idle_cpu = if args.baseline.is_zero() {
+        None
+    } else {
+        eprintln!("measuring idle CPU for {:?}", args.baseline);
+        let now = Instant::now();
+        measure_cpu(
+            node.processes().clone(),
+            Window {
+                start: now,
+                end: now + args.baseline,
+            },
+        )
+        .await?
+    };
 
     let start = Instant::now() + args.warmup;
     let window = Window {
@@ -260,6 +281,7 @@ pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     let results = Results {
         total,
         cpu,
+        idle_cpu,
         rss,
         idle_lost,
     };
@@ -278,6 +300,17 @@ async fn connect_idle(node: &Node, count: usize) -> Result<Option<Idlers>> {
     eprintln!("connecting {count} idle devices, {IDLE_CONNECT_CONCURRENCY} at a time");
     let (idlers, _) = Idlers::open(node, &tokens, IDLE_CONNECT_CONCURRENCY).await?;
     Ok(Some(idlers))
+}
+
+/// natterd's CPU per delivery beyond what it spends idle over the same time.
+fn marginal_cpu_per_delivery_us(cpu: Option<&CpuUse>, idle: Option<&CpuUse>, deliveries: u64) -> Option<f64> {
+    let (cpu, idle) = (cpu?, idle?);
+    if deliveries == 0 || idle.elapsed.is_zero() {
+        return None;
+    }
+    let idle_rate = idle.used.natterd_total().as_secs_f64() / idle.elapsed.as_secs_f64();
+    let busy = cpu.used.natterd_total().as_secs_f64() - idle_rate * cpu.elapsed.as_secs_f64();
+    Some(busy.max(0.0) / deliveries as f64 * 1e6)
 }
 
 /// The node's CPU time over `window`, read from /proc at its start and its end.
@@ -448,6 +481,14 @@ fn print_results(args: &Args, results: &Results) {
         "CPU per delivery: {}",
         report::per_unit_line(cpu, total.deliveries)
     );
+    let marginal = marginal_cpu_per_delivery_us(cpu, results.idle_cpu.as_ref(), total.deliveries);
+    if let (Some(idle), Some(marginal)) = (results.idle_cpu.as_ref(), marginal) {
+        println!(
+            "CPU idle:    natterd {:.3} cores with everything connected and quiet; \
+             per delivery beyond that: {marginal:.2} µs",
+            idle.used.natterd_total().as_secs_f64() / idle.elapsed.as_secs_f64()
+        );
+    }
     println!("natterd RSS: {}", report::rss_line(results.rss.as_ref()));
     let rss = RssJson::of(results.rss.as_ref());
     report::print_json(&json!({
@@ -470,6 +511,10 @@ fn print_results(args: &Args, results: &Results) {
         "errors": total.errors,
         "cpu": report::cpu_json(cpu),
         "cpuPerDeliveryUs": report::per_unit_json(cpu, total.deliveries),
+        "idleCpuCores": results.idle_cpu.as_ref().map(|idle| report::round2(
+            idle.used.natterd_total().as_secs_f64() / idle.elapsed.as_secs_f64()
+        )),
+        "marginalCpuPerDeliveryUs": marginal.map(report::round2),
         "natterdRssKib": rss.total,
         "natterdRssKibByProcess": rss.by_process,
         "natsServerRssKib": rss.nats,
