@@ -303,7 +303,11 @@ async fn connect_idle(node: &Node, count: usize) -> Result<Option<Idlers>> {
 }
 
 /// natterd's CPU per delivery beyond what it spends idle over the same time.
-fn marginal_cpu_per_delivery_us(cpu: Option<&CpuUse>, idle: Option<&CpuUse>, deliveries: u64) -> Option<f64> {
+fn marginal_cpu_per_delivery_us(
+    cpu: Option<&CpuUse>,
+    idle: Option<&CpuUse>,
+    deliveries: u64,
+) -> Option<f64> {
     let (cpu, idle) = (cpu?, idle?);
     if deliveries == 0 || idle.elapsed.is_zero() {
         return None;
