@@ -436,6 +436,14 @@ impl Core {
         });
     }
 
+    /// The devices of a local user (empty for an unknown name).
+    pub async fn user_devices(&self, username: &str) -> Result<Vec<DeviceId>, CoreError> {
+        let Some(name) = Username::parse(username) else {
+            return Ok(Vec::new());
+        };
+        self.read(move |view| Ok(view.user_devices(&name)?)).await
+    }
+
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, CoreError> {
         let node = self.inner.config.node.clone();
         self.read(move |view| {

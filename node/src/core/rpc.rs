@@ -106,4 +106,6 @@ pub enum GatewayControl {
     Displace { device: DeviceId },
     /// A delivery for the device may have been lost: re-read its inbox.
     Resync { device: DeviceId },
+    /// The device logged out: close its connection.
+    Revoke { device: DeviceId },
 }

@@ -46,6 +46,8 @@ pub enum Push {
     /// Something may have been missed (NATS reconnected, the core restarted, a
     /// publish failed): read the inbox again.
     Resync,
+    /// The device logged out: its token no longer works; close.
+    Revoked,
 }
 
 /// How many live deliveries may wait for a connection's task before the hop
@@ -145,6 +147,14 @@ impl Hub {
     /// Closes the device's connection here (it connected elsewhere).
     pub fn displace(&self, device: DeviceId) {
         self.lock().remove(&device);
+    }
+
+    /// Closes the device's connection here because its token was revoked.
+    pub fn revoke(&self, device: DeviceId) {
+        if let Some(slot) = self.lock().remove(&device) {
+            // If the queue is full the channel still closes, as a displacement.
+            let _ = slot.tx.try_send(Push::Revoked);
+        }
     }
 
     pub fn is_online(&self, device: DeviceId) -> bool {

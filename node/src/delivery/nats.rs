@@ -535,11 +535,12 @@ pub fn start_presence_listener(
     });
 }
 
-/// Tells `gateway` to close its connection of `device` (it connected elsewhere).
-pub async fn displace(nats: &Nats, gateway: &str, device: DeviceId) {
+/// Tells `gateway` to close its connection of `device`: it connected elsewhere
+/// (`Displace`), or it logged out (`Revoke`).
+pub async fn control(nats: &Nats, gateway: &str, order: GatewayControl) {
     let subject = subjects::gateway_control(&nats.node, gateway);
-    if let Err(e) = publish_json(nats, subject, &GatewayControl::Displace { device }).await {
-        tracing::warn!(error = %e, %device, "could not displace a connection");
+    if let Err(e) = publish_json(nats, subject, &order).await {
+        tracing::warn!(error = %e, ?order, "could not send an order to a gateway");
     }
 }
 
@@ -729,6 +730,7 @@ pub fn start_gateway_link(
             match serde_json::from_slice::<GatewayControl>(&message.payload) {
                 Ok(GatewayControl::Displace { device }) => control_hub.displace(device),
                 Ok(GatewayControl::Resync { device }) => control_hub.resync(device),
+                Ok(GatewayControl::Revoke { device }) => control_hub.revoke(device),
                 Err(e) => tracing::warn!(error = %e, "bad control message"),
             }
         }

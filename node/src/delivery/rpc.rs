@@ -20,10 +20,10 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::nats::{Nats, displace};
+use super::nats::{Nats, control};
 use super::presence::PresenceTable;
 use super::subjects;
-use crate::core::rpc::{RpcError, RpcReply, RpcRequest, RpcResponse};
+use crate::core::rpc::{GatewayControl, RpcError, RpcReply, RpcRequest, RpcResponse};
 use crate::core::{Core, CoreError};
 use crate::protocol::ErrorCode;
 
@@ -250,6 +250,16 @@ async fn handle(
         RpcRequest::Authenticate { token } => RpcResponse::Device(core.authenticate(&token).await?),
         RpcRequest::Logout { ctx } => {
             core.logout(&ctx).await?;
+            // Its connection, wherever it is, closes too.
+            if let Some(gateway) = presence.gateway_of(ctx.device) {
+                presence.disconnect(ctx.device, &gateway);
+                control(
+                    nats,
+                    &gateway,
+                    GatewayControl::Revoke { device: ctx.device },
+                )
+                .await;
+            }
             RpcResponse::Done
         }
         RpcRequest::Backlog {
@@ -262,7 +272,7 @@ async fn handle(
         }
         RpcRequest::SessionStart { device, gateway } => {
             if let Some(previous) = presence.connect(device, &gateway, Instant::now()) {
-                displace(nats, &previous, device).await;
+                control(nats, &previous, GatewayControl::Displace { device }).await;
             }
             core.touch(device);
             RpcResponse::Done

@@ -93,7 +93,23 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_admin(&gw, &headers)?;
-    local(&gw)?.set_user_disabled(&name, true).await?;
+    let core = local(&gw)?;
+    core.set_user_disabled(&name, true).await?;
+    // Open connections of the user close now, wherever they are.
+    for device in core.user_devices(&name).await? {
+        gw.hub.revoke(device);
+        if let (Some(table), Some(nats)) = (&gw.presence, &gw.nats)
+            && let Some(gateway) = table.gateway_of(device)
+        {
+            table.disconnect(device, &gateway);
+            crate::delivery::nats::control(
+                nats,
+                &gateway,
+                crate::core::rpc::GatewayControl::Revoke { device },
+            )
+            .await;
+        }
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

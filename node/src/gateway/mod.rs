@@ -211,6 +211,9 @@ async fn login(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiEr
 async fn logout(State(gw): State<Gateway>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let ctx = device(&gw, &headers).await?;
     gw.core.logout(&ctx).await?;
+    // A connection of the device here closes now (elsewhere, the core tells its
+    // gateway).
+    gw.hub.revoke(ctx.device);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -322,6 +322,7 @@ impl Session {
                         self.behind = true;
                         Ok(())
                     }
+                    Some(Push::Revoked) => Err(self.close(close::UNAUTHORIZED, "logged out")),
                     None => Err(self.close(close::DISPLACED, "displaced by a newer connection")),
                 },
                 Some((id, kind, result)) = self.answers.next(), if !self.answers.is_empty() => {

@@ -88,10 +88,13 @@ async fn register_and_login_errors(t: Topology) {
     assert_ne!(first["deviceId"], second["deviceId"]);
     assert_eq!(first["userId"], "alice@localhost");
 
+    // Disabling a user closes its open connections too.
+    let mut open = WsClient::connect(&node.ws_url_of(1), &first["token"].as_str().unwrap()).await;
     let (s, _) = node
         .admin(reqwest::Method::POST, "/users/alice/disable", None)
         .await;
     assert_eq!(s, 204);
+    assert_eq!(open.closed().await, Closed::Code(4401));
     let (s, b) = node
         .post(
             "/v1/login",
@@ -151,6 +154,9 @@ async fn registration_modes(t: Topology) {
 async fn logout_ends_the_device(t: Topology) {
     let node = TestNode::start(t).await;
     let alice = node.user("alice").await;
+    // Connected on the second gateway (split) while logout goes to the first:
+    // the core closes the connection wherever it is.
+    let mut open = WsClient::connect(&node.ws_url_of(1), &alice.token).await;
     let logout = |token: Option<String>| {
         let mut request = node.http().post(format!("{}/v1/logout", node.url));
         if let Some(token) = token {
@@ -178,6 +184,7 @@ async fn logout_ends_the_device(t: Topology) {
             .as_u16(),
         204
     );
+    assert_eq!(open.closed().await, Closed::Code(4401));
     // The token is dead everywhere.
     assert_eq!(
         logout(Some(alice.token.clone()))
