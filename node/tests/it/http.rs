@@ -89,7 +89,7 @@ async fn register_and_login_errors(t: Topology) {
     assert_eq!(first["userId"], "alice@localhost");
 
     // Disabling a user closes its open connections too.
-    let mut open = WsClient::connect(&node.ws_url_of(1), &first["token"].as_str().unwrap()).await;
+    let mut open = WsClient::connect(&node.ws_url_of(1), first["token"].as_str().unwrap()).await;
     let (s, _) = node
         .admin(reqwest::Method::POST, "/users/alice/disable", None)
         .await;
