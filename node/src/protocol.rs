@@ -229,6 +229,11 @@ pub enum Command {
     /// Extension: answered once every event pending for this device when the
     /// command was taken has been sent on this connection.
     Sync,
+    /// Extension: renames a chat (`None` clears the name).
+    RenameChat {
+        chat_id: ChatId,
+        name: Option<String>,
+    },
 }
 
 impl Command {
@@ -245,6 +250,7 @@ impl Command {
             Self::MarkRead { .. } => "markRead",
             Self::Ack { .. } => "ack",
             Self::Sync => "sync",
+            Self::RenameChat { .. } => "renameChat",
         }
     }
 }
@@ -323,6 +329,13 @@ struct RawHistory {
 struct RawMarkRead {
     chat_id: String,
     seq: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawRename {
+    chat_id: String,
+    name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -586,6 +599,16 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 seq: raw.seq,
             }
         }
+        "renameChat" => {
+            let raw: RawRename = fields(map, &id)?;
+            if let Some(name) = &raw.name {
+                check_chat_name(name, &id)?;
+            }
+            Command::RenameChat {
+                chat_id: chat_id(&raw.chat_id, &id)?,
+                name: raw.name,
+            }
+        }
         other => {
             return Err(DecodeError::new(
                 &id,
@@ -609,6 +632,7 @@ fn is_command(kind: &str) -> bool {
             | "getHistory"
             | "markRead"
             | "sync"
+            | "renameChat"
     )
 }
 
@@ -1013,6 +1037,7 @@ mod tests {
             "listChats",
             "markRead",
             "modifyChatParticipants",
+            "renameChat",
             "sendMessage",
             "sync",
         ];

@@ -897,6 +897,32 @@ impl Writer {
                     }
                 }
             }
+            Command::RenameChat { chat_id, name } => {
+                let chat = self.chat(tx, chat_id)?.ok_or_else(unknown_chat)?;
+                if !chat.has(&ctx.user_id) {
+                    return Err(not_participant());
+                }
+                if chat.record.name == name {
+                    return Ok(CommandResult::Empty {});
+                }
+                chat.record.name = name.clone();
+                let record = chat.record.clone();
+                let members = chat.members.clone();
+                let ids = chat.member_ids();
+                tx.put_chat(chat_id, &record);
+                self.update(
+                    tx,
+                    chat_id,
+                    name,
+                    ids,
+                    UpdateReason::Renamed,
+                    &members,
+                    now,
+                    pushes,
+                )?;
+                *durability = Durability::Sync;
+                Ok(CommandResult::Empty {})
+            }
             Command::MarkRead { chat_id, seq } => {
                 let chat = self.chat(tx, chat_id)?.ok_or_else(unknown_chat)?;
                 if !chat.has(&ctx.user_id) {

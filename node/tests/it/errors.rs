@@ -274,6 +274,41 @@ async fn sends_over_the_rate_limit_are_refused(t: Topology) {
     );
 }
 
+async fn any_participant_may_rename_a_chat(t: Topology) {
+    let node = TestNode::start(t).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let carol = node.user("carol").await;
+    let mut a = node.connect(&alice).await;
+    let mut b = node.connect(&bob).await;
+    let mut c = node.connect(&carol).await;
+    let chat = new_chat(&mut a, &["bob"]).await;
+    a.drain().await;
+    b.drain().await;
+    b.ok(json!({"type":"renameChat","chatId":chat,"name":"Exam Prep"}))
+        .await;
+    for client in [&mut a, &mut b] {
+        let update = client.event().await;
+        assert_eq!(update["type"], "chatUpdate");
+        assert_eq!(update["reason"], "renamed");
+        assert_eq!(update["name"], "Exam Prep");
+    }
+    let chats = a.ok(json!({"type":"listChats"})).await;
+    assert_eq!(chats["chats"][0]["name"], "Exam Prep");
+    assert_eq!(
+        c.error_code(json!({"type":"renameChat","chatId":chat,"name":"mine"}))
+            .await,
+        "not_participant"
+    );
+    assert_eq!(
+        a.error_code(json!({"type":"renameChat","chatId":chat,"name":"x".repeat(129)}))
+            .await,
+        "bad_request"
+    );
+}
+
+crate::in_every_topology!(any_participant_may_rename_a_chat);
+
 crate::in_every_topology!(
     malformed_frames_get_errors_and_the_session_stays_open,
     frames_over_64_kib_close_the_socket_with_1009,
