@@ -143,6 +143,50 @@ struct Inner {
     clock: Clock,
     config: CoreConfig,
     media: Media,
+    login_failures: LoginFailures,
+}
+
+/// Failed logins per user name: after [`LoginFailures::LIMIT`] within
+/// [`LoginFailures::WINDOW_MS`], further attempts are refused (`rate_limited`)
+/// without checking the password, until the window has passed. Slows guessing
+/// and keeps argon2 from being used to burn the node's CPU.
+#[derive(Default)]
+struct LoginFailures {
+    /// name → (failures, when the first of them happened)
+    seen: std::sync::Mutex<std::collections::HashMap<String, (u32, i64)>>,
+}
+
+impl LoginFailures {
+    const LIMIT: u32 = 10;
+    const WINDOW_MS: i64 = 15 * 60 * 1000;
+    /// Beyond this many names, expired entries are dropped.
+    const MAX_NAMES: usize = 100_000;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, i64)>> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn blocked(&self, name: &str, now: i64) -> bool {
+        self.lock()
+            .get(name)
+            .is_some_and(|(n, since)| *n >= Self::LIMIT && now - since < Self::WINDOW_MS)
+    }
+
+    fn failed(&self, name: &str, now: i64) {
+        let mut seen = self.lock();
+        if seen.len() >= Self::MAX_NAMES {
+            seen.retain(|_, (_, since)| now - *since < Self::WINDOW_MS);
+        }
+        let entry = seen.entry(name.to_owned()).or_insert((0, now));
+        if now - entry.1 >= Self::WINDOW_MS {
+            *entry = (0, now);
+        }
+        entry.0 += 1;
+    }
+
+    fn succeeded(&self, name: &str) {
+        self.lock().remove(name);
+    }
 }
 
 /// Joins the writer thread.
@@ -185,6 +229,7 @@ impl Core {
                 clock,
                 config,
                 media,
+                login_failures: LoginFailures::default(),
             }),
         };
         Ok((core, WriterThread(handle)))
@@ -339,6 +384,13 @@ impl Core {
             ));
         }
         let name = Username::parse(username);
+        let now = self.inner.clock.now_ms();
+        if self.inner.login_failures.blocked(username, now) {
+            return Err(CoreError::reject(
+                ErrorCode::RateLimited,
+                "too many failed logins for this user; try again later",
+            ));
+        }
         let record = match &name {
             Some(n) => {
                 let n = n.clone();
@@ -353,8 +405,10 @@ impl Core {
         let password = password.to_owned();
         let ok = password_work(move || auth::verify_password(&password, &phc)).await?;
         let (Some(name), Some(record), true) = (name, record, ok) else {
+            self.inner.login_failures.failed(username, now);
             return Err(bad());
         };
+        self.inner.login_failures.succeeded(username);
         if record.disabled {
             return Err(CoreError::reject(
                 ErrorCode::UserDisabled,
