@@ -19,13 +19,24 @@ use crate::media::{LocalDenied, LocalPutError, LocalQuery};
 use crate::protocol::ErrorCode;
 
 pub fn router() -> Router<Gateway> {
-    Router::new().route(
-        "/v1/media/{id}",
-        get(download)
-            .put(upload)
-            // Uploads are bounded by their signed size, not by the frame limit.
-            .layer(DefaultBodyLimit::disable()),
-    )
+    // Browsers upload and download straight from their pages (any origin); the
+    // URLs carry their own signature, no cookie is involved.
+    let cors = tower_http::cors::CorsLayer::new()
+        .allow_origin(tower_http::cors::Any)
+        .allow_methods([axum::http::Method::GET, axum::http::Method::PUT])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::HeaderName::from_static(crate::media::CHECKSUM_HEADER),
+        ]);
+    Router::new()
+        .route(
+            "/v1/media/{id}",
+            get(download)
+                .put(upload)
+                // Uploads are bounded by their signed size, not by the frame limit.
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .layer(cors)
 }
 
 fn denied(reason: LocalDenied) -> ApiError {

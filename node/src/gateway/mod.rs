@@ -162,11 +162,19 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if endpoints.clients {
-        router = router
+        // Browsers on any origin may call the client API: it authenticates with
+        // bearer tokens, never cookies, so there is no ambient credential to abuse.
+        let cors = tower_http::cors::CorsLayer::new()
+            .allow_origin(tower_http::cors::Any)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]);
+        let clients = Router::new()
             .route("/v1/register", post(register))
             .route("/v1/login", post(login))
             .route("/v1/logout", post(logout))
-            .route("/v1/ws", get(websocket));
+            .route("/v1/ws", get(websocket))
+            .layer(cors);
+        router = router.merge(clients);
     }
     if endpoints.store {
         router = router

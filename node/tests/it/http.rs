@@ -276,6 +276,28 @@ async fn repeated_failed_logins_are_throttled(t: Topology) {
     assert_eq!(attempt("password123").await.0, 200);
 }
 
+async fn browsers_on_other_origins_may_call_the_client_api(t: Topology) {
+    let node = TestNode::start(t).await;
+    let preflight = node
+        .http()
+        .request(reqwest::Method::OPTIONS, format!("{}/v1/login", node.url))
+        .header("origin", "https://app.example.org")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success(), "{}", preflight.status());
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "*",
+        "{:?}",
+        preflight.headers()
+    );
+}
+
+crate::in_every_topology!(browsers_on_other_origins_may_call_the_client_api);
+
 crate::in_every_topology!(repeated_failed_logins_are_throttled);
 
 crate::in_every_topology!(

@@ -278,6 +278,29 @@ async fn embedded_media_round_trip_and_refusals(t: Topology) {
     );
 }
 
+async fn large_uploads_stream_through_the_embedded_store(t: Topology) {
+    let node = TestNode::start(t).await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    // Larger than the 64 KiB body limit of the other endpoints, and than one
+    // streamed part (256 KiB).
+    let body: Vec<u8> = (0..700_000u32).map(|i| (i % 251) as u8).collect();
+    let t = target(&mut a, body.len(), "image/png").await;
+    assert_eq!(put(node.http(), &t, "image/png", body.clone()).await, 200);
+    let id = t["attachmentId"].as_str().unwrap();
+    let url = a
+        .ok(json!({"type":"getAttachmentUrl","attachmentId":id}))
+        .await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, bytes, _) = get(node.http(), &url).await;
+    assert_eq!(status, 200);
+    assert_eq!(bytes, body);
+}
+
+crate::in_every_topology!(large_uploads_stream_through_the_embedded_store);
+
 fn s3_config(server: &S3Server, extra: &str) -> String {
     format!(
         "{BASE_CONFIG}\n[media]\nstore = \"s3://{}/natter\"\nmax_size = 1000\n{extra}\n\
