@@ -620,20 +620,22 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
     Ok(ClientFrame::Command { id, command })
 }
 
+/// Command types that need an `id` (everything but `ack` and `auth`).
+const COMMANDS: &[&str] = &[
+    "createChat",
+    "sendMessage",
+    "modifyChatParticipants",
+    "getAttachmentTarget",
+    "getAttachmentUrl",
+    "listChats",
+    "getHistory",
+    "markRead",
+    "sync",
+    "renameChat",
+];
+
 fn is_command(kind: &str) -> bool {
-    matches!(
-        kind,
-        "createChat"
-            | "sendMessage"
-            | "modifyChatParticipants"
-            | "getAttachmentTarget"
-            | "getAttachmentUrl"
-            | "listChats"
-            | "getHistory"
-            | "markRead"
-            | "sync"
-            | "renameChat"
-    )
+    COMMANDS.contains(&kind)
 }
 
 /// Standard base64 (with padding) of a 32-byte digest, as S3's

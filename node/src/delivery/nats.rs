@@ -308,6 +308,17 @@ impl SeqCheck {
     }
 }
 
+/// The next item of `stream`, or `None` once it ends or `cancel` fires.
+pub async fn next_or_cancel<S: futures_util::Stream + Unpin>(
+    stream: &mut S,
+    cancel: &CancellationToken,
+) -> Option<S::Item> {
+    tokio::select! {
+        () = cancel.cancelled() => None,
+        item = stream.next() => item,
+    }
+}
+
 // ------------------------------------------------------------ core side
 
 /// The core's hand-off to JetStream: a task routes each delivery by presence and
@@ -496,14 +507,7 @@ pub fn start_presence_listener(
             return;
         };
         let _ = listening_tx.send(true);
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => return,
-                message = sub.next() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
+        while let Some(message) = next_or_cancel(&mut sub, &stop).await {
             match serde_json::from_slice::<PresenceReport>(&message.payload) {
                 Ok(PresenceReport::Heartbeat {
                     gateway,
@@ -714,14 +718,7 @@ pub fn start_gateway_link(
         }
         let mut merged = futures_util::stream::select_all(subs);
         let started = subjects::core_started(&control.node);
-        loop {
-            let message = tokio::select! {
-                () = stop.cancelled() => return,
-                message = merged.next() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
+        while let Some(message) = next_or_cancel(&mut merged, &stop).await {
             if message.subject.as_str() == started {
                 tracing::info!("the core (re)started: resyncing every connection");
                 control_hub.resync_all();

@@ -15,12 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::nats::{Nats, control};
+use super::nats::{Nats, control, next_or_cancel};
 use super::presence::PresenceTable;
 use super::subjects;
 use crate::core::rpc::{GatewayControl, RpcError, RpcReply, RpcRequest, RpcResponse};
@@ -60,14 +59,7 @@ impl RpcClient {
         let waiters: Waiters = Arc::default();
         let routes = waiters.clone();
         tasks.spawn(async move {
-            loop {
-                let message = tokio::select! {
-                    () = cancel.cancelled() => return,
-                    message = sub.next() => match message {
-                        Some(message) => message,
-                        None => return,
-                    },
-                };
+            while let Some(message) = next_or_cancel(&mut sub, &cancel).await {
                 let Some(n) = message
                     .subject
                     .rsplit('.')
@@ -184,14 +176,7 @@ pub fn start_server(
         let Some(mut sub) = nats.subscribe(subjects::rpc(&nats.node), &cancel).await else {
             return;
         };
-        loop {
-            let message = tokio::select! {
-                () = cancel.cancelled() => return,
-                message = sub.next() => match message {
-                    Some(message) => message,
-                    None => return,
-                },
-            };
+        while let Some(message) = next_or_cancel(&mut sub, &cancel).await {
             let Some(reply_to) = message.reply.clone() else {
                 continue;
             };
