@@ -165,7 +165,7 @@ impl CoreClient {
     /// A session of `device` starts here. With a remote core, deliveries are routed
     /// to this gateway from when this returns (so the inbox read that follows
     /// misses nothing).
-    pub async fn session_started(&self, device: DeviceId) -> Result<(), CoreError> {
+    pub async fn session_started(&self, device: DeviceId, round: u64) -> Result<(), CoreError> {
         match self {
             Self::Local(core) => {
                 core.touch(device);
@@ -175,6 +175,7 @@ impl CoreClient {
                 rpc.request(&RpcRequest::SessionStart {
                     device,
                     gateway: rpc.gateway().to_owned(),
+                    round,
                 })
                 .await?;
                 Ok(())

@@ -48,6 +48,9 @@ pub enum RpcRequest {
     SessionStart {
         device: DeviceId,
         gateway: String,
+        /// The gateway's presence round when the device attached.
+        #[serde(default)]
+        round: u64,
     },
     Touch {
         device: DeviceId,

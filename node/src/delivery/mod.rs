@@ -61,10 +61,23 @@ struct Slot {
 }
 
 /// Online devices of this process. Cheap to clone.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Hub {
     slots: Arc<Mutex<HashMap<DeviceId, Slot>>>,
     generation: Arc<AtomicU64>,
+    /// The presence round (see [`presence`]): starts at the wall-clock
+    /// millisecond so that it keeps growing across restarts of a gateway.
+    round: Arc<AtomicU64>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self {
+            slots: Arc::default(),
+            generation: Arc::default(),
+            round: Arc::new(AtomicU64::new(crate::metrics::wall_ms().max(0) as u64)),
+        }
+    }
 }
 
 /// A connection's end of the hop. Dropping it takes the device offline, unless a
@@ -168,6 +181,19 @@ impl Hub {
     /// The devices connected here.
     pub fn devices(&self) -> Vec<DeviceId> {
         self.lock().keys().copied().collect()
+    }
+
+    /// The current presence round, for a session start.
+    pub fn presence_round(&self) -> u64 {
+        self.round.load(Ordering::Acquire)
+    }
+
+    /// Starts a new presence round and lists the devices connected now (the
+    /// round advances first, so a device attaching meanwhile reports this round
+    /// or a later one).
+    pub fn next_presence_round(&self) -> (u64, Vec<DeviceId>) {
+        let round = self.round.fetch_add(1, Ordering::AcqRel) + 1;
+        (round, self.devices())
     }
 }
 

@@ -739,10 +739,8 @@ pub fn start_gateway_link(
             // Devices per heartbeat message: ~120 KB of JSON, far below 1 MiB.
             const PART: usize = 4096;
             let mut connects = nats.connects();
-            let mut round = 0u64;
             loop {
-                round += 1;
-                let devices = hub.devices();
+                let (round, devices) = hub.next_presence_round();
                 let chunks: Vec<&[DeviceId]> = if devices.is_empty() {
                     vec![&[]]
                 } else {

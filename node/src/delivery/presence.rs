@@ -7,6 +7,11 @@
 //! re-adds devices nobody else claims (after a core restart the table is rebuilt
 //! this way) and drops the gateway's devices it no longer lists; a gateway silent
 //! for longer than the expiry loses all its devices.
+//!
+//! Rounds: a gateway numbers its heartbeats, and each session start carries the
+//! round that was current when the device attached. A heartbeat of round R drops
+//! only devices that attached in an earlier round: a device that attached while
+//! round R's list was being taken may be missing from it, and must stay.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -17,7 +22,8 @@ use crate::ids::DeviceId;
 #[derive(Default)]
 struct Inner {
     device_gateway: HashMap<DeviceId, String>,
-    gateways: HashMap<String, (Instant, HashSet<DeviceId>)>,
+    /// gateway → (last heard, its devices with the round they were seen in)
+    gateways: HashMap<String, (Instant, HashMap<DeviceId, u64>)>,
     /// Heartbeats arriving in parts: gateway → (round, parts seen, devices so far).
     assembling: HashMap<String, (u64, u32, Vec<DeviceId>)>,
 }
@@ -41,7 +47,13 @@ impl PresenceTable {
 
     /// A device connected at `gateway`. Returns the gateway it was on before, if
     /// another: that connection must be displaced.
-    pub fn connect(&self, device: DeviceId, gateway: &str, now: Instant) -> Option<String> {
+    pub fn connect(
+        &self,
+        device: DeviceId,
+        gateway: &str,
+        round: u64,
+        now: Instant,
+    ) -> Option<String> {
         let mut inner = self.lock();
         let previous = inner.device_gateway.insert(device, gateway.to_owned());
         if let Some(old) = &previous
@@ -53,9 +65,9 @@ impl PresenceTable {
         let entry = inner
             .gateways
             .entry(gateway.to_owned())
-            .or_insert_with(|| (now, HashSet::new()));
+            .or_insert_with(|| (now, HashMap::new()));
         entry.0 = now;
-        entry.1.insert(device);
+        entry.1.insert(device, round);
         previous.filter(|old| old != gateway)
     }
 
@@ -102,32 +114,42 @@ impl PresenceTable {
         };
         if let Some(all) = complete {
             self.lock().assembling.remove(gateway);
-            self.heartbeat(gateway, &all, now);
+            self.heartbeat(gateway, round, &all, now);
         }
     }
 
-    /// A gateway's full list of connected devices.
-    pub fn heartbeat(&self, gateway: &str, devices: &[DeviceId], now: Instant) {
+    /// A gateway's full list of connected devices, as of `round`.
+    pub fn heartbeat(&self, gateway: &str, round: u64, devices: &[DeviceId], now: Instant) {
         let mut inner = self.lock();
         let listed: HashSet<DeviceId> = devices.iter().copied().collect();
         let previous = inner
             .gateways
-            .insert(gateway.to_owned(), (now, HashSet::new()))
+            .insert(gateway.to_owned(), (now, HashMap::new()))
             .map(|(_, set)| set)
             .unwrap_or_default();
-        for gone in previous.difference(&listed) {
-            if inner.device_gateway.get(gone).is_some_and(|g| g == gateway) {
-                inner.device_gateway.remove(gone);
+        let mut kept: HashMap<DeviceId, u64> = HashMap::new();
+        for (device, seen) in previous {
+            if listed.contains(&device) {
+                continue;
+            }
+            if seen >= round {
+                // Attached while this list was taken: not gone.
+                kept.insert(device, seen);
+            } else if inner
+                .device_gateway
+                .get(&device)
+                .is_some_and(|g| g == gateway)
+            {
+                inner.device_gateway.remove(&device);
             }
         }
-        let mut kept = HashSet::new();
         for device in listed {
             let owner = inner
                 .device_gateway
                 .entry(device)
                 .or_insert_with(|| gateway.to_owned());
             if owner == gateway {
-                kept.insert(device);
+                kept.insert(device, round);
             }
         }
         if let Some(entry) = inner.gateways.get_mut(gateway) {
@@ -147,7 +169,7 @@ impl PresenceTable {
         for gateway in &dead {
             inner.assembling.remove(gateway);
             if let Some((_, devices)) = inner.gateways.remove(gateway) {
-                for device in devices {
+                for device in devices.into_keys() {
                     if inner.device_gateway.get(&device) == Some(gateway) {
                         inner.device_gateway.remove(&device);
                     }
@@ -179,17 +201,37 @@ mod tests {
         let table = PresenceTable::new(Duration::from_secs(15));
         let now = Instant::now();
         let d = DeviceId::generate();
-        assert_eq!(table.connect(d, "gw1", now), None);
-        assert_eq!(table.connect(d, "gw2", now), Some("gw1".into()));
+        assert_eq!(table.connect(d, "gw1", 1, now), None);
+        assert_eq!(table.connect(d, "gw2", 1, now), Some("gw1".into()));
         assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
         // A late heartbeat from gw1 still listing the device does not steal it back.
-        table.heartbeat("gw1", &[d], now);
+        table.heartbeat("gw1", 2, &[d], now);
         assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
         // gw1's late disconnect does not take it offline either.
         table.disconnect(d, "gw1");
         assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
         table.disconnect(d, "gw2");
         assert_eq!(table.gateway_of(d), None);
+    }
+
+    #[test]
+    fn a_heartbeat_taken_while_a_device_attached_does_not_drop_it() {
+        let table = PresenceTable::new(Duration::from_secs(15));
+        let now = Instant::now();
+        let (old, new) = (DeviceId::generate(), DeviceId::generate());
+        table.connect(old, "gw1", 4, now);
+        // Round 5's list was taken before `new` attached in round 5.
+        table.connect(new, "gw1", 5, now);
+        table.heartbeat("gw1", 5, &[], now);
+        assert_eq!(
+            table.gateway_of(old),
+            None,
+            "attached before round 5, not listed: gone"
+        );
+        assert_eq!(table.gateway_of(new).as_deref(), Some("gw1"));
+        // Round 6 no longer lists it either: now it is gone.
+        table.heartbeat("gw1", 6, &[], now);
+        assert_eq!(table.gateway_of(new), None);
     }
 
     #[test]
@@ -218,11 +260,11 @@ mod tests {
         let t0 = Instant::now();
         let (a, b) = (DeviceId::generate(), DeviceId::generate());
         // After a core restart the table is empty; heartbeats refill it.
-        table.heartbeat("gw1", &[a, b], t0);
+        table.heartbeat("gw1", 1, &[a, b], t0);
         assert_eq!(table.online(), 2);
-        table.heartbeat("gw1", &[a], t0);
+        table.heartbeat("gw1", 2, &[a], t0);
         assert_eq!(table.gateway_of(b), None);
-        table.heartbeat("gw2", &[], t0 + Duration::from_secs(10));
+        table.heartbeat("gw2", 1, &[], t0 + Duration::from_secs(10));
         let dead = table.expire(t0 + Duration::from_secs(20));
         assert_eq!(dead, vec!["gw1".to_string()]);
         assert_eq!(table.gateway_of(a), None);

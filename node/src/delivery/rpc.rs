@@ -255,8 +255,12 @@ async fn handle(
         RpcRequest::Pending { device, ids } => {
             RpcResponse::Frames(core.pending(device, ids).await?)
         }
-        RpcRequest::SessionStart { device, gateway } => {
-            if let Some(previous) = presence.connect(device, &gateway, Instant::now()) {
+        RpcRequest::SessionStart {
+            device,
+            gateway,
+            round,
+        } => {
+            if let Some(previous) = presence.connect(device, &gateway, round, Instant::now()) {
                 control(nats, &previous, GatewayControl::Displace { device }).await;
             }
             core.touch(device);

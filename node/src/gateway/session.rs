@@ -283,7 +283,8 @@ impl Session {
 
     async fn run(mut self, mut stream: SplitStream<WebSocket>, mut live: Attachment) -> End {
         // Routed here before the first inbox read, so nothing falls between them.
-        if let Err(e) = Box::pin(self.gw.core.session_started(self.ctx.device)).await {
+        let round = self.gw.hub.presence_round();
+        if let Err(e) = Box::pin(self.gw.core.session_started(self.ctx.device, round)).await {
             tracing::warn!(device = %self.ctx.device, error = %e, "cannot start the session");
             return self.close(close::TRY_AGAIN_LATER, "try again later");
         }
