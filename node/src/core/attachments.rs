@@ -1,0 +1,218 @@
+//! Attachments: upload targets, download URLs, checking uploads before a message
+//! may reference them, and removing orphaned and expired uploads. Object I/O
+//! happens here, never on the writer thread.
+
+use super::DeviceCtx;
+use super::writer::{Op, Outcome, SweepReport};
+use super::{Core, CoreError, millis};
+use crate::ids::AttachmentId;
+use crate::protocol::{CommandResult, ErrorCode};
+use crate::store::{AttachmentRecord, AttachmentRef};
+
+impl Core {
+    /// Uploads never sent after `orphan_ttl`, and every upload after the media
+    /// retention: the record goes first (so no message can take it any more),
+    /// then the object.
+    pub(super) async fn sweep_media(&self, report: &mut SweepReport) -> Result<(), CoreError> {
+        let config = self.inner.media.config();
+        let now = self.inner.clock.now_ms();
+        let unsent_before = now.saturating_sub(millis(config.orphan_ttl));
+        let any_before = now.saturating_sub(millis(config.retention));
+        let oldest_interesting = unsent_before.max(any_before);
+        let mut after = None;
+        loop {
+            let batch = self
+                .read(move |view| Ok(view.attachments_after(after, 512)?))
+                .await?;
+            let Some((last, _)) = batch.last() else {
+                return Ok(());
+            };
+            after = Some(*last);
+            let mut young = false;
+            for (id, record) in batch {
+                if record.created_at >= oldest_interesting {
+                    // Ids are in upload order: everything after this is younger.
+                    young = true;
+                    break;
+                }
+                let expired = record.created_at < any_before;
+                let outcome = self
+                    .write(Op::DropAttachment {
+                        id,
+                        unsent_before,
+                        any_before,
+                    })
+                    .await?;
+                if let Outcome::Dropped(true) = outcome {
+                    self.inner.media.delete(id).await?;
+                    if expired {
+                        report.attachments_expired += 1;
+                    } else {
+                        report.orphan_uploads_removed += 1;
+                    }
+                }
+            }
+            if young {
+                return Ok(());
+            }
+        }
+    }
+
+    pub(super) async fn attachment_target(
+        &self,
+        ctx: &DeviceCtx,
+        size: u64,
+        content_type: String,
+        name: Option<String>,
+        sha256: Option<String>,
+    ) -> Result<CommandResult, CoreError> {
+        let media = &self.inner.media;
+        let max = media.config().max_size;
+        if size > max {
+            return Err(CoreError::reject(
+                ErrorCode::AttachmentTooLarge,
+                format!("attachments are at most {max} bytes on this node"),
+            ));
+        }
+        if !media.allows_type(&content_type) {
+            return Err(CoreError::reject(
+                ErrorCode::BadRequest,
+                format!("{content_type} is not an allowed content type on this node"),
+            ));
+        }
+        let id = AttachmentId::generate();
+        let record = AttachmentRecord {
+            uploader: ctx.user_id.clone(),
+            size,
+            content_type: content_type.clone(),
+            name,
+            sha256: sha256.clone(),
+            created_at: self.inner.clock.now_ms(),
+            sent: false,
+            chats: Vec::new(),
+        };
+        self.write(Op::CreateAttachment { id, record }).await?;
+        let target = media
+            .upload_target(id, size, &content_type, sha256.as_deref())
+            .await?;
+        Ok(CommandResult::AttachmentTarget {
+            attachment_id: id.to_string(),
+            upload_url: target.url,
+            method: "PUT".to_owned(),
+            headers: target.headers.into_iter().collect(),
+            expires_at: target.expires_at,
+        })
+    }
+
+    pub(super) async fn attachment_url(
+        &self,
+        user_id: String,
+        id: AttachmentId,
+    ) -> Result<CommandResult, CoreError> {
+        let allowed = self
+            .read(move |view| {
+                let Some(record) = view.attachment(id)? else {
+                    return Ok(None);
+                };
+                if record.uploader == user_id {
+                    return Ok(Some(true));
+                }
+                for chat in &record.chats {
+                    if view.is_member(*chat, &user_id)? {
+                        return Ok(Some(true));
+                    }
+                }
+                Ok(Some(false))
+            })
+            .await?;
+        match allowed {
+            None => Err(CoreError::reject(
+                ErrorCode::UnknownAttachment,
+                "no such attachment",
+            )),
+            Some(false) => Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                "only participants of a chat it was sent in may download it",
+            )),
+            Some(true) => {
+                let (url, expires_at) = self.inner.media.download_url(id).await?;
+                Ok(CommandResult::AttachmentUrl { url, expires_at })
+            }
+        }
+    }
+
+    /// Checks that each attachment is the sender's and that what the store holds
+    /// is what was declared; a wrong upload is deleted (the client may upload
+    /// again while its URL is valid).
+    pub(super) async fn check_uploads(
+        &self,
+        ctx: &DeviceCtx,
+        ids: &[AttachmentId],
+    ) -> Result<Vec<AttachmentRef>, CoreError> {
+        let wanted = ids.to_vec();
+        let records = self
+            .read(move |view| {
+                wanted
+                    .iter()
+                    .map(|id| Ok((*id, view.attachment(*id)?)))
+                    .collect::<Result<Vec<_>, CoreError>>()
+            })
+            .await?;
+        let media = &self.inner.media;
+        let mut checked = Vec::with_capacity(records.len());
+        for (id, record) in records {
+            let unknown = || {
+                CoreError::reject(
+                    ErrorCode::UnknownAttachment,
+                    format!("no such attachment {id}"),
+                )
+            };
+            let record = record
+                .filter(|r| r.uploader == ctx.user_id)
+                .ok_or_else(unknown)?;
+            if !record.sent {
+                let Some(stored) = media.inspect(id).await? else {
+                    return Err(CoreError::reject(
+                        ErrorCode::UnknownAttachment,
+                        format!("attachment {id} has not been uploaded"),
+                    ));
+                };
+                let max = media.config().max_size;
+                let wrong_type = stored
+                    .content_type
+                    .as_deref()
+                    .is_some_and(|ct| !ct.eq_ignore_ascii_case(&record.content_type));
+                if stored.size > max || stored.size != record.size || wrong_type {
+                    media.delete(id).await?;
+                    tracing::info!(%id, size = stored.size, declared = record.size, "deleted an upload that does not match its declaration");
+                    return Err(if stored.size > max {
+                        CoreError::reject(
+                            ErrorCode::AttachmentTooLarge,
+                            format!("attachment {id} is over {max} bytes"),
+                        )
+                    } else {
+                        CoreError::reject(
+                            ErrorCode::UnknownAttachment,
+                            format!("attachment {id} does not match its declared size and type"),
+                        )
+                    });
+                }
+            }
+            checked.push(AttachmentRef {
+                id: id.to_string(),
+                content_type: record.content_type,
+                size: record.size,
+                name: record.name,
+            });
+        }
+        Ok(checked)
+    }
+
+    /// An attachment's record (for the embedded media endpoints).
+    pub async fn attachment(
+        &self,
+        id: AttachmentId,
+    ) -> Result<Option<AttachmentRecord>, CoreError> {
+        self.read(move |view| Ok(view.attachment(id)?)).await
+    }
+}
