@@ -1,0 +1,118 @@
+//! The writer's share of retention: expiring inbox entries (and telling each
+//! device with one `expired` event), deactivating unused devices, and dropping
+//! old updates, idempotency keys and invites. Done in steps of
+//! [`SWEEP_DEVICES`] devices, one commit each, so writes keep flowing.
+
+use super::{Delivery, SweepReport, Writer};
+use crate::core::CoreError;
+use crate::core::render;
+use crate::ids::{DeliveryId, DeviceId};
+use crate::store::{InboxEntry, InboxKind, Tx};
+
+/// Devices examined per sweep step (one step is one commit).
+pub(super) const SWEEP_DEVICES: usize = 256;
+/// Old inbox entries of one device handled in one sweep step.
+const SWEEP_ENTRIES: usize = 100_000;
+/// Idempotency rows and updates examined per sweep.
+const SWEEP_ROWS: usize = 100_000;
+
+impl Writer {
+    pub(super) fn sweep(
+        &mut self,
+        tx: &mut Tx<'_>,
+        after: Option<DeviceId>,
+        now: i64,
+        pushes: &mut Vec<(DeviceId, Delivery)>,
+    ) -> Result<(SweepReport, Option<DeviceId>), CoreError> {
+        let mut report = SweepReport::default();
+        let cutoff = now.saturating_sub(self.config.retention_ms);
+        let dead_before = now.saturating_sub(self.config.device_ttl_ms);
+        let devices = tx.view().devices_after(after, SWEEP_DEVICES)?;
+        for (device, record) in &devices {
+            if record.last_active < dead_before && !self.presence.is_online(*device) {
+                report.entries_expired += tx.delete_device(*device, record)?;
+                if let Some(list) = self.devices.get_mut(&record.user) {
+                    list.retain(|d| d != device);
+                }
+                report.devices_deactivated += 1;
+                tracing::info!(%device, user = %record.user, "device deactivated after its TTL");
+                continue;
+            }
+            let entries = tx.view().inbox_after(*device, 0, SWEEP_ENTRIES)?;
+            let old: Vec<_> = entries
+                .iter()
+                .take_while(|(_, e)| e.queued_at < cutoff)
+                .collect();
+            if old.is_empty() {
+                continue;
+            }
+            let (mut count, mut oldest, mut newest) = (0u64, i64::MAX, i64::MIN);
+            for (id, entry) in &old {
+                let (n, from, to) = match entry.kind {
+                    InboxKind::Expired {
+                        count,
+                        oldest,
+                        newest,
+                    } => (count, oldest, newest),
+                    _ => {
+                        report.entries_expired += 1;
+                        (1, entry.queued_at, entry.queued_at)
+                    }
+                };
+                count += n;
+                oldest = oldest.min(from);
+                newest = newest.max(to);
+                tx.delete_inbox(*device, *id);
+            }
+            // The device is told, with an event it must ack like any other.
+            let id = self.next_delivery();
+            tx.put_inbox(
+                *device,
+                id,
+                &InboxEntry {
+                    queued_at: now,
+                    kind: InboxKind::Expired {
+                        count,
+                        oldest,
+                        newest,
+                    },
+                },
+            );
+            let event = render::expired_event(count, oldest, newest);
+            pushes.push((
+                *device,
+                Delivery {
+                    id: DeliveryId(id),
+                    encoded: event.encode(),
+                    created_ms: crate::metrics::wall_ms(),
+                },
+            ));
+            report.devices_notified += 1;
+        }
+        if after.is_none() {
+            for (id, at) in tx.updates_oldest(SWEEP_ROWS)? {
+                if at >= cutoff {
+                    break;
+                }
+                tx.delete_update(id);
+                report.updates_removed += 1;
+            }
+            for (key, _, at) in tx.idem_rows_after(None, SWEEP_ROWS)? {
+                if at < cutoff {
+                    tx.delete_raw_user_key(&key);
+                    report.idempotency_keys_removed += 1;
+                }
+            }
+            for (code, invite) in tx.view().invites()? {
+                if invite.expires_at <= now {
+                    tx.delete_invite(&code);
+                    report.invites_removed += 1;
+                }
+            }
+        }
+        let next = (devices.len() == SWEEP_DEVICES)
+            .then(|| devices.last().map(|(d, _)| *d))
+            .flatten();
+        Ok((report, next))
+    }
+}
