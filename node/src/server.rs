@@ -225,13 +225,6 @@ async fn run_with_store(
                 );
             }
             None => {
-                nats::start_feed(
-                    nats.clone(),
-                    gateway_id.clone(),
-                    hub.clone(),
-                    &tasks,
-                    background.clone(),
-                );
                 nats::start_gateway_link(
                     nats.clone(),
                     gateway_id.clone(),
@@ -290,13 +283,6 @@ async fn run_gateway(
     let gateway_id = config.gateway_id.clone();
     let rpc =
         rpc::RpcClient::start(nats.clone(), gateway_id.clone(), &tasks, background.clone()).await?;
-    nats::start_feed(
-        nats.clone(),
-        gateway_id.clone(),
-        hub.clone(),
-        &tasks,
-        background.clone(),
-    );
     nats::start_gateway_link(
         nats.clone(),
         gateway_id,

@@ -551,7 +551,7 @@ pub async fn control(nats: &Nats, gateway: &str, order: GatewayControl) {
 // ------------------------------------------------------------ gateway side
 
 /// Runs the gateway's durable consumer, handing every delivery to the hub.
-pub fn start_feed(
+fn start_feed(
     nats: Nats,
     gateway: String,
     hub: Hub,
@@ -668,9 +668,11 @@ async fn ack(message: jetstream::Message) {
     }
 }
 
-/// Gateway side of presence and control: heartbeats with the list of connected
-/// devices, displacement and resync orders from the core, and a resync of every
-/// connection whenever NATS reconnects or the core restarts.
+/// Everything a process that holds client connections runs on NATS: the
+/// delivery feed ([`start_feed`]); heartbeats with the list of connected devices
+/// (when a separate core needs them); displacement and resync orders from the
+/// core; and a resync of every connection whenever NATS reconnects or the core
+/// restarts.
 pub fn start_gateway_link(
     nats: Nats,
     gateway: String,
@@ -679,6 +681,13 @@ pub fn start_gateway_link(
     tasks: &TaskTracker,
     cancel: CancellationToken,
 ) {
+    start_feed(
+        nats.clone(),
+        gateway.clone(),
+        hub.clone(),
+        tasks,
+        cancel.clone(),
+    );
     // Resync everything after a reconnect: publishes may have failed meanwhile.
     let mut connects = nats.connects();
     let resync_hub = hub.clone();

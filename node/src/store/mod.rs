@@ -510,31 +510,54 @@ impl<R: Source> View<R> {
         Ok(get_json!(self, devices, keys::device(id)))
     }
 
+    /// One page of `tag | id(16)` records of a keyspace, in key order, after the
+    /// record of `after` (a whole key), at most `limit`.
+    fn page<T: DeserializeOwned>(
+        &self,
+        keyspace: &SingleWriterTxKeyspace,
+        name: &'static str,
+        tag: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<([u8; 16], T)>> {
+        let start = match after {
+            // The smallest key above `after`.
+            Some(mut key) => {
+                key.push(0);
+                key
+            }
+            None => tag.to_vec(),
+        };
+        let mut out = Vec::new();
+        for item in self.r.readable().range(keyspace, start..) {
+            let (key, value) = item.into_inner()?;
+            if !key.starts_with(tag) || out.len() >= limit {
+                break;
+            }
+            if let Some(id) = key.get(tag.len()..).and_then(|k| k.try_into().ok()) {
+                out.push((id, parse(name, &value)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// Devices in id order, starting after `after`, at most `limit`.
     pub fn devices_after(
         &self,
         after: Option<DeviceId>,
         limit: usize,
     ) -> Result<Vec<(DeviceId, DeviceRecord)>> {
-        let start = match after {
-            Some(d) => {
-                let mut k = keys::device(d);
-                k.push(0);
-                k
-            }
-            None => keys::DEVICE_PREFIX.to_vec(),
-        };
-        let mut out = Vec::new();
-        for item in self.r.readable().range(&self.ks.devices, start..) {
-            let (key, value) = item.into_inner()?;
-            if !key.starts_with(keys::DEVICE_PREFIX) || out.len() >= limit {
-                break;
-            }
-            if let Some(id) = DeviceId::from_slice(&key[1..]) {
-                out.push((id, parse("devices", &value)?));
-            }
-        }
-        Ok(out)
+        let page = self.page(
+            &self.ks.devices,
+            "devices",
+            keys::DEVICE_PREFIX,
+            after.map(keys::device),
+            limit,
+        )?;
+        Ok(page
+            .into_iter()
+            .map(|(id, record)| (DeviceId::from_bytes(id), record))
+            .collect())
     }
 
     pub fn device_by_token(&self, hash: &[u8; 32]) -> Result<Option<DeviceId>> {
@@ -621,25 +644,17 @@ impl<R: Source> View<R> {
         after: Option<AttachmentId>,
         limit: usize,
     ) -> Result<Vec<(AttachmentId, AttachmentRecord)>> {
-        let start = match after {
-            Some(id) => {
-                let mut k = keys::attachment(id);
-                k.push(0);
-                k
-            }
-            None => keys::ATTACHMENT_PREFIX.to_vec(),
-        };
-        let mut out = Vec::new();
-        for item in self.r.readable().range(&self.ks.media, start..) {
-            let (key, value) = item.into_inner()?;
-            if !key.starts_with(keys::ATTACHMENT_PREFIX) || out.len() >= limit {
-                break;
-            }
-            if let Some(id) = AttachmentId::from_slice(&key[1..]) {
-                out.push((id, parse("media", &value)?));
-            }
-        }
-        Ok(out)
+        let page = self.page(
+            &self.ks.media,
+            "media",
+            keys::ATTACHMENT_PREFIX,
+            after.map(keys::attachment),
+            limit,
+        )?;
+        Ok(page
+            .into_iter()
+            .map(|(id, record)| (AttachmentId::from_bytes(id), record))
+            .collect())
     }
 
     pub fn update(&self, id: u64) -> Result<Option<UpdateRecord>> {
