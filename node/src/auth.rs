@@ -30,7 +30,10 @@ pub fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Error> {
+/// Why a password could not be hashed.
+pub type PasswordError = argon2::password_hash::Error;
+
+pub fn hash_password(password: &str) -> Result<String, PasswordError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>())?;
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?

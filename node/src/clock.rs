@@ -51,6 +51,11 @@ impl Clock {
     }
 }
 
+/// A duration in whole milliseconds, saturating (the unit timestamps here use).
+pub fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-01-01T00:00:00.000Z`.
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;

@@ -15,8 +15,7 @@ use serde::Deserialize;
 
 use crate::core::Registration;
 use crate::delivery::nats::NatsConfig;
-use crate::delivery::subjects::valid_gateway_id;
-use crate::ids::NodeName;
+use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
 #[derive(Debug, Parser)]
@@ -272,7 +271,7 @@ pub struct Config {
     /// NATS, when configured (required for the core and gateway roles).
     pub nats: Option<NatsConfig>,
     /// This process's id on NATS (its delivery subjects and consumer).
-    pub gateway_id: String,
+    pub gateway_id: GatewayId,
 }
 
 #[derive(Debug, Clone)]
@@ -459,12 +458,10 @@ impl Config {
             None => None,
         };
         let gateway_id = match args.gateway_id.or(file.gateway_id) {
-            Some(id) if valid_gateway_id(&id) => id,
-            Some(_) => return Err(invalid("gateway_id", "1-32 of a-z 0-9 -")),
-            None => format!(
-                "gw-{}",
-                ulid::Ulid::new().to_string()[16..].to_ascii_lowercase()
-            ),
+            Some(id) => {
+                GatewayId::parse(&id).ok_or_else(|| invalid("gateway_id", "1-32 of a-z 0-9 -"))?
+            }
+            None => GatewayId::generate(),
         };
         let default_listen = match role {
             Role::Core => SocketAddr::from(([127, 0, 0, 1], 7071)),

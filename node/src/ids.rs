@@ -243,6 +243,53 @@ impl fmt::Display for UserRef {
     }
 }
 
+/// A gateway process's id: one NATS subject token, 1-32 of `a-z 0-9 -`. It
+/// names the gateway's delivery subject, its durable consumer and its presence.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct GatewayId(String);
+
+impl GatewayId {
+    pub fn parse(s: &str) -> Option<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 32
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        ok.then(|| Self(s.to_owned()))
+    }
+
+    /// A fresh id (`gw-` and ten random characters) for a process not given one.
+    pub fn generate() -> Self {
+        Self(format!(
+            "gw-{}",
+            Ulid::new().to_string()[16..].to_ascii_lowercase()
+        ))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for GatewayId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("invalid gateway id {s:?}"))
+    }
+}
+
+impl From<GatewayId> for String {
+    fn from(g: GatewayId) -> String {
+        g.0
+    }
+}
+
+impl fmt::Display for GatewayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,5 +358,15 @@ mod tests {
         ] {
             assert_eq!(DeliveryId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn gateway_ids_are_single_tokens() {
+        assert!(GatewayId::parse("gw-1").is_some());
+        for bad in ["gw.1", "GW", "", "*", &"a".repeat(33)] {
+            assert!(GatewayId::parse(bad).is_none(), "{bad}");
+        }
+        let generated = GatewayId::generate();
+        assert_eq!(GatewayId::parse(generated.as_str()), Some(generated));
     }
 }

@@ -21,9 +21,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth;
 use crate::clock::Clock;
+use crate::clock::millis;
 use crate::config::{Config, Role};
-use crate::core::client::CoreClient;
-use crate::core::{Core, CoreConfig, CoreError};
+use crate::core::client::{CoreClient, Transport};
+use crate::core::{Core, CoreConfig, CoreError, rpc as core_rpc};
 use crate::delivery::nats::{self, JsPublisher, Nats, NatsError};
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
@@ -73,10 +74,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs the configured role on `listener` until `shutdown` is cancelled.
@@ -170,7 +167,10 @@ async fn run_with_store(
         ),
         (Some(nats), Role::Core) => {
             let table = Arc::new(PresenceTable::new(nats.config.heartbeat * 3));
-            let presence = Presence::Table(table.clone());
+            let presence = Presence::Table {
+                table: table.clone(),
+                nats: Box::new(nats.clone()),
+            };
             let publisher =
                 JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
             (Publisher::Nats(Box::new(publisher)), presence, Some(table))
@@ -216,13 +216,7 @@ async fn run_with_store(
                     &tasks,
                     background.clone(),
                 );
-                rpc::start_server(
-                    nats.clone(),
-                    core.clone(),
-                    table.clone(),
-                    &tasks,
-                    background.clone(),
-                );
+                core_rpc::serve(nats.clone(), core.clone(), &tasks, background.clone());
             }
             None => {
                 nats::start_gateway_link(
@@ -243,10 +237,13 @@ async fn run_with_store(
     ));
 
     let gw = Gateway::new(Shared {
-        core: CoreClient::Local(core.clone()),
+        core: CoreClient::new(
+            Transport::Local(core.clone()),
+            config.node.clone(),
+            gateway_id,
+        ),
         local: Some(core.clone()),
         nats,
-        presence: table,
         hub,
         ws: Arc::new(config.websocket.clone()),
         limits: config.limits.clone(),
@@ -276,29 +273,26 @@ async fn run_gateway(
 ) -> Result<(), NodeError> {
     let nats = connect_nats(&config)
         .await?
-        .ok_or_else(|| NodeError::Nats(NatsError::Other("a gateway needs --nats".into())))?;
+        .ok_or(NodeError::Nats(NatsError::NotConfigured("a gateway")))?;
     let background = CancellationToken::new();
     let tasks = TaskTracker::new();
     let hub = Hub::default();
     let gateway_id = config.gateway_id.clone();
-    let rpc =
-        rpc::RpcClient::start(nats.clone(), gateway_id.clone(), &tasks, background.clone()).await?;
+    let rpc = rpc::RpcClient::start(nats.clone(), gateway_id.clone(), &tasks, background.clone())
+        .await
+        .map_err(CoreError::from)?;
     nats::start_gateway_link(
         nats.clone(),
-        gateway_id,
+        gateway_id.clone(),
         hub.clone(),
         true,
         &tasks,
         background.clone(),
     );
     let gw = Gateway::new(Shared {
-        core: CoreClient::Remote {
-            rpc,
-            node: config.node.clone(),
-        },
+        core: CoreClient::new(Transport::Nats(rpc), config.node.clone(), gateway_id),
         local: None,
         nats: Some(nats),
-        presence: None,
         hub,
         ws: Arc::new(config.websocket.clone()),
         limits: config.limits.clone(),

@@ -7,7 +7,7 @@ use super::writer::{Op, Outcome, WriteRequest};
 use super::{Core, CoreError, DeviceCtx, Registration, unexpected};
 use crate::auth;
 use crate::clock::rfc3339;
-use crate::ids::{DeviceId, Username};
+use crate::ids::{DeviceId, UserRef, Username};
 use crate::protocol::{self, ErrorCode, LoginResponse};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -76,10 +76,21 @@ impl Core {
         }
     }
 
+    /// Disables or enables a user. Disabling closes the user's open
+    /// connections, wherever they are.
     pub async fn set_user_disabled(&self, username: &str, disabled: bool) -> Result<(), CoreError> {
         let name = Username::parse(username)
             .ok_or_else(|| CoreError::reject(ErrorCode::UnknownUser, "no such user"))?;
-        self.write(Op::SetUserDisabled { name, disabled }).await?;
+        self.write(Op::SetUserDisabled {
+            name: name.clone(),
+            disabled,
+        })
+        .await?;
+        if disabled {
+            for device in self.read(move |view| Ok(view.user_devices(&name)?)).await? {
+                self.inner.presence.revoke(device).await;
+            }
+        }
         Ok(())
     }
 
@@ -183,7 +194,11 @@ impl Core {
                 ));
             }
             Ok(DeviceCtx {
-                user_id: format!("{}@{}", record.user, node),
+                user_id: UserRef {
+                    name: record.user.clone(),
+                    node,
+                }
+                .to_string(),
                 user: record.user,
                 device,
             })
@@ -191,9 +206,11 @@ impl Core {
         .await
     }
 
-    /// Ends a device: its token stops working and its inbox is dropped.
+    /// Ends a device: its token stops working, its inbox is dropped and its
+    /// connection, wherever it is, closes.
     pub async fn logout(&self, ctx: &DeviceCtx) -> Result<(), CoreError> {
         self.write(Op::DeleteDevice { device: ctx.device }).await?;
+        self.inner.presence.revoke(ctx.device).await;
         Ok(())
     }
 
@@ -205,14 +222,6 @@ impl Core {
         });
     }
 
-    /// The devices of a local user (empty for an unknown name).
-    pub async fn user_devices(&self, username: &str) -> Result<Vec<DeviceId>, CoreError> {
-        let Some(name) = Username::parse(username) else {
-            return Ok(Vec::new());
-        };
-        self.read(move |view| Ok(view.user_devices(&name)?)).await
-    }
-
     pub async fn list_users(&self) -> Result<Vec<UserInfo>, CoreError> {
         let node = self.inner.config.node.clone();
         self.read(move |view| {
@@ -220,7 +229,11 @@ impl Core {
             for user in view.users()? {
                 let devices = view.user_devices(&user.name)?.len();
                 out.push(UserInfo {
-                    user_id: format!("{}@{}", user.name, node),
+                    user_id: UserRef {
+                        name: user.name.clone(),
+                        node: node.clone(),
+                    }
+                    .to_string(),
                     created_at: rfc3339(user.created_at),
                     disabled: user.disabled,
                     devices,
@@ -348,5 +361,5 @@ fn check_password(password: &str) -> Result<(), CoreError> {
 async fn hash_password(password: String) -> Result<String, CoreError> {
     password_work(move || auth::hash_password(&password))
         .await?
-        .map_err(|e| CoreError::Internal(e.to_string()))
+        .map_err(CoreError::Password)
 }

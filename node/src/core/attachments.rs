@@ -4,10 +4,19 @@
 
 use super::DeviceCtx;
 use super::writer::{Op, Outcome, SweepReport};
-use super::{Core, CoreError, millis};
+use super::{Core, CoreError};
+use crate::clock::millis;
 use crate::ids::AttachmentId;
 use crate::protocol::{CommandResult, ErrorCode};
 use crate::store::{AttachmentRecord, AttachmentRef};
+
+/// What a client declares it will upload (`getAttachmentTarget`).
+pub(super) struct Upload {
+    pub size: u64,
+    pub content_type: String,
+    pub name: Option<String>,
+    pub sha256: Option<String>,
+}
 
 impl Core {
     /// Uploads never sent after `orphan_ttl`, and every upload after the media
@@ -61,10 +70,12 @@ impl Core {
     pub(super) async fn attachment_target(
         &self,
         ctx: &DeviceCtx,
-        size: u64,
-        content_type: String,
-        name: Option<String>,
-        sha256: Option<String>,
+        Upload {
+            size,
+            content_type,
+            name,
+            sha256,
+        }: Upload,
     ) -> Result<CommandResult, CoreError> {
         let media = &self.inner.media;
         let max = media.config().max_size;

@@ -1,127 +1,129 @@
 //! [`CoreClient`]: what a gateway talks to — the core in this process, or a core
-//! in another process over NATS request/reply. Same operations, same errors.
+//! in another process over NATS request/reply. Both carry the same [`Request`]
+//! to [`Core::handle`], so an operation has one path whichever way it travels.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
-use super::rpc::{RpcRequest, RpcResponse};
+use super::rpc::{Answer, Refusal, Reply, Request, Response, answered};
 use super::{Core, CoreError, DeviceCtx, Frames};
 use crate::delivery::nats;
 use crate::delivery::rpc::RpcClient;
-use crate::ids::{DeliveryId, DeviceId, NodeName};
-use crate::protocol::{Command, CommandResult, LoginResponse};
+use crate::ids::{DeliveryId, DeviceId, GatewayId, NodeName};
+use crate::protocol::{Command, CommandResult, ErrorCode, LoginResponse};
 
-type Pending = Pin<Box<dyn Future<Output = Result<CommandResult, CoreError>> + Send>>;
-
+/// How requests reach the core.
 #[derive(Clone)]
-pub enum CoreClient {
+pub enum Transport {
     Local(Core),
-    Remote { rpc: Arc<RpcClient>, node: NodeName },
+    Nats(Arc<RpcClient>),
 }
 
-fn unexpected(response: RpcResponse) -> CoreError {
+/// A gateway's handle on the core. Cheap to clone.
+#[derive(Clone)]
+pub struct CoreClient {
+    transport: Transport,
+    node: NodeName,
+    /// This process, as presence knows it.
+    gateway: GatewayId,
+}
+
+/// The answer was of the wrong kind: a core of another build, or a bug.
+fn unexpected(response: Response) -> CoreError {
     CoreError::Internal(format!("the core answered with an unexpected {response:?}"))
 }
 
-impl CoreClient {
-    pub fn node(&self) -> &NodeName {
-        match self {
-            Self::Local(core) => core.node(),
-            Self::Remote { node, .. } => node,
+/// Takes the one variant of [`Response`] an operation answers with.
+macro_rules! expect {
+    ($answer:expr, $variant:path) => {
+        match $answer {
+            $variant(value) => Ok(value),
+            other => Err(unexpected(other)),
         }
+    };
+}
+
+impl CoreClient {
+    pub fn new(transport: Transport, node: NodeName, gateway: GatewayId) -> Self {
+        Self {
+            transport,
+            node,
+            gateway,
+        }
+    }
+
+    pub fn node(&self) -> &NodeName {
+        &self.node
+    }
+
+    /// Sends `request`; see [`Core::handle`]. Requests started one after another
+    /// are carried out in that order, on either transport.
+    pub async fn send(&self, request: Request) -> Answer<Response> {
+        match &self.transport {
+            Transport::Local(core) => core.handle(request).await,
+            Transport::Nats(rpc) => {
+                let payload = match serde_json::to_vec(&request) {
+                    Ok(payload) => payload,
+                    Err(e) => return answered(Err(CoreError::Encode(e))),
+                };
+                match rpc.call(payload).await {
+                    Ok(reply) => Box::pin(async move { decode(&reply.await?) }),
+                    Err(e) => answered(Err(e.into())),
+                }
+            }
+        }
+    }
+
+    pub async fn request(&self, request: Request) -> Result<Response, CoreError> {
+        self.send(request).await.await
     }
 
     pub async fn register(
         &self,
-        username: &str,
-        password: &str,
+        username: String,
+        password: String,
         invite: Option<String>,
     ) -> Result<String, CoreError> {
-        match self {
-            Self::Local(core) => core.register(username, password, invite).await,
-            Self::Remote { rpc, .. } => match rpc
-                .request(&RpcRequest::Register {
-                    username: username.to_owned(),
-                    password: password.to_owned(),
-                    invite,
-                })
-                .await?
-            {
-                RpcResponse::UserId(id) => Ok(id),
-                other => Err(unexpected(other)),
-            },
-        }
+        let request = Request::Register {
+            username,
+            password,
+            invite,
+        };
+        expect!(self.request(request).await?, Response::UserId)
     }
 
     pub async fn login(
         &self,
-        username: &str,
-        password: &str,
+        username: String,
+        password: String,
         device_name: Option<String>,
     ) -> Result<LoginResponse, CoreError> {
-        match self {
-            Self::Local(core) => core.login(username, password, device_name).await,
-            Self::Remote { rpc, .. } => match rpc
-                .request(&RpcRequest::Login {
-                    username: username.to_owned(),
-                    password: password.to_owned(),
-                    device_name,
-                })
-                .await?
-            {
-                RpcResponse::Login(login) => Ok(login),
-                other => Err(unexpected(other)),
-            },
-        }
+        let request = Request::Login {
+            username,
+            password,
+            device_name,
+        };
+        expect!(self.request(request).await?, Response::Login)
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<DeviceCtx, CoreError> {
-        match self {
-            Self::Local(core) => core.authenticate(token).await,
-            Self::Remote { rpc, .. } => match rpc
-                .request(&RpcRequest::Authenticate {
-                    token: token.to_owned(),
-                })
-                .await?
-            {
-                RpcResponse::Device(ctx) => Ok(ctx),
-                other => Err(unexpected(other)),
-            },
-        }
+        let token = token.to_owned();
+        expect!(
+            self.request(Request::Authenticate { token }).await?,
+            Response::Device
+        )
     }
 
     pub async fn logout(&self, ctx: &DeviceCtx) -> Result<(), CoreError> {
-        match self {
-            Self::Local(core) => core.logout(ctx).await,
-            Self::Remote { rpc, .. } => {
-                rpc.request(&RpcRequest::Logout { ctx: ctx.clone() })
-                    .await?;
-                Ok(())
-            }
-        }
+        self.request(Request::Logout { ctx: ctx.clone() }).await?;
+        Ok(())
     }
 
-    /// Starts a command; see [`Core::dispatch`]. Commands dispatched one after
-    /// another are applied in that order, in both cases.
-    pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Pending {
-        match self {
-            Self::Local(core) => core.dispatch(ctx, command).await,
-            Self::Remote { rpc, .. } => {
-                let call = rpc
-                    .call(&RpcRequest::Dispatch {
-                        ctx: ctx.clone(),
-                        command,
-                    })
-                    .await;
-                Box::pin(async move {
-                    match call?.await? {
-                        RpcResponse::Result(result) => Ok(result),
-                        other => Err(unexpected(other)),
-                    }
-                })
-            }
-        }
+    /// Starts a command; the answer comes later. Commands dispatched one after
+    /// another are applied in that order.
+    pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Answer<CommandResult> {
+        let ctx = ctx.clone();
+        let answer = self.send(Request::Dispatch { ctx, command }).await;
+        Box::pin(async move { expect!(answer.await?, Response::Result) })
     }
 
     pub async fn backlog(
@@ -130,20 +132,12 @@ impl CoreClient {
         after: DeliveryId,
         limit: usize,
     ) -> Result<Frames, CoreError> {
-        match self {
-            Self::Local(core) => core.backlog(device, after, limit).await,
-            Self::Remote { rpc, .. } => match rpc
-                .request(&RpcRequest::Backlog {
-                    device,
-                    after,
-                    limit,
-                })
-                .await?
-            {
-                RpcResponse::Frames(frames) => Ok(frames),
-                other => Err(unexpected(other)),
-            },
-        }
+        let request = Request::Backlog {
+            device,
+            after,
+            limit,
+        };
+        expect!(self.request(request).await?, Response::Frames)
     }
 
     pub async fn pending(
@@ -151,59 +145,42 @@ impl CoreClient {
         device: DeviceId,
         ids: Vec<DeliveryId>,
     ) -> Result<Frames, CoreError> {
-        match self {
-            Self::Local(core) => core.pending(device, ids).await,
-            Self::Remote { rpc, .. } => {
-                match rpc.request(&RpcRequest::Pending { device, ids }).await? {
-                    RpcResponse::Frames(frames) => Ok(frames),
-                    other => Err(unexpected(other)),
-                }
-            }
-        }
+        let request = Request::Pending { device, ids };
+        expect!(self.request(request).await?, Response::Frames)
     }
 
-    /// A session of `device` starts here. With a remote core, deliveries are routed
-    /// to this gateway from when this returns (so the inbox read that follows
-    /// misses nothing).
+    /// A session of `device` starts here. Deliveries are routed to this process
+    /// from when this returns (so the inbox read that follows misses nothing).
     pub async fn session_started(&self, device: DeviceId, round: u64) -> Result<(), CoreError> {
-        match self {
-            Self::Local(core) => {
-                core.touch(device);
-                Ok(())
-            }
-            Self::Remote { rpc, .. } => {
-                rpc.request(&RpcRequest::SessionStart {
-                    device,
-                    gateway: rpc.gateway().to_owned(),
-                    round,
-                })
-                .await?;
-                Ok(())
-            }
-        }
+        let request = Request::SessionStart {
+            device,
+            gateway: self.gateway.clone(),
+            round,
+        };
+        self.request(request).await?;
+        Ok(())
     }
 
     pub async fn session_ended(&self, device: DeviceId) {
-        match self {
-            Self::Local(core) => core.touch(device),
-            Self::Remote { rpc, .. } => {
-                nats::session_ended(rpc.nats(), rpc.gateway(), device).await;
-                if let Ok(call) = rpc.call(&RpcRequest::Touch { device }).await {
-                    drop(call);
-                }
-            }
+        if let Transport::Nats(rpc) = &self.transport {
+            nats::session_ended(rpc.nats(), &self.gateway, device).await;
         }
+        self.touch(device).await;
     }
 
-    /// Records that a device is still active (hourly while connected).
+    /// Records that a device is still active (hourly while connected). Fire and
+    /// forget: the answer is not awaited.
     pub async fn touch(&self, device: DeviceId) {
-        match self {
-            Self::Local(core) => core.touch(device),
-            Self::Remote { rpc, .. } => {
-                if let Ok(call) = rpc.call(&RpcRequest::Touch { device }).await {
-                    drop(call);
-                }
-            }
-        }
+        drop(self.send(Request::Touch { device }).await);
     }
+}
+
+/// A reply from a core in another process.
+fn decode(bytes: &[u8]) -> Result<Response, CoreError> {
+    let reply: Reply = serde_json::from_slice(bytes).map_err(CoreError::Decode)?;
+    reply.map_err(|Refusal { code, message }| match code {
+        ErrorCode::Internal => CoreError::Internal(message),
+        ErrorCode::Unavailable => CoreError::Unavailable(message),
+        code => CoreError::Rejected { code, message },
+    })
 }

@@ -23,22 +23,22 @@ mod writer;
 use accounts::LoginFailures;
 pub use accounts::{Invite, UserInfo};
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::{Clock, rfc3339};
+use crate::delivery::rpc::CallError;
 use crate::delivery::{Presence, Publisher};
-use crate::ids::{ChatId, DeliveryId, DeviceId, NodeName, Username};
+use crate::ids::{ChatId, DeliveryId, DeviceId, GatewayId, NodeName, Username};
 use crate::media::{Media, MediaError};
 use crate::protocol::{self, ChatSummary, Command, CommandResult, ErrorCode};
 use crate::store::{Store, StoreError};
+use rpc::{Answer, answered};
 
 pub use writer::SweepReport;
-use writer::{Op, Outcome, WriteRequest, Writer};
+use writer::{Op, Outcome, WriteCommand, WriteRequest, Writer};
 
 /// Who is acting: one authenticated device of a local user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,14 +56,31 @@ pub enum CoreError {
     Rejected { code: ErrorCode, message: String },
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A fault inside the node (logged, shown to clients as `internal`).
+    /// A broken invariant inside the node (logged, shown to clients as
+    /// `internal`); the message says which.
     #[error("{0}")]
     Internal(String),
-    #[error("a blocking task failed: {0}")]
+    #[error("a blocking task failed")]
     Join(#[from] tokio::task::JoinError),
-    #[error("media store: {0}")]
+    #[error("media store")]
     Media(#[from] MediaError),
-    /// A part of the node this needs is unreachable (NATS, the core); retry.
+    #[error("password hashing")]
+    Password(#[source] crate::auth::PasswordError),
+    #[error("encoding a request")]
+    Encode(#[source] serde_json::Error),
+    #[error("decoding the core's reply")]
+    Decode(#[source] serde_json::Error),
+    #[error("the writer thread could not start")]
+    WriterThread(#[source] std::io::Error),
+    /// The commit group this operation was in failed because of another
+    /// operation's fault: nothing of the group was stored.
+    #[error("the commit group failed")]
+    GroupFailed(#[source] std::sync::Arc<CoreError>),
+    /// A part of the node this needs is unreachable (the core, in another
+    /// process); retry.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The same, as answered by a core in another process.
     #[error("unavailable: {0}")]
     Unavailable(String),
     /// The writer has stopped (the node is shutting down).
@@ -84,7 +101,7 @@ impl CoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Rejected { code, .. } => *code,
-            Self::Unavailable(_) | Self::Stopped => ErrorCode::Unavailable,
+            Self::Unavailable(_) | Self::Call(_) | Self::Stopped => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
     }
@@ -94,6 +111,7 @@ impl CoreError {
         match self {
             Self::Rejected { message, .. } => message.clone(),
             Self::Unavailable(message) => message.clone(),
+            Self::Call(e) => e.to_string(),
             Self::Stopped => "the node is shutting down".into(),
             _ => "internal error".into(),
         }
@@ -136,8 +154,6 @@ pub struct CoreConfig {
     pub max_group: usize,
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<CommandResult, CoreError>> + Send>>;
-
 /// Handle to the core. Cheap to clone.
 #[derive(Clone)]
 pub struct Core {
@@ -146,6 +162,7 @@ pub struct Core {
 
 struct Inner {
     store: Store,
+    presence: Presence,
     writer: mpsc::Sender<WriteRequest>,
     clock: Clock,
     config: CoreConfig,
@@ -178,17 +195,18 @@ impl Core {
         let writer = Writer::new(
             store.clone(),
             publisher,
-            presence,
+            presence.clone(),
             clock.clone(),
             config.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("natter-writer".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| CoreError::Internal(format!("cannot start the writer thread: {e}")))?;
+            .map_err(CoreError::WriterThread)?;
         let core = Self {
             inner: Arc::new(Inner {
                 store,
+                presence,
                 writer: tx,
                 clock,
                 config,
@@ -285,13 +303,13 @@ impl Core {
 
     /// Starts a command. The returned future resolves to its result. Writes are
     /// queued before this returns, so commands dispatched one after another by one
-    /// connection are applied in that order.
-    pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Pending {
-        match command {
+    /// connection are applied in that order. Reads run apart, off the writer.
+    pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Answer<CommandResult> {
+        let this = self.clone();
+        let write = match command {
             Command::ListChats => {
-                let this = self.clone();
                 let user = ctx.user.clone();
-                Box::pin(async move { this.list_chats(user).await })
+                return Box::pin(async move { this.list_chats(user).await });
             }
             Command::GetHistory {
                 chat_id,
@@ -299,12 +317,9 @@ impl Core {
                 after_seq,
                 limit,
             } => {
-                let this = self.clone();
                 let user_id = ctx.user_id.clone();
-                Box::pin(async move {
-                    this.history(user_id, chat_id, before_seq, after_seq, limit)
-                        .await
-                })
+                let range = (before_seq, after_seq, limit);
+                return Box::pin(async move { this.history(user_id, chat_id, range).await });
             }
             Command::GetAttachmentTarget {
                 size,
@@ -312,45 +327,87 @@ impl Core {
                 name,
                 sha256,
             } => {
-                let this = self.clone();
                 let ctx = ctx.clone();
-                Box::pin(async move {
-                    this.attachment_target(&ctx, size, content_type, name, sha256)
-                        .await
-                })
+                let upload = attachments::Upload {
+                    size,
+                    content_type,
+                    name,
+                    sha256,
+                };
+                return Box::pin(async move { this.attachment_target(&ctx, upload).await });
             }
             Command::GetAttachmentUrl { attachment_id } => {
-                let this = self.clone();
                 let user_id = ctx.user_id.clone();
-                Box::pin(async move { this.attachment_url(user_id, attachment_id).await })
+                return Box::pin(async move { this.attachment_url(user_id, attachment_id).await });
             }
-            command => {
-                // Uploads are checked against the media store here, off the writer,
-                // before the send is queued (so still in frame order).
-                let attachments = match &command {
-                    Command::SendMessage { attachments, .. } if !attachments.is_empty() => {
-                        match self.check_uploads(ctx, attachments).await {
-                            Ok(checked) => checked,
-                            Err(e) => return Box::pin(async move { Err(e) }),
-                        }
-                    }
-                    _ => Vec::new(),
-                };
-                let queued = self
-                    .enqueue(Op::Command {
-                        ctx: ctx.clone(),
-                        command,
-                        attachments,
-                    })
-                    .await;
-                Box::pin(async move {
-                    match queued?.await.map_err(|_| CoreError::Stopped)?? {
-                        Outcome::Command(result) => Ok(result),
-                        other => Err(unexpected(other)),
-                    }
-                })
+            command => match self.write_command(ctx, command).await {
+                Ok(write) => write,
+                Err(e) => return answered(Err(e)),
+            },
+        };
+        let queued = self
+            .enqueue(Op::Command {
+                ctx: ctx.clone(),
+                command: write,
+            })
+            .await;
+        Box::pin(async move {
+            match queued?.await.map_err(|_| CoreError::Stopped)?? {
+                Outcome::Command(result) => Ok(result),
+                other => Err(unexpected(other)),
             }
-        }
+        })
+    }
+
+    /// The writer's form of a command that writes. A send's uploads are checked
+    /// against the media store here, off the writer, before it is queued (so
+    /// still in frame order).
+    async fn write_command(
+        &self,
+        ctx: &DeviceCtx,
+        command: Command,
+    ) -> Result<WriteCommand, CoreError> {
+        Ok(match command {
+            Command::CreateChat { participants, name } => {
+                WriteCommand::CreateChat { participants, name }
+            }
+            Command::SendMessage {
+                chat_id,
+                message,
+                attachments,
+                client_msg_id,
+            } => WriteCommand::SendMessage {
+                chat_id,
+                message,
+                attachments: match attachments.is_empty() {
+                    true => Vec::new(),
+                    false => self.check_uploads(ctx, &attachments).await?,
+                },
+                client_msg_id,
+            },
+            Command::ModifyChatParticipants {
+                chat_id,
+                user,
+                operation,
+            } => WriteCommand::ModifyChatParticipants {
+                chat_id,
+                user,
+                operation,
+            },
+            Command::RenameChat { chat_id, name } => WriteCommand::RenameChat { chat_id, name },
+            Command::MarkRead { chat_id, seq } => WriteCommand::MarkRead { chat_id, seq },
+            Command::Ack { delivery_ids } => WriteCommand::Ack { delivery_ids },
+            Command::Sync => WriteCommand::Sync,
+            Command::ListChats
+            | Command::GetHistory { .. }
+            | Command::GetAttachmentTarget { .. }
+            | Command::GetAttachmentUrl { .. } => {
+                return Err(CoreError::Internal(format!(
+                    "{} is a read; it has no writer form",
+                    command.kind()
+                )));
+            }
+        })
     }
 
     async fn list_chats(&self, user: Username) -> Result<CommandResult, CoreError> {
@@ -382,13 +439,12 @@ impl Core {
         .await
     }
 
+    /// A page of a chat's history; `range` is `(beforeSeq, afterSeq, limit)`.
     async fn history(
         &self,
         user_id: String,
         chat_id: ChatId,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: u32,
+        (before, after, limit): (Option<u64>, Option<u64>, u32),
     ) -> Result<CommandResult, CoreError> {
         self.read(move |view| {
             if view.chat(chat_id)?.is_none() {
@@ -473,9 +529,19 @@ impl Core {
         .await
     }
 
-    /// Acknowledges deliveries: they leave the device's inbox.
-    pub async fn ack(&self, ctx: &DeviceCtx, ids: Vec<DeliveryId>) -> Pending {
-        self.dispatch(ctx, Command::Ack { delivery_ids: ids }).await
+    /// A session of `device` started at `gateway`: deliveries are routed there
+    /// from now on; the device counts as active.
+    pub async fn session_started(&self, device: DeviceId, gateway: &GatewayId, round: u64) {
+        self.inner
+            .presence
+            .session_started(device, gateway, round)
+            .await;
+        self.touch(device);
+    }
+
+    /// Devices online now, at any gateway.
+    pub fn online(&self) -> usize {
+        self.inner.presence.online()
     }
 }
 
@@ -489,10 +555,6 @@ pub struct Frames {
     pub frames: Vec<(DeliveryId, String)>,
     /// Whether everything pending (after the cursor, or of the ids asked for) is here.
     pub complete: bool,
-}
-
-fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn unexpected(outcome: Outcome) -> CoreError {

@@ -4,8 +4,12 @@
 
 use crate::clock::rfc3339;
 use crate::ids::ChatId;
-use crate::protocol::{AttachmentView, ChatUpdateView, Event, ExpiredView, MessageView};
-use crate::store::{InboxEntry, InboxKind, MessageRecord, Source, StoreError, UpdateRecord, View};
+use crate::protocol::{
+    AttachmentView, ChatUpdateView, Event, ExpiredView, MessageView, UpdateReason as WireReason,
+};
+use crate::store::{
+    InboxEntry, InboxKind, MessageRecord, Source, StoreError, UpdateReason, UpdateRecord, View,
+};
 
 pub fn message_view(chat: ChatId, seq: u64, m: &MessageRecord) -> MessageView {
     MessageView {
@@ -33,7 +37,12 @@ pub fn update_view(u: &UpdateRecord) -> ChatUpdateView {
         chat_id: u.chat.to_string(),
         name: u.name.clone(),
         participants: u.participants.clone(),
-        reason: u.reason,
+        reason: match u.reason {
+            UpdateReason::Created => WireReason::Created,
+            UpdateReason::Added => WireReason::Added,
+            UpdateReason::Removed => WireReason::Removed,
+            UpdateReason::Renamed => WireReason::Renamed,
+        },
     }
 }
 

@@ -1,19 +1,35 @@
-//! What gateways ask the core, and what it answers: the messages of the NATS
-//! request/reply boundary between a `natterd gateway` and a `natterd core`.
+//! The operations of the core, as one type: [`Request`] is the single
+//! description of everything a gateway may ask the core, and [`Core::handle`] the
+//! single place that carries one out. The gateway's [`CoreClient`] sends a
+//! `Request` to a core in this process (a call) or in another (NATS
+//! request/reply, served by [`serve`]); both end in `Core::handle`.
 //!
-//! **Boundary**: these are serialized (JSON) between processes that may run
-//! different builds during a rolling upgrade; add variants and optional fields,
-//! never change existing ones.
+//! Adding an operation: a `Request` variant, its arm in `Core::handle`, and, when
+//! gateways call it often, a typed method on [`CoreClient`].
+//!
+//! **Boundary**: `Request`, `Response` and `Refusal` are serialized (JSON)
+//! between processes that may run different builds during a rolling upgrade;
+//! add variants and optional fields, never change existing ones.
+//!
+//! [`CoreClient`]: super::client::CoreClient
 
+use std::future::{Future, ready};
+use std::pin::Pin;
+
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use super::{DeviceCtx, Frames};
-use crate::ids::{DeliveryId, DeviceId};
+use super::{Core, CoreError, DeviceCtx, Frames};
+use crate::delivery::nats::Nats;
+use crate::delivery::rpc;
+use crate::ids::{DeliveryId, DeviceId, GatewayId};
 use crate::protocol::{Command, CommandResult, ErrorCode, LoginResponse};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
-pub enum RpcRequest {
+pub enum Request {
     Register {
         username: String,
         password: String,
@@ -47,7 +63,7 @@ pub enum RpcRequest {
     /// now on (and displaces a connection at another gateway).
     SessionStart {
         device: DeviceId,
-        gateway: String,
+        gateway: GatewayId,
         /// The gateway's presence round when the device attached.
         #[serde(default)]
         round: u64,
@@ -59,7 +75,7 @@ pub enum RpcRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub enum RpcResponse {
+pub enum Response {
     UserId(String),
     Login(LoginResponse),
     Device(DeviceCtx),
@@ -70,45 +86,124 @@ pub enum RpcResponse {
 
 /// A refusal or fault, as the client will see it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RpcError {
+pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
 }
 
-pub type RpcReply = Result<RpcResponse, RpcError>;
+/// What travels back over NATS.
+pub type Reply = Result<Response, Refusal>;
 
-/// Presence reports from gateways (published, not requested).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(
-    tag = "kind",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
-pub enum PresenceReport {
-    /// Everything connected at `gateway` now, sent periodically in `parts`
-    /// messages (so a gateway with many devices stays under NATS' payload limit).
-    Heartbeat {
-        gateway: String,
-        /// Which beat the parts belong to.
-        round: u64,
-        part: u32,
-        parts: u32,
-        devices: Vec<DeviceId>,
-    },
-    SessionEnd {
-        gateway: String,
-        device: DeviceId,
-    },
+/// An answer to come.
+pub type Answer<T> = Pin<Box<dyn Future<Output = Result<T, CoreError>> + Send>>;
+
+/// An answer that is already known.
+pub fn answered<T: Send + 'static>(result: Result<T, CoreError>) -> Answer<T> {
+    Box::pin(ready(result))
 }
 
-/// Instructions from the core to one gateway.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "camelCase")]
-pub enum GatewayControl {
-    /// The device connected elsewhere: close it here.
-    Displace { device: DeviceId },
-    /// A delivery for the device may have been lost: re-read its inbox.
-    Resync { device: DeviceId },
-    /// The device logged out: close its connection.
-    Revoke { device: DeviceId },
+impl Core {
+    /// Carries out `request`. What must happen in the caller's order (a command
+    /// queued on the writer) has happened when this returns; the returned future
+    /// gives the answer. Everything else runs inside the returned future, so a
+    /// slow request (a password hash) never holds up the next one.
+    pub async fn handle(&self, request: Request) -> Answer<Response> {
+        match request {
+            Request::Dispatch { ctx, command } => {
+                let pending = self.dispatch(&ctx, command).await;
+                return Box::pin(async move { pending.await.map(Response::Result) });
+            }
+            // Fire and forget: callers need not poll the answer.
+            Request::Touch { device } => {
+                self.touch(device);
+                return answered(Ok(Response::Done));
+            }
+            _ => {}
+        }
+        let core = self.clone();
+        Box::pin(async move { core.answer(request).await })
+    }
+
+    async fn answer(&self, request: Request) -> Result<Response, CoreError> {
+        Ok(match request {
+            Request::Register {
+                username,
+                password,
+                invite,
+            } => Response::UserId(self.register(&username, &password, invite).await?),
+            Request::Login {
+                username,
+                password,
+                device_name,
+            } => Response::Login(self.login(&username, &password, device_name).await?),
+            Request::Authenticate { token } => Response::Device(self.authenticate(&token).await?),
+            Request::Logout { ctx } => {
+                self.logout(&ctx).await?;
+                Response::Done
+            }
+            Request::Dispatch { ctx, command } => {
+                Response::Result(self.dispatch(&ctx, command).await.await?)
+            }
+            Request::Backlog {
+                device,
+                after,
+                limit,
+            } => Response::Frames(self.backlog(device, after, limit).await?),
+            Request::Pending { device, ids } => Response::Frames(self.pending(device, ids).await?),
+            Request::SessionStart {
+                device,
+                gateway,
+                round,
+            } => {
+                self.session_started(device, &gateway, round).await;
+                Response::Done
+            }
+            Request::Touch { device } => {
+                self.touch(device);
+                Response::Done
+            }
+        })
+    }
+}
+
+/// What a core error looks like on the wire.
+pub fn refusal(e: &CoreError) -> Refusal {
+    Refusal {
+        code: e.code(),
+        message: e.public_message(),
+    }
+}
+
+/// The core's side of the NATS request/reply: answers gateways with `core`.
+pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationToken) {
+    // The handler's future yields the answer's future on purpose: the first part
+    // runs in arrival order, the second apart (see `rpc::serve`).
+    #[allow(clippy::async_yields_async)]
+    rpc::serve(
+        nats,
+        move |payload: Bytes| {
+            let core = core.clone();
+            async move {
+                let answer = match serde_json::from_slice::<Request>(&payload) {
+                    Ok(request) => core.handle(request).await,
+                    Err(e) => answered(Err(CoreError::reject(
+                        ErrorCode::BadRequest,
+                        format!("unreadable request: {e}"),
+                    ))),
+                };
+                async move {
+                    let reply: Reply = answer.await.map_err(|e| {
+                        if !matches!(e, CoreError::Rejected { .. }) {
+                            tracing::error!(error = %e, "request failed");
+                        }
+                        refusal(&e)
+                    });
+                    // A reply is plain data: encoding it cannot fail.
+                    serde_json::to_vec(&reply).unwrap_or_default()
+                }
+            }
+        },
+        tasks,
+        cancel,
+    );
 }

@@ -20,6 +20,7 @@ pub mod nats;
 pub mod presence;
 pub mod rpc;
 pub mod subjects;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,7 +28,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::ids::{DeliveryId, DeviceId};
+use crate::ids::{DeliveryId, DeviceId, GatewayId};
+use wire::GatewayControl;
 
 /// One event for one device: the id is per device, the encoded event is shared by
 /// every recipient of the same event (serialized once).
@@ -223,27 +225,64 @@ impl Publisher {
     }
 }
 
-/// Which process holds which device.
+/// Which process holds which device, and how to reach its connection.
 #[derive(Clone)]
 pub enum Presence {
     /// One process: the hub knows; `gateway` names this process on NATS.
-    Local { hub: Hub, gateway: String },
-    /// A core with separate gateways: what they reported.
-    Table(Arc<presence::PresenceTable>),
+    Local { hub: Hub, gateway: GatewayId },
+    /// A core with separate gateways: what they reported, and NATS to send them
+    /// orders.
+    Table {
+        table: Arc<presence::PresenceTable>,
+        nats: Box<nats::Nats>,
+    },
 }
 
 impl Presence {
-    pub fn gateway_of(&self, device: DeviceId) -> Option<String> {
+    pub fn gateway_of(&self, device: DeviceId) -> Option<GatewayId> {
         match self {
             Self::Local { hub, gateway } => hub.is_online(device).then(|| gateway.clone()),
-            Self::Table(table) => table.gateway_of(device),
+            Self::Table { table, .. } => table.gateway_of(device),
         }
     }
 
     pub fn is_online(&self, device: DeviceId) -> bool {
         match self {
             Self::Local { hub, .. } => hub.is_online(device),
-            Self::Table(table) => table.gateway_of(device).is_some(),
+            Self::Table { table, .. } => table.gateway_of(device).is_some(),
+        }
+    }
+
+    /// Devices online now, at any gateway.
+    pub fn online(&self) -> usize {
+        match self {
+            Self::Local { hub, .. } => hub.online(),
+            Self::Table { table, .. } => table.online(),
+        }
+    }
+
+    /// A session of `device` started at `gateway` (in presence round `round`):
+    /// its deliveries go there from now on, and a connection of the same device
+    /// at another gateway is displaced. (In one process the hub did both when
+    /// the session attached.)
+    pub async fn session_started(&self, device: DeviceId, gateway: &GatewayId, round: u64) {
+        if let Self::Table { table, nats } = self
+            && let Some(previous) = table.connect(device, gateway, round, std::time::Instant::now())
+        {
+            nats::control(nats, &previous, GatewayControl::Displace { device }).await;
+        }
+    }
+
+    /// Closes the device's connection wherever it is: its token no longer works.
+    pub async fn revoke(&self, device: DeviceId) {
+        match self {
+            Self::Local { hub, .. } => hub.revoke(device),
+            Self::Table { table, nats } => {
+                if let Some(gateway) = table.gateway_of(device) {
+                    table.disconnect(device, &gateway);
+                    nats::control(nats, &gateway, GatewayControl::Revoke { device }).await;
+                }
+            }
         }
     }
 }

@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::presence::PresenceTable;
+use super::wire::{GatewayControl, PresenceReport};
 use super::{Delivery, Hub, Presence, subjects};
-use crate::core::rpc::{GatewayControl, PresenceReport};
-use crate::ids::{DeliveryId, DeviceId, NodeName};
+use crate::ids::{DeliveryId, DeviceId, GatewayId, NodeName};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
@@ -38,10 +38,26 @@ pub enum NatsError {
         url: String,
         source: async_nats::ConnectError,
     },
-    #[error("JetStream: {0}")]
-    JetStream(String),
-    #[error("NATS: {0}")]
-    Other(String),
+    /// A JetStream call (`what`) failed.
+    #[error("JetStream: {what}")]
+    JetStream {
+        what: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("publishing to NATS")]
+    Publish(#[from] async_nats::PublishError),
+    #[error("encoding a NATS message")]
+    Encode(#[from] serde_json::Error),
+    /// This role needs a NATS connection and none is configured.
+    #[error("{0} needs --nats")]
+    NotConfigured(&'static str),
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn jetstream(what: &'static str) -> impl FnOnce(BoxError) -> NatsError {
+    move |source| NatsError::JetStream { what, source }
 }
 
 #[derive(Clone, Debug)]
@@ -159,7 +175,7 @@ impl Nats {
         self.js
             .get_or_create_stream(config)
             .await
-            .map_err(|e| NatsError::JetStream(e.to_string()))
+            .map_err(|e| jetstream("creating the delivery stream")(e.into()))
     }
 
     /// Subscribes to `subject`, retrying every 500 ms until it works; `None` if
@@ -369,7 +385,7 @@ async fn publish_loop(
     const IN_FLIGHT: usize = 1024;
     let mut acks = FuturesUnordered::new();
     let epoch = u64::from_be_bytes(crate::auth::random_bytes::<8>());
-    let mut seqs: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut seqs: std::collections::HashMap<GatewayId, u64> = std::collections::HashMap::new();
     loop {
         let batch = tokio::select! {
             biased;
@@ -388,7 +404,7 @@ async fn publish_loop(
             continue;
         }
         // Route by presence, keeping commit order within each gateway.
-        let mut by_gateway: Vec<(String, Vec<(DeviceId, &Delivery)>)> = Vec::new();
+        let mut by_gateway: Vec<(GatewayId, Vec<(DeviceId, &Delivery)>)> = Vec::new();
         for (device, delivery) in &batch {
             // Offline devices are skipped: the inbox keeps their events.
             let Some(gateway) = presence.gateway_of(*device) else {
@@ -427,7 +443,7 @@ async fn publish_loop(
 async fn handle_ack(
     nats: &Nats,
     (gateway, devices, result): (
-        String,
+        GatewayId,
         Vec<DeviceId>,
         Result<(), async_nats::jetstream::context::PublishError>,
     ),
@@ -458,11 +474,8 @@ async fn publish_json<T: serde::Serialize>(
     subject: String,
     value: &T,
 ) -> Result<(), NatsError> {
-    let payload = serde_json::to_vec(value).map_err(|e| NatsError::Other(e.to_string()))?;
-    nats.client
-        .publish(subject, payload.into())
-        .await
-        .map_err(|e| NatsError::Other(e.to_string()))
+    let payload = serde_json::to_vec(value)?;
+    Ok(nats.client.publish(subject, payload.into()).await?)
 }
 
 /// Core side of presence: takes gateways' reports into `table`, expires silent
@@ -541,7 +554,7 @@ pub fn start_presence_listener(
 
 /// Tells `gateway` to close its connection of `device`: it connected elsewhere
 /// (`Displace`), or it logged out (`Revoke`).
-pub async fn control(nats: &Nats, gateway: &str, order: GatewayControl) {
+pub async fn control(nats: &Nats, gateway: &GatewayId, order: GatewayControl) {
     let subject = subjects::gateway_control(&nats.node, gateway);
     if let Err(e) = publish_json(nats, subject, &order).await {
         tracing::warn!(error = %e, ?order, "could not send an order to a gateway");
@@ -553,7 +566,7 @@ pub async fn control(nats: &Nats, gateway: &str, order: GatewayControl) {
 /// Runs the gateway's durable consumer, handing every delivery to the hub.
 fn start_feed(
     nats: Nats,
-    gateway: String,
+    gateway: GatewayId,
     hub: Hub,
     tasks: &TaskTracker,
     cancel: CancellationToken,
@@ -576,11 +589,10 @@ fn start_feed(
 
 async fn feed(
     nats: &Nats,
-    gateway: &str,
+    gateway: &GatewayId,
     hub: &Hub,
     cancel: &CancellationToken,
 ) -> Result<(), NatsError> {
-    let js_err = |e: &dyn std::fmt::Display| NatsError::JetStream(e.to_string());
     let Some(stream) = nats.wait_for_stream(cancel).await else {
         return Ok(());
     };
@@ -601,7 +613,7 @@ async fn feed(
             },
         )
         .await
-        .map_err(|e| js_err(&e))?;
+        .map_err(|e| jetstream("creating the gateway's consumer")(e.into()))?;
     let mut messages = consumer
         .stream()
         .max_messages_per_batch(1000)
@@ -609,7 +621,7 @@ async fn feed(
         .expires(Duration::from_secs(30))
         .messages()
         .await
-        .map_err(|e| js_err(&e))?;
+        .map_err(|e| jetstream("reading the gateway's consumer")(e.into()))?;
     tracing::info!(consumer = %name, "delivery feed running");
     // Acks are cumulative (AckPolicy::All): ack the newest handed-off message
     // every ACK_EVERY messages (each carries many deliveries) or when the stream
@@ -630,8 +642,8 @@ async fn feed(
             message = messages.next() => {
                 let message = match message {
                     Some(Ok(message)) => message,
-                    Some(Err(e)) => return Err(js_err(&e)),
-                    None => return Err(NatsError::JetStream("consumer stream ended".into())),
+                    Some(Err(e)) => return Err(jetstream("reading the gateway's consumer")(e.into())),
+                    None => return Err(jetstream("reading the gateway's consumer")("the stream of messages ended".into())),
                 };
                 match decode(&message.payload) {
                     Some((stamp, deliveries)) => {
@@ -675,7 +687,7 @@ async fn ack(message: jetstream::Message) {
 /// restarts.
 pub fn start_gateway_link(
     nats: Nats,
-    gateway: String,
+    gateway: GatewayId,
     hub: Hub,
     report_presence: bool,
     tasks: &TaskTracker,
@@ -784,9 +796,9 @@ pub fn start_gateway_link(
 
 /// Reports that a device's session at `gateway` ended (best effort: heartbeats
 /// correct a lost report).
-pub async fn session_ended(nats: &Nats, gateway: &str, device: DeviceId) {
+pub async fn session_ended(nats: &Nats, gateway: &GatewayId, device: DeviceId) {
     let report = PresenceReport::SessionEnd {
-        gateway: gateway.to_owned(),
+        gateway: gateway.clone(),
         device,
     };
     let _ = publish_json(nats, subjects::presence(&nats.node), &report).await;

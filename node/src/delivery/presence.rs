@@ -17,15 +17,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::ids::DeviceId;
+use crate::ids::{DeviceId, GatewayId};
 
 #[derive(Default)]
 struct Inner {
-    device_gateway: HashMap<DeviceId, String>,
+    device_gateway: HashMap<DeviceId, GatewayId>,
     /// gateway → (last heard, its devices with the round they were seen in)
-    gateways: HashMap<String, (Instant, HashMap<DeviceId, u64>)>,
+    gateways: HashMap<GatewayId, (Instant, HashMap<DeviceId, u64>)>,
     /// Heartbeats arriving in parts: gateway → (round, parts seen, devices so far).
-    assembling: HashMap<String, (u64, u32, Vec<DeviceId>)>,
+    assembling: HashMap<GatewayId, (u64, u32, Vec<DeviceId>)>,
 }
 
 pub struct PresenceTable {
@@ -50,12 +50,12 @@ impl PresenceTable {
     pub fn connect(
         &self,
         device: DeviceId,
-        gateway: &str,
+        gateway: &GatewayId,
         round: u64,
         now: Instant,
-    ) -> Option<String> {
+    ) -> Option<GatewayId> {
         let mut inner = self.lock();
-        let previous = inner.device_gateway.insert(device, gateway.to_owned());
+        let previous = inner.device_gateway.insert(device, gateway.clone());
         if let Some(old) = &previous
             && old != gateway
             && let Some((_, set)) = inner.gateways.get_mut(old)
@@ -64,14 +64,14 @@ impl PresenceTable {
         }
         let entry = inner
             .gateways
-            .entry(gateway.to_owned())
+            .entry(gateway.clone())
             .or_insert_with(|| (now, HashMap::new()));
         entry.0 = now;
         entry.1.insert(device, round);
         previous.filter(|old| old != gateway)
     }
 
-    pub fn disconnect(&self, device: DeviceId, gateway: &str) {
+    pub fn disconnect(&self, device: DeviceId, gateway: &GatewayId) {
         let mut inner = self.lock();
         if inner
             .device_gateway
@@ -90,7 +90,7 @@ impl PresenceTable {
     /// lost part is simply superseded by the next).
     pub fn heartbeat_part(
         &self,
-        gateway: &str,
+        gateway: &GatewayId,
         round: u64,
         parts: u32,
         devices: Vec<DeviceId>,
@@ -103,7 +103,7 @@ impl PresenceTable {
             }
             let slot = inner
                 .assembling
-                .entry(gateway.to_owned())
+                .entry(gateway.clone())
                 .or_insert_with(|| (round, 0, Vec::new()));
             if slot.0 != round {
                 *slot = (round, 0, Vec::new());
@@ -119,12 +119,12 @@ impl PresenceTable {
     }
 
     /// A gateway's full list of connected devices, as of `round`.
-    pub fn heartbeat(&self, gateway: &str, round: u64, devices: &[DeviceId], now: Instant) {
+    pub fn heartbeat(&self, gateway: &GatewayId, round: u64, devices: &[DeviceId], now: Instant) {
         let mut inner = self.lock();
         let listed: HashSet<DeviceId> = devices.iter().copied().collect();
         let previous = inner
             .gateways
-            .insert(gateway.to_owned(), (now, HashMap::new()))
+            .insert(gateway.clone(), (now, HashMap::new()))
             .map(|(_, set)| set)
             .unwrap_or_default();
         let mut kept: HashMap<DeviceId, u64> = HashMap::new();
@@ -147,7 +147,7 @@ impl PresenceTable {
             let owner = inner
                 .device_gateway
                 .entry(device)
-                .or_insert_with(|| gateway.to_owned());
+                .or_insert_with(|| gateway.clone());
             if owner == gateway {
                 kept.insert(device, round);
             }
@@ -158,9 +158,9 @@ impl PresenceTable {
     }
 
     /// Forgets gateways not heard from within the expiry. Returns their ids.
-    pub fn expire(&self, now: Instant) -> Vec<String> {
+    pub fn expire(&self, now: Instant) -> Vec<GatewayId> {
         let mut inner = self.lock();
-        let dead: Vec<String> = inner
+        let dead: Vec<GatewayId> = inner
             .gateways
             .iter()
             .filter(|(_, (seen, _))| now.duration_since(*seen) > self.expiry)
@@ -179,7 +179,7 @@ impl PresenceTable {
         dead
     }
 
-    pub fn gateway_of(&self, device: DeviceId) -> Option<String> {
+    pub fn gateway_of(&self, device: DeviceId) -> Option<GatewayId> {
         self.lock().device_gateway.get(&device).cloned()
     }
 
@@ -196,21 +196,25 @@ impl PresenceTable {
 mod tests {
     use super::*;
 
+    fn gw(id: &str) -> GatewayId {
+        GatewayId::parse(id).unwrap()
+    }
+
     #[test]
     fn a_device_moves_and_the_old_gateway_is_told() {
         let table = PresenceTable::new(Duration::from_secs(15));
         let now = Instant::now();
         let d = DeviceId::generate();
-        assert_eq!(table.connect(d, "gw1", 1, now), None);
-        assert_eq!(table.connect(d, "gw2", 1, now), Some("gw1".into()));
-        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
+        assert_eq!(table.connect(d, &gw("gw1"), 1, now), None);
+        assert_eq!(table.connect(d, &gw("gw2"), 1, now), Some(gw("gw1")));
+        assert_eq!(table.gateway_of(d).as_ref(), Some(&gw("gw2")));
         // A late heartbeat from gw1 still listing the device does not steal it back.
-        table.heartbeat("gw1", 2, &[d], now);
-        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
+        table.heartbeat(&gw("gw1"), 2, &[d], now);
+        assert_eq!(table.gateway_of(d).as_ref(), Some(&gw("gw2")));
         // gw1's late disconnect does not take it offline either.
-        table.disconnect(d, "gw1");
-        assert_eq!(table.gateway_of(d).as_deref(), Some("gw2"));
-        table.disconnect(d, "gw2");
+        table.disconnect(d, &gw("gw1"));
+        assert_eq!(table.gateway_of(d).as_ref(), Some(&gw("gw2")));
+        table.disconnect(d, &gw("gw2"));
         assert_eq!(table.gateway_of(d), None);
     }
 
@@ -219,18 +223,18 @@ mod tests {
         let table = PresenceTable::new(Duration::from_secs(15));
         let now = Instant::now();
         let (old, new) = (DeviceId::generate(), DeviceId::generate());
-        table.connect(old, "gw1", 4, now);
+        table.connect(old, &gw("gw1"), 4, now);
         // Round 5's list was taken before `new` attached in round 5.
-        table.connect(new, "gw1", 5, now);
-        table.heartbeat("gw1", 5, &[], now);
+        table.connect(new, &gw("gw1"), 5, now);
+        table.heartbeat(&gw("gw1"), 5, &[], now);
         assert_eq!(
             table.gateway_of(old),
             None,
             "attached before round 5, not listed: gone"
         );
-        assert_eq!(table.gateway_of(new).as_deref(), Some("gw1"));
+        assert_eq!(table.gateway_of(new).as_ref(), Some(&gw("gw1")));
         // Round 6 no longer lists it either: now it is gone.
-        table.heartbeat("gw1", 6, &[], now);
+        table.heartbeat(&gw("gw1"), 6, &[], now);
         assert_eq!(table.gateway_of(new), None);
     }
 
@@ -243,14 +247,14 @@ mod tests {
             DeviceId::generate(),
             DeviceId::generate(),
         );
-        table.heartbeat_part("gw1", 1, 2, vec![a], now);
+        table.heartbeat_part(&gw("gw1"), 1, 2, vec![a], now);
         assert_eq!(table.gateway_of(a), None, "not before the last part");
-        table.heartbeat_part("gw1", 1, 2, vec![b], now);
+        table.heartbeat_part(&gw("gw1"), 1, 2, vec![b], now);
         assert_eq!(table.online(), 2);
         // A round with a lost part is replaced by the next one.
-        table.heartbeat_part("gw1", 2, 2, vec![c], now);
-        table.heartbeat_part("gw1", 3, 1, vec![c], now);
-        assert_eq!(table.gateway_of(c).as_deref(), Some("gw1"));
+        table.heartbeat_part(&gw("gw1"), 2, 2, vec![c], now);
+        table.heartbeat_part(&gw("gw1"), 3, 1, vec![c], now);
+        assert_eq!(table.gateway_of(c).as_ref(), Some(&gw("gw1")));
         assert_eq!(table.gateway_of(a), None);
     }
 
@@ -260,13 +264,13 @@ mod tests {
         let t0 = Instant::now();
         let (a, b) = (DeviceId::generate(), DeviceId::generate());
         // After a core restart the table is empty; heartbeats refill it.
-        table.heartbeat("gw1", 1, &[a, b], t0);
+        table.heartbeat(&gw("gw1"), 1, &[a, b], t0);
         assert_eq!(table.online(), 2);
-        table.heartbeat("gw1", 2, &[a], t0);
+        table.heartbeat(&gw("gw1"), 2, &[a], t0);
         assert_eq!(table.gateway_of(b), None);
-        table.heartbeat("gw2", 1, &[], t0 + Duration::from_secs(10));
+        table.heartbeat(&gw("gw2"), 1, &[], t0 + Duration::from_secs(10));
         let dead = table.expire(t0 + Duration::from_secs(20));
-        assert_eq!(dead, vec!["gw1".to_string()]);
+        assert_eq!(dead, vec![gw("gw1")]);
         assert_eq!(table.gateway_of(a), None);
         assert_eq!(table.gateways(), 1);
     }

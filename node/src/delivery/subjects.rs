@@ -13,7 +13,7 @@
 //! | `natter.<node>.gw.<gateway>` | core → one gateway: displace, resync |
 //! | `natter.<node>.core.started` | core → all gateways: "I (re)started" |
 
-use crate::ids::NodeName;
+use crate::ids::{GatewayId, NodeName};
 
 fn node_token(node: &NodeName) -> String {
     node.as_str().replace('.', "_")
@@ -33,18 +33,18 @@ pub fn deliveries_all(node: &NodeName) -> String {
 }
 
 /// What one gateway's consumer reads.
-pub fn deliveries_for_gateway(node: &NodeName, gateway: &str) -> String {
+pub fn deliveries_for_gateway(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.dlv.{gateway}.>", node_token(node))
 }
 
 /// Where the core publishes a gateway's deliveries (batches of devices).
-pub fn deliveries(node: &NodeName, gateway: &str) -> String {
+pub fn deliveries(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.dlv.{gateway}.batch", node_token(node))
 }
 
 /// The durable consumer of one gateway.
-pub fn consumer_name(gateway: &str) -> String {
-    format!("gw_{}", gateway.replace('-', "_"))
+pub fn consumer_name(gateway: &GatewayId) -> String {
+    format!("gw_{}", gateway.as_str().replace('-', "_"))
 }
 
 pub fn rpc(node: &NodeName) -> String {
@@ -55,7 +55,7 @@ pub fn presence(node: &NodeName) -> String {
     format!("natter.{}.presence", node_token(node))
 }
 
-pub fn gateway_control(node: &NodeName, gateway: &str) -> String {
+pub fn gateway_control(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.gw.{gateway}", node_token(node))
 }
 
@@ -64,17 +64,8 @@ pub fn core_started(node: &NodeName) -> String {
 }
 
 /// Where replies to one gateway's requests arrive; `*` is the request number.
-pub fn reply_inbox(node: &NodeName, gateway: &str, nonce: &str) -> String {
+pub fn reply_inbox(node: &NodeName, gateway: &GatewayId, nonce: &str) -> String {
     format!("_INBOX.natter.{}.{gateway}.{nonce}", node_token(node))
-}
-
-/// Gateway ids are one subject token: 1-32 of `a-z 0-9 -`.
-pub fn valid_gateway_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
 #[cfg(test)]
@@ -84,21 +75,13 @@ mod tests {
     #[test]
     fn node_names_become_one_token() {
         let node = NodeName::parse("chat.example-1.org").unwrap();
-        let subject = deliveries(&node, "gw-1");
+        let gw = GatewayId::parse("gw-1").unwrap();
+        let subject = deliveries(&node, &gw);
         assert_eq!(subject, "natter.chat_example-1_org.dlv.gw-1.batch");
         assert_eq!(subject.split('.').count(), 5);
         assert_eq!(stream_name(&node), "NATTER_CHAT_EXAMPLE_1_ORG_DLV");
         assert!(!stream_name(&node).contains('.'));
-        assert_eq!(consumer_name("gw-1"), "gw_gw_1");
-        assert!(subject.starts_with(deliveries_for_gateway(&node, "gw-1").trim_end_matches('>')));
-    }
-
-    #[test]
-    fn gateway_ids_are_single_tokens() {
-        assert!(valid_gateway_id("gw-1"));
-        assert!(!valid_gateway_id("gw.1"));
-        assert!(!valid_gateway_id("GW"));
-        assert!(!valid_gateway_id(""));
-        assert!(!valid_gateway_id("*"));
+        assert_eq!(consumer_name(&gw), "gw_gw_1");
+        assert!(subject.starts_with(deliveries_for_gateway(&node, &gw).trim_end_matches('>')));
     }
 }

@@ -93,23 +93,8 @@ async fn disable_user(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     check_admin(&gw, &headers)?;
-    let core = local(&gw)?;
-    core.set_user_disabled(&name, true).await?;
-    // Open connections of the user close now, wherever they are.
-    for device in core.user_devices(&name).await? {
-        gw.hub.revoke(device);
-        if let (Some(table), Some(nats)) = (&gw.presence, &gw.nats)
-            && let Some(gateway) = table.gateway_of(device)
-        {
-            table.disconnect(device, &gateway);
-            crate::delivery::nats::control(
-                nats,
-                &gateway,
-                crate::core::rpc::GatewayControl::Revoke { device },
-            )
-            .await;
-        }
-    }
+    // Open connections of the user close too, wherever they are.
+    local(&gw)?.set_user_disabled(&name, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -215,7 +200,7 @@ async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Respons
         "node": gw.core.node().as_str(),
         "role": if gw.local.is_some() && gw.nats.is_some() { "core" } else { "all-in-one" },
         "version": env!("CARGO_PKG_VERSION"),
-        "onlineDevices": gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online()),
+        "onlineDevices": local(&gw)?.online(),
         "registration": local(&gw)?.config().registration,
         "store": local(&gw)?.store_stats(),
     }))

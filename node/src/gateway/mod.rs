@@ -28,7 +28,6 @@ use crate::core::client::CoreClient;
 use crate::core::{Core, CoreError, DeviceCtx};
 use crate::delivery::Hub;
 use crate::delivery::nats::Nats;
-use crate::delivery::presence::PresenceTable;
 use crate::protocol::{
     self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
 };
@@ -58,8 +57,6 @@ pub struct Shared {
     pub local: Option<Core>,
     /// The NATS connection, when there is one (readiness follows it).
     pub nats: Option<Nats>,
-    /// The core's presence table (core role): who is online at which gateway.
-    pub presence: Option<Arc<PresenceTable>>,
     pub hub: Hub,
     pub ws: Arc<WsConfig>,
     pub limits: LimitsConfig,
@@ -198,7 +195,7 @@ async fn register(State(gw): State<Gateway>, body: Bytes) -> Result<Response, Ap
     let req: RegisterRequest = json_body(&body)?;
     let user_id = gw
         .core
-        .register(&req.username, &req.password, req.invite)
+        .register(req.username, req.password, req.invite)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -211,24 +208,22 @@ async fn login(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiEr
     let req: LoginRequest = json_body(&body)?;
     let response = gw
         .core
-        .login(&req.username, &req.password, req.device_name)
+        .login(req.username, req.password, req.device_name)
         .await?;
     Ok(axum::Json(response).into_response())
 }
 
 async fn logout(State(gw): State<Gateway>, headers: HeaderMap) -> Result<StatusCode, ApiError> {
     let ctx = device(&gw, &headers).await?;
+    // Its connection closes too, wherever it is.
     gw.core.logout(&ctx).await?;
-    // A connection of the device here closes now (elsewhere, the core tells its
-    // gateway).
-    gw.hub.revoke(ctx.device);
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Prometheus text format. Gauges mirroring other state are set here.
 async fn metrics(State(gw): State<Gateway>) -> Response {
     let m = &crate::metrics::METRICS;
-    let online = gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online());
+    let online = gw.local.as_ref().map_or(gw.hub.online(), Core::online);
     m.online_devices.set(online as i64);
     if let Some(core) = &gw.local {
         m.writer_queue.set(core.queue_depth() as i64);

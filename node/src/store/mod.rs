@@ -19,7 +19,6 @@ use fjall::{
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::ids::{AttachmentId, ChatId, DeviceId, MessageId, Username};
-use crate::protocol::UpdateReason;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -111,6 +110,21 @@ pub struct MessageRecord {
     pub text: String,
     #[serde(default)]
     pub attachments: Vec<AttachmentRef>,
+}
+
+/// Why a chat changed, as stored. Its own type, not the wire's
+/// `protocol::UpdateReason`, so that the protocol can evolve without changing
+/// what is on disk: the names below are the disk format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UpdateReason {
+    #[serde(rename = "created")]
+    Created,
+    #[serde(rename = "added")]
+    Added,
+    #[serde(rename = "removed")]
+    Removed,
+    #[serde(rename = "renamed")]
+    Renamed,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

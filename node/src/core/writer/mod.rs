@@ -17,116 +17,42 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-mod commands;
+mod accounts;
+mod chat;
+mod inbox;
+mod message;
+mod ops;
 mod sweep;
 
-use super::{CoreConfig, CoreError, DeviceCtx, Invite};
-use crate::auth;
-use crate::clock::{Clock, rfc3339};
+pub(crate) use ops::{Op, Outcome, WriteCommand, WriteRequest};
+pub use sweep::SweepReport;
+
+use super::render;
+use super::{CoreConfig, CoreError, DeviceCtx};
+use crate::clock::Clock;
 use crate::delivery::{Delivery, Presence, Publisher};
-use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, Username};
-use crate::protocol::{Command, CommandResult, ErrorCode, Event};
+use crate::ids::{ChatId, DeliveryId, DeviceId, UserRef, Username};
+use crate::protocol::{CommandResult, Event, Operation};
 use crate::store::{
-    AttachmentRecord, AttachmentRef, ChatRecord, DeviceRecord, Durability, InboxEntry, InboxKind,
-    InviteRecord, Store, StoreError, Tx, UserRecord, encode_hex, keys,
+    ChatRecord, Durability, InboxEntry, InboxKind, Store, StoreError, Tx, UpdateRecord, keys,
 };
 
-pub(crate) struct WriteRequest {
-    pub op: Op,
-    pub reply: oneshot::Sender<Result<Outcome, CoreError>>,
+/// One commit group as the operations in it see it: the transaction they all
+/// write to, the time of the operation being applied, the deliveries to hand to
+/// the live hop after the commit, and whether the commit must be fsync'd.
+pub(super) struct Batch<'a, 't> {
+    pub tx: &'a mut Tx<'t>,
+    pub now: i64,
+    pub pushes: Vec<(DeviceId, Delivery)>,
+    pub durability: Durability,
 }
 
-#[derive(Debug)]
-pub(crate) enum Op {
-    CreateUser {
-        name: Username,
-        password_hash: String,
-        invite: Option<String>,
-    },
-    SetUserDisabled {
-        name: Username,
-        disabled: bool,
-    },
-    CreateDevice {
-        user: Username,
-        name: Option<String>,
-        token_hash: [u8; 32],
-    },
-    DeleteDevice {
-        device: DeviceId,
-    },
-    CreateInvite {
-        uses: u32,
-        ttl_ms: i64,
-    },
-    Touch {
-        device: DeviceId,
-    },
-    Command {
-        ctx: DeviceCtx,
-        command: Command,
-        /// For `sendMessage`: its attachments, already checked against the media store.
-        attachments: Vec<AttachmentRef>,
-    },
-    CreateAttachment {
-        id: AttachmentId,
-        record: AttachmentRecord,
-    },
-    /// Removes an attachment record if it is unsent and created before
-    /// `unsent_before`, or created before `any_before`.
-    DropAttachment {
-        id: AttachmentId,
-        unsent_before: i64,
-        any_before: i64,
-    },
-    Sweep {
-        after: Option<DeviceId>,
-    },
-    Stop,
-}
-
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    UserId(String),
-    Device(DeviceCtx),
-    Invite(Invite),
-    Command(CommandResult),
-    Swept {
-        report: SweepReport,
-        next: Option<DeviceId>,
-    },
-    /// Whether a `DropAttachment` removed the record.
-    Dropped(bool),
-    Done,
-}
-
-/// What one retention/expiry sweep did.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SweepReport {
-    pub devices_deactivated: u64,
-    pub entries_expired: u64,
-    pub devices_notified: u64,
-    pub updates_removed: u64,
-    pub idempotency_keys_removed: u64,
-    pub invites_removed: u64,
-    pub orphan_uploads_removed: u64,
-    pub attachments_expired: u64,
-}
-
-impl SweepReport {
-    pub fn add(&mut self, other: &SweepReport) {
-        self.devices_deactivated += other.devices_deactivated;
-        self.entries_expired += other.entries_expired;
-        self.devices_notified += other.devices_notified;
-        self.updates_removed += other.updates_removed;
-        self.idempotency_keys_removed += other.idempotency_keys_removed;
-        self.invites_removed += other.invites_removed;
-        self.orphan_uploads_removed += other.orphan_uploads_removed;
-        self.attachments_expired += other.attachments_expired;
+impl Batch<'_, '_> {
+    /// This group must be on disk before anyone is answered.
+    pub fn sync(&mut self) {
+        self.durability = Durability::Sync;
     }
 }
 
@@ -246,35 +172,37 @@ impl Writer {
         metrics.commit_group.observe(group.len() as f64);
         let store = self.store.clone();
         let (ops, replies): (Vec<Op>, Vec<_>) = group.into_iter().map(|r| (r.op, r.reply)).unzip();
-        let mut pushes = Vec::new();
         let mut results = Vec::with_capacity(ops.len());
         let committed = store.write(|tx| {
-            let mut durability = Durability::Buffer;
+            let mut b = Batch {
+                tx,
+                now: 0,
+                pushes: Vec::new(),
+                durability: Durability::Buffer,
+            };
             for op in ops {
-                let result = self.apply(tx, op, &mut pushes, &mut durability);
-                if let Err(e) = &result
-                    && !matches!(e, CoreError::Rejected { .. })
-                {
+                b.now = self.clock.now_ms();
+                match self.apply(&mut b, op) {
                     // A fault mid-command may have left part of it in the
                     // transaction: abort the whole group.
-                    return Err(CoreError::Internal(format!("group aborted: {e}")));
+                    Err(e) if !matches!(e, CoreError::Rejected { .. }) => return Err(e),
+                    result => results.push(result),
                 }
-                results.push(result);
             }
             if self.next_delivery != self.saved_delivery {
-                tx.set_counter(keys::COUNTER_DELIVERY, self.next_delivery);
+                b.tx.set_counter(keys::COUNTER_DELIVERY, self.next_delivery);
             }
             if self.next_update != self.saved_update {
-                tx.set_counter(keys::COUNTER_UPDATE, self.next_update);
+                b.tx.set_counter(keys::COUNTER_UPDATE, self.next_update);
             }
-            Ok(((), durability))
+            Ok((b.pushes, b.durability))
         });
         metrics.commits.inc();
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         match committed {
-            Ok(()) => {
+            Ok(pushes) => {
                 self.saved_delivery = self.next_delivery;
                 self.saved_update = self.next_update;
                 // Deliveries first: once a sender has its result, the recipients'
@@ -289,8 +217,9 @@ impl Writer {
                 if let Err(e) = self.reset() {
                     tracing::error!(error = %e, "reloading counters failed");
                 }
+                let cause = Arc::new(e);
                 for reply in replies {
-                    let _ = reply.send(Err(CoreError::Internal(e.to_string())));
+                    let _ = reply.send(Err(CoreError::GroupFailed(cause.clone())));
                 }
             }
         }
@@ -311,7 +240,11 @@ impl Writer {
     }
 
     fn user_id(&self, name: &Username) -> String {
-        format!("{}@{}", name, self.config.node)
+        UserRef {
+            name: name.clone(),
+            node: self.config.node.clone(),
+        }
+        .to_string()
     }
 
     /// The chat's cached state, loaded from the transaction if needed.
@@ -360,30 +293,29 @@ impl Writer {
     /// transaction, and for the live hop after commit. The event is serialized once.
     fn fan_out(
         &mut self,
-        tx: &mut Tx<'_>,
+        b: &mut Batch<'_, '_>,
         members: &[Member],
         skip: Option<DeviceId>,
         kind: InboxKind,
         event: &Event,
-        pushes: &mut Vec<(DeviceId, Delivery)>,
     ) -> Result<(), CoreError> {
         let encoded = event.encode();
         let entry = InboxEntry {
-            queued_at: self.clock.now_ms(),
+            queued_at: b.now,
             kind,
         };
         let created_ms = crate::metrics::wall_ms();
         for member in members {
             // Remote members are reached through federation, not the inbox.
             let Some(name) = &member.local else { continue };
-            let devices = self.devices_of(tx, name)?.clone();
+            let devices = self.devices_of(b.tx, name)?.clone();
             for device in devices {
                 if Some(device) == skip {
                     continue;
                 }
                 let id = self.next_delivery();
-                tx.put_inbox(device, id, &entry);
-                pushes.push((
+                b.tx.put_inbox(device, id, &entry);
+                b.pushes.push((
                     device,
                     Delivery {
                         id: DeliveryId(id),
@@ -396,181 +328,101 @@ impl Writer {
         Ok(())
     }
 
-    fn apply(
+    /// Stores a chat update once and queues it for every device of `recipients`.
+    fn update(
         &mut self,
-        tx: &mut Tx<'_>,
-        op: Op,
-        pushes: &mut Vec<(DeviceId, Delivery)>,
-        durability: &mut Durability,
-    ) -> Result<Outcome, CoreError> {
-        let now = self.clock.now_ms();
+        b: &mut Batch<'_, '_>,
+        record: &UpdateRecord,
+        recipients: &[Member],
+    ) -> Result<(), CoreError> {
+        self.next_update += 1;
+        let id = self.next_update;
+        b.tx.put_update(id, record);
+        let event = Event::ChatUpdate(render::update_view(record));
+        self.fan_out(b, recipients, None, InboxKind::Update { id }, &event)
+    }
+
+    /// Applies one operation to the group's transaction.
+    fn apply(&mut self, b: &mut Batch<'_, '_>, op: Op) -> Result<Outcome, CoreError> {
         match op {
             Op::CreateUser {
                 name,
                 password_hash,
                 invite,
-            } => {
-                let view = tx.view();
-                if view.user(&name)?.is_some() {
-                    return Err(CoreError::reject(
-                        ErrorCode::UsernameTaken,
-                        "that username is taken",
-                    ));
-                }
-                let invite = match invite {
-                    Some(code) => match view.invite(&code)? {
-                        Some(record) if record.expires_at > now && record.uses_left > 0 => {
-                            Some((code, record))
-                        }
-                        _ => {
-                            return Err(CoreError::reject(
-                                ErrorCode::InvalidInvite,
-                                "that invite is unknown, used up or expired",
-                            ));
-                        }
-                    },
-                    None => None,
-                };
-                if let Some((code, mut record)) = invite {
-                    record.uses_left -= 1;
-                    if record.uses_left == 0 {
-                        tx.delete_invite(&code);
-                    } else {
-                        tx.put_invite(&code, &record);
-                    }
-                }
-                tx.put_user(&UserRecord {
-                    name: name.clone(),
-                    password_hash,
-                    created_at: now,
-                    disabled: false,
-                });
-                *durability = Durability::Sync;
-                Ok(Outcome::UserId(self.user_id(&name)))
-            }
-            Op::SetUserDisabled { name, disabled } => {
-                let Some(mut record) = tx.view().user(&name)? else {
-                    return Err(CoreError::reject(ErrorCode::UnknownUser, "no such user"));
-                };
-                record.disabled = disabled;
-                tx.put_user(&record);
-                *durability = Durability::Sync;
-                Ok(Outcome::Done)
-            }
+            } => self.create_user(b, name, password_hash, invite),
+            Op::SetUserDisabled { name, disabled } => self.set_user_disabled(b, &name, disabled),
             Op::CreateDevice {
                 user,
                 name,
                 token_hash,
-            } => {
-                let Some(record) = tx.view().user(&user)? else {
-                    return Err(CoreError::reject(
-                        ErrorCode::BadCredentials,
-                        "wrong username or password",
-                    ));
-                };
-                if record.disabled {
-                    return Err(CoreError::reject(
-                        ErrorCode::UserDisabled,
-                        "this user is disabled",
-                    ));
-                }
-                let device = DeviceId::generate();
-                tx.put_device(
-                    device,
-                    &DeviceRecord {
-                        user: user.clone(),
-                        name,
-                        created_at: now,
-                        last_active: now,
-                        token_hash: encode_hex(&token_hash),
-                    },
-                    &token_hash,
-                );
-                if let Some(devices) = self.devices.get_mut(&user) {
-                    devices.push(device);
-                }
-                *durability = Durability::Sync;
-                Ok(Outcome::Device(DeviceCtx {
-                    user_id: self.user_id(&user),
-                    user,
-                    device,
-                }))
-            }
-            Op::DeleteDevice { device } => {
-                if let Some(record) = tx.view().device(device)? {
-                    tx.delete_device(device, &record)?;
-                    if let Some(devices) = self.devices.get_mut(&record.user) {
-                        devices.retain(|d| *d != device);
-                    }
-                    *durability = Durability::Sync;
-                }
-                Ok(Outcome::Done)
-            }
-            Op::CreateInvite { uses, ttl_ms } => {
-                let code = auth::new_invite_code();
-                let expires_at = now.saturating_add(ttl_ms);
-                tx.put_invite(
-                    &code,
-                    &InviteRecord {
-                        created_at: now,
-                        expires_at,
-                        uses_left: uses,
-                    },
-                );
-                *durability = Durability::Sync;
-                Ok(Outcome::Invite(Invite {
-                    code,
-                    uses,
-                    expires_at: rfc3339(expires_at),
-                }))
-            }
-            Op::Touch { device } => {
-                if let Some(mut record) = tx.view().device(device)? {
-                    record.last_active = now;
-                    tx.update_device(device, &record);
-                }
-                Ok(Outcome::Done)
-            }
-            Op::Command {
-                ctx,
-                command,
-                attachments,
-            } => {
-                let result =
-                    self.command(tx, &ctx, command, attachments, now, pushes, durability)?;
-                Ok(Outcome::Command(result))
-            }
+            } => self.create_device(b, user, name, token_hash),
+            Op::DeleteDevice { device } => self.delete_device(b, device),
+            Op::CreateInvite { uses, ttl_ms } => Ok(self.create_invite(b, uses, ttl_ms)),
+            Op::Touch { device } => self.touch(b, device),
+            Op::Command { ctx, command } => Ok(Outcome::Command(self.command(b, &ctx, command)?)),
             Op::CreateAttachment { id, record } => {
-                tx.put_attachment(id, &record);
-                *durability = Durability::Sync;
+                b.tx.put_attachment(id, &record);
+                b.sync();
                 Ok(Outcome::Done)
             }
             Op::DropAttachment {
                 id,
                 unsent_before,
                 any_before,
-            } => {
-                let drop = match tx.view().attachment(id)? {
-                    Some(r) => {
-                        (!r.sent && r.created_at < unsent_before) || r.created_at < any_before
-                    }
-                    None => false,
-                };
-                if drop {
-                    tx.delete_attachment(id);
-                    *durability = Durability::Sync;
-                }
-                Ok(Outcome::Dropped(drop))
-            }
+            } => self.drop_attachment(b, id, unsent_before, any_before),
             Op::Sweep { after } => {
-                let (report, next) = self.sweep(tx, after, now, pushes)?;
+                let (report, next) = self.sweep(b, after)?;
                 if report != SweepReport::default() {
-                    *durability = Durability::Sync;
+                    b.sync();
                 }
                 Ok(Outcome::Swept { report, next })
             }
             // Handled by `run` before a group is applied.
             Op::Stop => Ok(Outcome::Done),
+        }
+    }
+
+    /// Routes a client command to its function (one per command, by noun in
+    /// `chat.rs`, `message.rs`, `inbox.rs`).
+    fn command(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        command: WriteCommand,
+    ) -> Result<CommandResult, CoreError> {
+        match command {
+            WriteCommand::CreateChat { participants, name } => {
+                self.create_chat(b, ctx, participants, name)
+            }
+            WriteCommand::SendMessage {
+                chat_id,
+                message,
+                attachments,
+                client_msg_id,
+            } => self.send_message(
+                b,
+                ctx,
+                message::Send {
+                    chat_id,
+                    text: message,
+                    attachments,
+                    client_msg_id,
+                },
+            ),
+            WriteCommand::ModifyChatParticipants {
+                chat_id,
+                user,
+                operation: Operation::Add,
+            } => self.add_participant(b, ctx, chat_id, user),
+            WriteCommand::ModifyChatParticipants {
+                chat_id,
+                user,
+                operation: Operation::Remove,
+            } => self.remove_participant(b, ctx, chat_id, user),
+            WriteCommand::RenameChat { chat_id, name } => self.rename_chat(b, ctx, chat_id, name),
+            WriteCommand::MarkRead { chat_id, seq } => self.mark_read(b, ctx, chat_id, seq),
+            WriteCommand::Ack { delivery_ids } => Ok(Self::ack(b, ctx, delivery_ids)),
+            WriteCommand::Sync => Self::sync(b, ctx),
         }
     }
 }

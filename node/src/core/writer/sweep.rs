@@ -3,11 +3,13 @@
 //! old updates, idempotency keys and invites. Done in steps of
 //! [`SWEEP_DEVICES`] devices, one commit each, so writes keep flowing.
 
-use super::{Delivery, SweepReport, Writer};
+use serde::{Deserialize, Serialize};
+
+use super::{Batch, Delivery, Writer};
 use crate::core::CoreError;
 use crate::core::render;
 use crate::ids::{DeliveryId, DeviceId};
-use crate::store::{InboxEntry, InboxKind, Tx};
+use crate::store::{InboxEntry, InboxKind};
 
 /// Devices examined per sweep step (one step is one commit).
 pub(super) const SWEEP_DEVICES: usize = 256;
@@ -19,11 +21,10 @@ const SWEEP_ROWS: usize = 100_000;
 impl Writer {
     pub(super) fn sweep(
         &mut self,
-        tx: &mut Tx<'_>,
+        b: &mut Batch<'_, '_>,
         after: Option<DeviceId>,
-        now: i64,
-        pushes: &mut Vec<(DeviceId, Delivery)>,
     ) -> Result<(SweepReport, Option<DeviceId>), CoreError> {
+        let (now, tx) = (b.now, &mut *b.tx);
         let mut report = SweepReport::default();
         let cutoff = now.saturating_sub(self.config.retention_ms);
         let dead_before = now.saturating_sub(self.config.device_ttl_ms);
@@ -79,7 +80,7 @@ impl Writer {
                 },
             );
             let event = render::expired_event(count, oldest, newest);
-            pushes.push((
+            b.pushes.push((
                 *device,
                 Delivery {
                     id: DeliveryId(id),
@@ -114,5 +115,32 @@ impl Writer {
             .then(|| devices.last().map(|(d, _)| *d))
             .flatten();
         Ok((report, next))
+    }
+}
+
+/// What one retention/expiry sweep did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SweepReport {
+    pub devices_deactivated: u64,
+    pub entries_expired: u64,
+    pub devices_notified: u64,
+    pub updates_removed: u64,
+    pub idempotency_keys_removed: u64,
+    pub invites_removed: u64,
+    pub orphan_uploads_removed: u64,
+    pub attachments_expired: u64,
+}
+
+impl SweepReport {
+    pub fn add(&mut self, other: &SweepReport) {
+        self.devices_deactivated += other.devices_deactivated;
+        self.entries_expired += other.entries_expired;
+        self.devices_notified += other.devices_notified;
+        self.updates_removed += other.updates_removed;
+        self.idempotency_keys_removed += other.idempotency_keys_removed;
+        self.invites_removed += other.invites_removed;
+        self.orphan_uploads_removed += other.orphan_uploads_removed;
+        self.attachments_expired += other.attachments_expired;
     }
 }

@@ -1,0 +1,166 @@
+//! The writer's account operations: users, devices, invites, device activity.
+
+use super::{Batch, Outcome, Writer};
+use crate::auth;
+use crate::clock::rfc3339;
+use crate::core::{CoreError, DeviceCtx, Invite};
+use crate::ids::{DeviceId, Username};
+use crate::protocol::ErrorCode;
+use crate::store::{DeviceRecord, InviteRecord, UserRecord, encode_hex};
+
+impl Writer {
+    pub(super) fn create_user(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        name: Username,
+        password_hash: String,
+        invite: Option<String>,
+    ) -> Result<Outcome, CoreError> {
+        let view = b.tx.view();
+        if view.user(&name)?.is_some() {
+            return Err(CoreError::reject(
+                ErrorCode::UsernameTaken,
+                "that username is taken",
+            ));
+        }
+        let invite = match invite {
+            Some(code) => match view.invite(&code)? {
+                Some(record) if record.expires_at > b.now && record.uses_left > 0 => {
+                    Some((code, record))
+                }
+                _ => {
+                    return Err(CoreError::reject(
+                        ErrorCode::InvalidInvite,
+                        "that invite is unknown, used up or expired",
+                    ));
+                }
+            },
+            None => None,
+        };
+        if let Some((code, mut record)) = invite {
+            record.uses_left -= 1;
+            if record.uses_left == 0 {
+                b.tx.delete_invite(&code);
+            } else {
+                b.tx.put_invite(&code, &record);
+            }
+        }
+        b.tx.put_user(&UserRecord {
+            name: name.clone(),
+            password_hash,
+            created_at: b.now,
+            disabled: false,
+        });
+        b.sync();
+        Ok(Outcome::UserId(self.user_id(&name)))
+    }
+
+    pub(super) fn set_user_disabled(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        name: &Username,
+        disabled: bool,
+    ) -> Result<Outcome, CoreError> {
+        let Some(mut record) = b.tx.view().user(name)? else {
+            return Err(CoreError::reject(ErrorCode::UnknownUser, "no such user"));
+        };
+        record.disabled = disabled;
+        b.tx.put_user(&record);
+        b.sync();
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn create_device(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        user: Username,
+        name: Option<String>,
+        token_hash: [u8; 32],
+    ) -> Result<Outcome, CoreError> {
+        let Some(record) = b.tx.view().user(&user)? else {
+            return Err(CoreError::reject(
+                ErrorCode::BadCredentials,
+                "wrong username or password",
+            ));
+        };
+        if record.disabled {
+            return Err(CoreError::reject(
+                ErrorCode::UserDisabled,
+                "this user is disabled",
+            ));
+        }
+        let device = DeviceId::generate();
+        b.tx.put_device(
+            device,
+            &DeviceRecord {
+                user: user.clone(),
+                name,
+                created_at: b.now,
+                last_active: b.now,
+                token_hash: encode_hex(&token_hash),
+            },
+            &token_hash,
+        );
+        if let Some(devices) = self.devices.get_mut(&user) {
+            devices.push(device);
+        }
+        b.sync();
+        Ok(Outcome::Device(DeviceCtx {
+            user_id: self.user_id(&user),
+            user,
+            device,
+        }))
+    }
+
+    pub(super) fn delete_device(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        device: DeviceId,
+    ) -> Result<Outcome, CoreError> {
+        if let Some(record) = b.tx.view().device(device)? {
+            b.tx.delete_device(device, &record)?;
+            if let Some(devices) = self.devices.get_mut(&record.user) {
+                devices.retain(|d| *d != device);
+            }
+            b.sync();
+        }
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn create_invite(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        uses: u32,
+        ttl_ms: i64,
+    ) -> Outcome {
+        let code = auth::new_invite_code();
+        let expires_at = b.now.saturating_add(ttl_ms);
+        b.tx.put_invite(
+            &code,
+            &InviteRecord {
+                created_at: b.now,
+                expires_at,
+                uses_left: uses,
+            },
+        );
+        b.sync();
+        Outcome::Invite(Invite {
+            code,
+            uses,
+            expires_at: rfc3339(expires_at),
+        })
+    }
+
+    /// Records that a device was seen (buffered: losing it to a crash is harmless).
+    pub(super) fn touch(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        device: DeviceId,
+    ) -> Result<Outcome, CoreError> {
+        if let Some(mut record) = b.tx.view().device(device)? {
+            record.last_active = b.now;
+            b.tx.update_device(device, &record);
+        }
+        Ok(Outcome::Done)
+    }
+}

@@ -1,0 +1,262 @@
+//! The writer's chat commands: `createChat`, `modifyChatParticipants` (add and
+//! remove) and `renameChat`. Each validates before it writes.
+
+use std::sync::Arc;
+
+use super::{Batch, ChatState, Member, Writer};
+use crate::core::{CoreError, DeviceCtx};
+use crate::ids::{ChatId, UserRef};
+use crate::protocol::{self, CommandResult, ErrorCode};
+use crate::store::{ChatRecord, MemberRecord, UpdateReason, UpdateRecord, UserChatRecord};
+
+pub(super) fn unknown_chat() -> CoreError {
+    CoreError::reject(ErrorCode::UnknownChat, "no such chat")
+}
+
+pub(super) fn not_participant() -> CoreError {
+    CoreError::reject(
+        ErrorCode::NotParticipant,
+        "you are not a participant of this chat",
+    )
+}
+
+fn too_many(message: String) -> CoreError {
+    CoreError::reject(ErrorCode::TooManyParticipants, message)
+}
+
+impl Writer {
+    /// The chat's cached state, if `ctx`'s user is one of its participants.
+    pub(super) fn chat_of(
+        &mut self,
+        b: &Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        chat_id: ChatId,
+    ) -> Result<&mut ChatState, CoreError> {
+        let chat = self.chat(b.tx, chat_id)?.ok_or_else(unknown_chat)?;
+        if !chat.has(&ctx.user_id) {
+            return Err(not_participant());
+        }
+        Ok(chat)
+    }
+
+    /// The creator and the participants, deduplicated and sorted; every one a
+    /// user of this node.
+    fn new_chat_members(
+        &self,
+        b: &Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        participants: Vec<UserRef>,
+    ) -> Result<Vec<String>, CoreError> {
+        let mut ids = vec![ctx.user_id.clone()];
+        for p in participants {
+            if p.node != self.config.node {
+                return Err(CoreError::reject(
+                    ErrorCode::UnknownUser,
+                    format!("{p}: federation with {} is not set up", p.node),
+                ));
+            }
+            let id = p.to_string();
+            if ids.contains(&id) {
+                continue;
+            }
+            if b.tx.view().user(&p.name)?.is_none() {
+                return Err(CoreError::reject(
+                    ErrorCode::UnknownUser,
+                    format!("no such user {id}"),
+                ));
+            }
+            ids.push(id);
+        }
+        if ids.len() > protocol::MAX_PARTICIPANTS {
+            return Err(too_many(format!(
+                "a chat has at most {} participants, the creator included",
+                protocol::MAX_PARTICIPANTS
+            )));
+        }
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub(super) fn create_chat(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        participants: Vec<UserRef>,
+        name: Option<String>,
+    ) -> Result<CommandResult, CoreError> {
+        let ids = self.new_chat_members(b, ctx, participants)?;
+        let chat_id = ChatId::generate();
+        let record = ChatRecord {
+            name: name.clone(),
+            creator: ctx.user_id.clone(),
+            created_at: b.now,
+            last_seq: 0,
+            last_message_at: None,
+        };
+        b.tx.put_chat(chat_id, &record);
+        let members: Vec<Member> = ids.iter().map(|id| self.member(id.clone())).collect();
+        for m in &members {
+            b.tx.put_member(chat_id, &m.id, &MemberRecord { joined_at: b.now });
+            if let Some(local) = &m.local {
+                let joined = UserChatRecord {
+                    joined_at: b.now,
+                    read_seq: 0,
+                };
+                b.tx.put_user_chat(local, chat_id, &joined);
+            }
+        }
+        self.chats.insert(
+            chat_id,
+            ChatState {
+                record,
+                members: Arc::new(members.clone()),
+            },
+        );
+        let update = UpdateRecord {
+            chat: chat_id,
+            name,
+            participants: ids,
+            reason: UpdateReason::Created,
+            at: b.now,
+        };
+        self.update(b, &update, &members)?;
+        b.sync();
+        Ok(CommandResult::ChatCreated {
+            chat_id: chat_id.to_string(),
+        })
+    }
+
+    pub(super) fn add_participant(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        chat_id: ChatId,
+        user: UserRef,
+    ) -> Result<CommandResult, CoreError> {
+        let target = user.to_string();
+        let target_exists =
+            user.node == self.config.node && b.tx.view().user(&user.name)?.is_some();
+        let now = b.now;
+        let chat = self.chat_of(b, ctx, chat_id)?;
+        if chat.has(&target) {
+            return Ok(CommandResult::Participants {
+                participants: chat.member_ids(),
+            });
+        }
+        if !target_exists {
+            return Err(CoreError::reject(
+                ErrorCode::UnknownUser,
+                format!("no such user {target}"),
+            ));
+        }
+        if chat.members.len() >= protocol::MAX_PARTICIPANTS {
+            return Err(too_many(format!(
+                "a chat has at most {} participants",
+                protocol::MAX_PARTICIPANTS
+            )));
+        }
+        let last_seq = chat.record.last_seq;
+        let name = chat.record.name.clone();
+        let members = Arc::make_mut(&mut chat.members);
+        let at = members.partition_point(|m| m.id < target);
+        members.insert(
+            at,
+            Member {
+                id: target.clone(),
+                local: Some(user.name.clone()),
+            },
+        );
+        let members = chat.members.clone();
+        let ids = chat.member_ids();
+        b.tx.put_member(chat_id, &target, &MemberRecord { joined_at: now });
+        // History is readable, but not unread, for someone added later.
+        let joined = UserChatRecord {
+            joined_at: now,
+            read_seq: last_seq,
+        };
+        b.tx.put_user_chat(&user.name, chat_id, &joined);
+        let update = UpdateRecord {
+            chat: chat_id,
+            name,
+            participants: ids.clone(),
+            reason: UpdateReason::Added,
+            at: now,
+        };
+        self.update(b, &update, &members)?;
+        b.sync();
+        Ok(CommandResult::Participants { participants: ids })
+    }
+
+    pub(super) fn remove_participant(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        chat_id: ChatId,
+        user: UserRef,
+    ) -> Result<CommandResult, CoreError> {
+        let local = user.node == self.config.node;
+        let target = user.to_string();
+        let chat = self.chat_of(b, ctx, chat_id)?;
+        if !chat.has(&target) {
+            return Err(CoreError::reject(
+                ErrorCode::NotParticipant,
+                format!("{target} is not a participant of this chat"),
+            ));
+        }
+        if target != ctx.user_id && chat.record.creator != ctx.user_id {
+            return Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                "only the chat's creator may remove others",
+            ));
+        }
+        let name = chat.record.name.clone();
+        let removed = chat.members.iter().find(|m| m.id == target).cloned();
+        Arc::make_mut(&mut chat.members).retain(|m| m.id != target);
+        let ids = chat.member_ids();
+        // The removed user gets this last update, then nothing more.
+        let mut recipients = (*chat.members).clone();
+        recipients.extend(removed);
+        b.tx.delete_member(chat_id, &target);
+        if local {
+            b.tx.delete_user_chat(&user.name, chat_id);
+        }
+        let update = UpdateRecord {
+            chat: chat_id,
+            name,
+            participants: ids.clone(),
+            reason: UpdateReason::Removed,
+            at: b.now,
+        };
+        self.update(b, &update, &recipients)?;
+        b.sync();
+        Ok(CommandResult::Participants { participants: ids })
+    }
+
+    pub(super) fn rename_chat(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        chat_id: ChatId,
+        name: Option<String>,
+    ) -> Result<CommandResult, CoreError> {
+        let chat = self.chat_of(b, ctx, chat_id)?;
+        if chat.record.name == name {
+            return Ok(CommandResult::Empty {});
+        }
+        chat.record.name = name.clone();
+        let record = chat.record.clone();
+        let members = chat.members.clone();
+        let ids = chat.member_ids();
+        b.tx.put_chat(chat_id, &record);
+        let update = UpdateRecord {
+            chat: chat_id,
+            name,
+            participants: ids,
+            reason: UpdateReason::Renamed,
+            at: b.now,
+        };
+        self.update(b, &update, &members)?;
+        b.sync();
+        Ok(CommandResult::Empty {})
+    }
+}

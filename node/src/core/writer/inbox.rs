@@ -1,0 +1,46 @@
+//! The writer's read-position and inbox commands: `markRead`, `ack`, `sync`.
+
+use super::{Batch, Writer};
+use crate::core::{CoreError, DeviceCtx};
+use crate::ids::{ChatId, DeliveryId};
+use crate::protocol::CommandResult;
+
+impl Writer {
+    pub(super) fn mark_read(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        chat_id: ChatId,
+        seq: u64,
+    ) -> Result<CommandResult, CoreError> {
+        let last_seq = self.chat_of(b, ctx, chat_id)?.record.last_seq;
+        if let Some(mut record) = b.tx.view().user_chat(&ctx.user, chat_id)? {
+            let read = seq.min(last_seq);
+            if read > record.read_seq {
+                record.read_seq = read;
+                b.tx.put_user_chat(&ctx.user, chat_id, &record);
+            }
+        }
+        Ok(CommandResult::Empty {})
+    }
+
+    /// Acknowledged deliveries leave the device's inbox.
+    pub(super) fn ack(
+        b: &mut Batch<'_, '_>,
+        ctx: &DeviceCtx,
+        delivery_ids: Vec<DeliveryId>,
+    ) -> CommandResult {
+        for id in delivery_ids {
+            b.tx.delete_inbox(ctx.device, id.0);
+        }
+        CommandResult::Empty {}
+    }
+
+    /// The newest delivery id in the device's inbox once everything queued
+    /// before this command is committed.
+    pub(super) fn sync(b: &mut Batch<'_, '_>, ctx: &DeviceCtx) -> Result<CommandResult, CoreError> {
+        Ok(CommandResult::Synced {
+            up_to: b.tx.view().inbox_last(ctx.device)?.unwrap_or(0).to_string(),
+        })
+    }
+}
