@@ -357,10 +357,6 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let invalid = |setting, reason: &str| ConfigError::Invalid {
-            setting,
-            reason: reason.to_owned(),
-        };
         let name = args
             .name
             .or(file.name)
@@ -371,53 +367,8 @@ impl Config {
                 "a DNS-like name: lowercase letters, digits, '-' and '.'",
             )
         })?;
-        let ws = file.websocket;
-        let websocket = WsConfig {
-            ping_interval: ws.ping_interval.unwrap_or(Duration::from_secs(20)),
-            ping_timeout: ws.ping_timeout.unwrap_or(Duration::from_secs(60)),
-            auth_timeout: ws.auth_timeout.unwrap_or(Duration::from_secs(10)),
-            resend_after: ws.resend_after.unwrap_or(Duration::from_secs(30)),
-            write_timeout: ws.write_timeout.unwrap_or(Duration::from_secs(15)),
-            window: ws.window.unwrap_or(512),
-            send_queue: ws.send_queue.unwrap_or(1024),
-            read_buffer: ws.read_buffer.unwrap_or(2048),
-            write_buffer: ws.write_buffer.unwrap_or(2048),
-        };
-        if websocket.ping_interval.is_zero() || websocket.ping_timeout <= websocket.ping_interval {
-            return Err(invalid(
-                "websocket.ping_timeout",
-                "must be longer than a non-zero ping_interval",
-            ));
-        }
-        if websocket.window == 0 || websocket.send_queue <= websocket.window {
-            return Err(invalid(
-                "websocket.send_queue",
-                "must be larger than a non-zero window",
-            ));
-        }
-        let retention = RetentionConfig {
-            inbox: args
-                .retention
-                .map(Into::into)
-                .or(file.retention.inbox)
-                .unwrap_or(Duration::from_secs(30 * DAY)),
-            device_ttl: args
-                .device_ttl
-                .map(Into::into)
-                .or(file.retention.device_ttl)
-                .unwrap_or(Duration::from_secs(90 * DAY)),
-            sweep_interval: file
-                .retention
-                .sweep_interval
-                .unwrap_or(Duration::from_secs(3600)),
-            invite_ttl: file
-                .retention
-                .invite_ttl
-                .unwrap_or(Duration::from_secs(7 * DAY)),
-        };
-        if retention.sweep_interval.is_zero() {
-            return Err(invalid("retention.sweep_interval", "must not be zero"));
-        }
+        let websocket = websocket_config(file.websocket)?;
+        let retention = retention_config(args.retention, args.device_ttl, file.retention)?;
         let limits = LimitsConfig {
             send_rate: file.limits.send_rate.unwrap_or(20.0),
             send_burst: file.limits.send_burst.unwrap_or(100),
@@ -438,25 +389,7 @@ impl Config {
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from("natter-data"));
         let media = media_config(args.media, file.media, &data)?;
-        let nats = match args.nats.or(file.nats.url) {
-            Some(url) => Some(NatsConfig {
-                url,
-                stream_max_age: file
-                    .nats
-                    .stream_max_age
-                    .unwrap_or(Duration::from_secs(3600)),
-                stream_max_bytes: file.nats.stream_max_mb.unwrap_or(1024) << 20,
-                heartbeat: file.nats.heartbeat.unwrap_or(Duration::from_secs(5)),
-                request_timeout: file.nats.request_timeout.unwrap_or(Duration::from_secs(10)),
-            }),
-            None if role != Role::All => {
-                return Err(invalid(
-                    "nats",
-                    "the core and gateway roles need --nats URL",
-                ));
-            }
-            None => None,
-        };
+        let nats = nats_config(role, args.nats, file.nats)?;
         let gateway_id = match args.gateway_id.or(file.gateway_id) {
             Some(id) => {
                 GatewayId::parse(&id).ok_or_else(|| invalid("gateway_id", "1-32 of a-z 0-9 -"))?
@@ -498,6 +431,87 @@ impl Config {
             gateway_id,
         })
     }
+}
+
+fn invalid(setting: &'static str, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        setting,
+        reason: reason.to_owned(),
+    }
+}
+
+fn websocket_config(ws: FileWebsocket) -> Result<WsConfig, ConfigError> {
+    let websocket = WsConfig {
+        ping_interval: ws.ping_interval.unwrap_or(Duration::from_secs(20)),
+        ping_timeout: ws.ping_timeout.unwrap_or(Duration::from_secs(60)),
+        auth_timeout: ws.auth_timeout.unwrap_or(Duration::from_secs(10)),
+        resend_after: ws.resend_after.unwrap_or(Duration::from_secs(30)),
+        write_timeout: ws.write_timeout.unwrap_or(Duration::from_secs(15)),
+        window: ws.window.unwrap_or(512),
+        send_queue: ws.send_queue.unwrap_or(1024),
+        read_buffer: ws.read_buffer.unwrap_or(2048),
+        write_buffer: ws.write_buffer.unwrap_or(2048),
+    };
+    if websocket.ping_interval.is_zero() || websocket.ping_timeout <= websocket.ping_interval {
+        return Err(invalid(
+            "websocket.ping_timeout",
+            "must be longer than a non-zero ping_interval",
+        ));
+    }
+    if websocket.window == 0 || websocket.send_queue <= websocket.window {
+        return Err(invalid(
+            "websocket.send_queue",
+            "must be larger than a non-zero window",
+        ));
+    }
+    Ok(websocket)
+}
+
+fn retention_config(
+    inbox: Option<humantime::Duration>,
+    device_ttl: Option<humantime::Duration>,
+    file: FileRetention,
+) -> Result<RetentionConfig, ConfigError> {
+    let retention = RetentionConfig {
+        inbox: inbox
+            .map(Into::into)
+            .or(file.inbox)
+            .unwrap_or(Duration::from_secs(30 * DAY)),
+        device_ttl: device_ttl
+            .map(Into::into)
+            .or(file.device_ttl)
+            .unwrap_or(Duration::from_secs(90 * DAY)),
+        sweep_interval: file.sweep_interval.unwrap_or(Duration::from_secs(3600)),
+        invite_ttl: file.invite_ttl.unwrap_or(Duration::from_secs(7 * DAY)),
+    };
+    if retention.sweep_interval.is_zero() {
+        return Err(invalid("retention.sweep_interval", "must not be zero"));
+    }
+    Ok(retention)
+}
+
+fn nats_config(
+    role: Role,
+    url: Option<String>,
+    file: FileNats,
+) -> Result<Option<NatsConfig>, ConfigError> {
+    let nats = match url.or(file.url) {
+        Some(url) => Some(NatsConfig {
+            url,
+            stream_max_age: file.stream_max_age.unwrap_or(Duration::from_secs(3600)),
+            stream_max_bytes: file.stream_max_mb.unwrap_or(1024) << 20,
+            heartbeat: file.heartbeat.unwrap_or(Duration::from_secs(5)),
+            request_timeout: file.request_timeout.unwrap_or(Duration::from_secs(10)),
+        }),
+        None if role != Role::All => {
+            return Err(invalid(
+                "nats",
+                "the core and gateway roles need --nats URL",
+            ));
+        }
+        None => None,
+    };
+    Ok(nats)
 }
 
 fn media_config(

@@ -108,23 +108,7 @@ async fn run_with_store(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let new = identity::prepare_data_dir(&config.data)?;
-    let key = identity::load_or_create_key(&config.data)?;
-    let admin = identity::load_or_create_admin_token(&config.data)?;
-    if new {
-        tracing::info!(data = %config.data.display(), "created the data folder");
-    }
-    tracing::info!(
-        key = %key.key_path.display(),
-        public_key = %key.public_key(),
-        created = key.created,
-        "node identity"
-    );
-    tracing::info!(
-        token_file = %admin.path.display(),
-        created = admin.created,
-        "admin token (for the natter CLI)"
-    );
+    let admin = prepare_identity(&config)?;
     let store = Store::open(
         &config.data.join("store"),
         StoreOptions {
@@ -155,80 +139,17 @@ async fn run_with_store(
     let tasks = TaskTracker::new();
     let hub = Hub::default();
     let nats = connect_nats(&config).await?;
-    let gateway_id = config.gateway_id.clone();
-    let (publisher, presence, table) = match (&nats, config.role) {
-        (None, _) => (
-            Publisher::Local(hub.clone()),
-            Presence::Local {
-                hub: hub.clone(),
-                gateway: gateway_id.clone(),
-            },
-            None,
-        ),
-        (Some(nats), Role::Core) => {
-            let table = Arc::new(PresenceTable::new(nats.config.heartbeat * 3));
-            let presence = Presence::Table {
-                table: table.clone(),
-                nats: Box::new(nats.clone()),
-            };
-            let publisher =
-                JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
-            (Publisher::Nats(Box::new(publisher)), presence, Some(table))
-        }
-        (Some(nats), _) => {
-            let presence = Presence::Local {
-                hub: hub.clone(),
-                gateway: gateway_id.clone(),
-            };
-            let publisher =
-                JsPublisher::start(nats.clone(), presence.clone(), &tasks, background.clone());
-            (Publisher::Nats(Box::new(publisher)), presence, None)
-        }
-    };
+    let live = LiveHop::new(&config, &nats, &hub, &tasks, &background);
     let (core, writer) = Core::start(
         store,
-        publisher,
-        presence,
+        live.publisher,
+        live.presence,
         media,
         clock,
-        CoreConfig {
-            node: config.node.clone(),
-            registration: config.registration,
-            retention_ms: millis(config.retention.inbox),
-            device_ttl_ms: millis(config.retention.device_ttl),
-            invite_ttl_ms: millis(config.retention.invite_ttl),
-            max_group: config.store.max_group,
-        },
+        core_config(&config),
     )?;
     if let Some(nats) = &nats {
-        let ensure = nats.clone();
-        let stop = background.clone();
-        tasks.spawn(async move {
-            if ensure.wait_for_stream(&stop).await.is_some() {
-                tracing::info!("delivery stream ready");
-            }
-        });
-        match &table {
-            Some(table) => {
-                nats::start_presence_listener(
-                    nats.clone(),
-                    table.clone(),
-                    &tasks,
-                    background.clone(),
-                );
-                core_rpc::serve(nats.clone(), core.clone(), &tasks, background.clone());
-            }
-            None => {
-                nats::start_gateway_link(
-                    nats.clone(),
-                    gateway_id.clone(),
-                    hub.clone(),
-                    false,
-                    &tasks,
-                    background.clone(),
-                );
-            }
-        }
+        start_nats_roles(&config, nats, &core, &hub, live.table, &tasks, &background);
     }
     tasks.spawn(sweeper(
         core.clone(),
@@ -240,7 +161,7 @@ async fn run_with_store(
         core: CoreClient::new(
             Transport::Local(core.clone()),
             config.node.clone(),
-            gateway_id,
+            config.gateway_id.clone(),
         ),
         local: Some(core.clone()),
         nats,
@@ -264,6 +185,123 @@ async fn run_with_store(
     writer.join().await;
     tracing::info!("stopped");
     served
+}
+
+/// Makes (on first start) or loads the data folder, the node key and the admin
+/// token, and says where they are.
+fn prepare_identity(config: &Config) -> Result<identity::AdminToken, NodeError> {
+    let new = identity::prepare_data_dir(&config.data)?;
+    let key = identity::load_or_create_key(&config.data)?;
+    let admin = identity::load_or_create_admin_token(&config.data)?;
+    if new {
+        tracing::info!(data = %config.data.display(), "created the data folder");
+    }
+    tracing::info!(
+        key = %key.key_path.display(),
+        public_key = %key.public_key(),
+        created = key.created,
+        "node identity"
+    );
+    tracing::info!(
+        token_file = %admin.path.display(),
+        created = admin.created,
+        "admin token (for the natter CLI)"
+    );
+    Ok(admin)
+}
+
+fn core_config(config: &Config) -> CoreConfig {
+    CoreConfig {
+        node: config.node.clone(),
+        registration: config.registration,
+        retention_ms: millis(config.retention.inbox),
+        device_ttl_ms: millis(config.retention.device_ttl),
+        invite_ttl_ms: millis(config.retention.invite_ttl),
+        max_group: config.store.max_group,
+    }
+}
+
+/// How a process that owns the store gets deliveries to connections.
+struct LiveHop {
+    publisher: Publisher,
+    presence: Presence,
+    /// The presence table, when gateways are other processes (core role).
+    table: Option<Arc<PresenceTable>>,
+}
+
+impl LiveHop {
+    fn new(
+        config: &Config,
+        nats: &Option<Nats>,
+        hub: &Hub,
+        tasks: &TaskTracker,
+        background: &CancellationToken,
+    ) -> Self {
+        let here = Presence::Local {
+            hub: hub.clone(),
+            gateway: config.gateway_id.clone(),
+        };
+        let Some(nats) = nats else {
+            return Self {
+                publisher: Publisher::Local(hub.clone()),
+                presence: here,
+                table: None,
+            };
+        };
+        let (presence, table) = match config.role {
+            Role::Core => {
+                let table = Arc::new(PresenceTable::new(nats.config.heartbeat * 3));
+                let presence = Presence::Table {
+                    table: table.clone(),
+                    nats: Box::new(nats.clone()),
+                };
+                (presence, Some(table))
+            }
+            _ => (here, None),
+        };
+        let publisher =
+            JsPublisher::start(nats.clone(), presence.clone(), tasks, background.clone());
+        Self {
+            publisher: Publisher::Nats(Box::new(publisher)),
+            presence,
+            table,
+        }
+    }
+}
+
+/// What a store-owning process runs on NATS: the delivery stream, and either
+/// the core's side (presence from gateways, their requests) or, all-in-one,
+/// this process's own gateway link.
+fn start_nats_roles(
+    config: &Config,
+    nats: &Nats,
+    core: &Core,
+    hub: &Hub,
+    table: Option<Arc<PresenceTable>>,
+    tasks: &TaskTracker,
+    background: &CancellationToken,
+) {
+    let ensure = nats.clone();
+    let stop = background.clone();
+    tasks.spawn(async move {
+        if ensure.wait_for_stream(&stop).await.is_some() {
+            tracing::info!("delivery stream ready");
+        }
+    });
+    match table {
+        Some(table) => {
+            nats::start_presence_listener(nats.clone(), table, tasks, background.clone());
+            core_rpc::serve(nats.clone(), core.clone(), tasks, background.clone());
+        }
+        None => nats::start_gateway_link(
+            nats.clone(),
+            config.gateway_id.clone(),
+            hub.clone(),
+            false,
+            tasks,
+            background.clone(),
+        ),
+    }
 }
 
 async fn run_gateway(

@@ -721,13 +721,30 @@ pub fn start_gateway_link(
         }
     });
 
-    let control = nats.clone();
-    let control_hub = hub.clone();
-    let control_gateway = gateway.clone();
-    let stop = cancel.clone();
+    start_control_listener(
+        nats.clone(),
+        gateway.clone(),
+        hub.clone(),
+        tasks,
+        cancel.clone(),
+    );
+    if report_presence {
+        tasks.spawn(heartbeats(nats, gateway, hub, cancel));
+    }
+}
+
+/// Orders from the core to this gateway (displace, resync, revoke), and its
+/// (re)start announcements, which resync every connection.
+fn start_control_listener(
+    control: Nats,
+    gateway: GatewayId,
+    hub: Hub,
+    tasks: &TaskTracker,
+    stop: CancellationToken,
+) {
     tasks.spawn(async move {
         let subjects = [
-            subjects::gateway_control(&control.node, &control_gateway),
+            subjects::gateway_control(&control.node, &gateway),
             subjects::core_started(&control.node),
         ];
         let mut subs = Vec::new();
@@ -742,55 +759,53 @@ pub fn start_gateway_link(
         while let Some(message) = next_or_cancel(&mut merged, &stop).await {
             if message.subject.as_str() == started {
                 tracing::info!("the core (re)started: resyncing every connection");
-                control_hub.resync_all();
+                hub.resync_all();
                 continue;
             }
             match serde_json::from_slice::<GatewayControl>(&message.payload) {
-                Ok(GatewayControl::Displace { device }) => control_hub.displace(device),
-                Ok(GatewayControl::Resync { device }) => control_hub.resync(device),
-                Ok(GatewayControl::Revoke { device }) => control_hub.revoke(device),
+                Ok(GatewayControl::Displace { device }) => hub.displace(device),
+                Ok(GatewayControl::Resync { device }) => hub.resync(device),
+                Ok(GatewayControl::Revoke { device }) => hub.revoke(device),
                 Err(e) => tracing::warn!(error = %e, "bad control message"),
             }
         }
     });
+}
 
-    if report_presence {
-        let period = nats.config.heartbeat;
-        tasks.spawn(async move {
-            // Devices per heartbeat message: ~120 KB of JSON, far below 1 MiB.
-            const PART: usize = 4096;
-            let mut connects = nats.connects();
-            loop {
-                let (round, devices) = hub.next_presence_round();
-                let chunks: Vec<&[DeviceId]> = if devices.is_empty() {
-                    vec![&[]]
-                } else {
-                    devices.chunks(PART).collect()
-                };
-                let parts = chunks.len() as u32;
-                for (part, chunk) in chunks.into_iter().enumerate() {
-                    let report = PresenceReport::Heartbeat {
-                        gateway: gateway.clone(),
-                        round,
-                        part: part as u32,
-                        parts,
-                        devices: chunk.to_vec(),
-                    };
-                    if nats.is_connected()
-                        && let Err(e) =
-                            publish_json(&nats, subjects::presence(&nats.node), &report).await
-                    {
-                        tracing::debug!(error = %e, "heartbeat not sent");
-                    }
-                }
-                // Beat on schedule, and at once after a reconnect.
-                tokio::select! {
-                    () = cancel.cancelled() => return,
-                    () = tokio::time::sleep(period) => {}
-                    _ = connects.changed() => {}
-                }
+/// Reports this gateway's devices to the core every heartbeat period, and at
+/// once after a reconnect.
+async fn heartbeats(nats: Nats, gateway: GatewayId, hub: Hub, cancel: CancellationToken) {
+    // Devices per heartbeat message: ~120 KB of JSON, far below 1 MiB.
+    const PART: usize = 4096;
+    let period = nats.config.heartbeat;
+    let mut connects = nats.connects();
+    loop {
+        let (round, devices) = hub.next_presence_round();
+        let chunks: Vec<&[DeviceId]> = if devices.is_empty() {
+            vec![&[]]
+        } else {
+            devices.chunks(PART).collect()
+        };
+        let parts = chunks.len() as u32;
+        for (part, chunk) in chunks.into_iter().enumerate() {
+            let report = PresenceReport::Heartbeat {
+                gateway: gateway.clone(),
+                round,
+                part: part as u32,
+                parts,
+                devices: chunk.to_vec(),
+            };
+            if nats.is_connected()
+                && let Err(e) = publish_json(&nats, subjects::presence(&nats.node), &report).await
+            {
+                tracing::debug!(error = %e, "heartbeat not sent");
             }
-        });
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+            _ = connects.changed() => {}
+        }
     }
 }
 
