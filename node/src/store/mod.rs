@@ -942,6 +942,20 @@ mod tests {
     }
 
     #[test]
+    fn update_reasons_keep_their_disk_names() {
+        let names = [
+            (UpdateReason::Created, "\"created\""),
+            (UpdateReason::Added, "\"added\""),
+            (UpdateReason::Removed, "\"removed\""),
+            (UpdateReason::Renamed, "\"renamed\""),
+        ];
+        for (reason, name) in names {
+            assert_eq!(serde_json::to_string(&reason).unwrap(), name);
+            assert_eq!(serde_json::from_str::<UpdateReason>(name).unwrap(), reason);
+        }
+    }
+
+    #[test]
     fn inbox_entries_round_trip() {
         let chat = ChatId::generate();
         for kind in [
