@@ -42,7 +42,7 @@ const MAX_PARTICIPANTS: usize = 100;
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
     /// Participants of the chat (at most 100), each online with one device.
@@ -204,7 +204,7 @@ struct Results {
     idle_lost: usize,
 }
 
-pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
+pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     args.check()?;
     args.check_open_files(nofile_limit)?;
     let node = Node::start(&args.target).await?;

@@ -24,7 +24,7 @@ const SETTLE_QUIET: Duration = Duration::from_secs(2);
 const SETTLE_MAX: Duration = Duration::from_secs(20);
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
     /// Open WebSockets, one per device.
@@ -56,7 +56,7 @@ struct Settled {
     quiet: bool,
 }
 
-pub async fn run(args: Args, nofile_limit: u64) -> Result<()> {
+pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     ensure!(args.connections >= 1, "--connections must be at least 1");
     ensure!(
         args.devices_per_user >= 1 && args.connect_concurrency >= 1,

@@ -14,7 +14,7 @@ use crate::report;
 use crate::ws::Conn;
 
 /// The open idle connections, one task each.
-pub struct Idlers {
+pub(crate) struct Idlers {
     tasks: JoinSet<Result<()>>,
 }
 
@@ -23,7 +23,7 @@ impl Idlers {
     /// node's client processes, and hands each, once ready, to a task that keeps
     /// reading it. Also returns how long each took, from the TCP connect to
     /// `ready`.
-    pub async fn open(
+    pub(crate) async fn open(
         node: &Node,
         tokens: &[String],
         concurrency: usize,
@@ -47,7 +47,7 @@ impl Idlers {
 
     /// Connections that ended so far (each is reported). A task ends only if
     /// its connection does.
-    pub fn lost(&mut self) -> usize {
+    pub(crate) fn lost(&mut self) -> usize {
         let mut lost = 0;
         while let Some(ended) = self.tasks.try_join_next() {
             lost += 1;
@@ -61,7 +61,7 @@ impl Idlers {
     }
 
     /// Closes every connection.
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         self.tasks.shutdown().await;
     }
 }

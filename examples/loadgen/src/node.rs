@@ -18,7 +18,7 @@ use crate::usage::{Processes, Watched};
 /// How natterd is reached; every subcommand takes these.
 #[derive(Debug, Clone, clap::Args)]
 #[group(skip)]
-pub struct TargetArgs {
+pub(crate) struct TargetArgs {
     /// Spawn this natterd binary (e.g. target/release/natterd) on free ports with
     /// a temporary data folder; every process is killed at the end.
     #[arg(
@@ -59,7 +59,7 @@ pub struct TargetArgs {
 
 impl TargetArgs {
     /// For the results: the spawned topology, or `running` for `--url`.
-    pub fn topology_name(&self) -> &'static str {
+    pub(crate) fn topology_name(&self) -> &'static str {
         if self.natterd.is_none() {
             return "running";
         }
@@ -78,12 +78,12 @@ const PASSWORD: &str = "loadgen-password";
 
 /// One device of one user, as the admin API created it.
 #[derive(Debug, Clone, Deserialize)]
-pub struct Device {
+pub(crate) struct Device {
     /// The device's bearer token for `/v1/ws`.
     pub token: String,
 }
 
-pub struct Node {
+pub(crate) struct Node {
     /// Base URL of the admin API.
     admin_url: String,
     /// `ws://…/v1/ws` of every process that serves clients.
@@ -98,7 +98,7 @@ pub struct Node {
 
 impl Node {
     /// Spawns natterd or connects to the running node, as the arguments say.
-    pub async fn start(args: &TargetArgs) -> Result<Self> {
+    pub(crate) async fn start(args: &TargetArgs) -> Result<Self> {
         let http = reqwest::Client::new();
         if let Some(path) = args.natterd.clone() {
             let cluster =
@@ -137,27 +137,27 @@ impl Node {
 
     /// The WebSocket URL for connection number `k`: connections are spread
     /// round robin over the processes that serve clients.
-    pub fn ws_url(&self, k: usize) -> &str {
+    pub(crate) fn ws_url(&self, k: usize) -> &str {
         &self.ws_urls[k % self.ws_urls.len()]
     }
 
     /// The username for `name` in this run (see `--user-prefix`).
-    pub fn username(&self, name: &str) -> String {
+    pub(crate) fn username(&self, name: &str) -> String {
         format!("{}{name}", self.user_prefix)
     }
 
     /// natterd's processes (none when running and no `--pid` was given) and the
     /// spawned nats-server.
-    pub fn processes(&self) -> &Processes {
+    pub(crate) fn processes(&self) -> &Processes {
         &self.processes
     }
 
     /// Kills the spawned processes (a running node is left alone).
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.cluster.take();
     }
 
-    pub async fn create_user(&self, username: &str) -> Result<()> {
+    pub(crate) async fn create_user(&self, username: &str) -> Result<()> {
         let body = json!({ "username": username, "password": PASSWORD });
         self.admin_post("/admin/v1/users", body)
             .await
@@ -165,7 +165,7 @@ impl Node {
         Ok(())
     }
 
-    pub async fn create_device(&self, username: &str, device_name: &str) -> Result<Device> {
+    pub(crate) async fn create_device(&self, username: &str, device_name: &str) -> Result<Device> {
         let path = format!("/admin/v1/users/{username}/devices");
         let body = json!({ "deviceName": device_name });
         let answer = self
@@ -177,7 +177,7 @@ impl Node {
     }
 
     /// Creates the users, a few admin requests at a time.
-    pub async fn create_users(&self, usernames: &[String]) -> Result<()> {
+    pub(crate) async fn create_users(&self, usernames: &[String]) -> Result<()> {
         stream::iter(usernames)
             .map(|name| self.create_user(name))
             .buffer_unordered(PROVISION_CONCURRENCY)
@@ -187,7 +187,7 @@ impl Node {
 
     /// Creates one device per entry of `owners` (a username; repeat it for more
     /// devices of one user), a few at a time; the devices come back in that order.
-    pub async fn create_devices(&self, owners: &[&str]) -> Result<Vec<Device>> {
+    pub(crate) async fn create_devices(&self, owners: &[&str]) -> Result<Vec<Device>> {
         stream::iter(owners.iter().enumerate())
             .map(|(k, owner)| async move { self.create_device(owner, &format!("loadgen-{k}")).await })
             .buffered(PROVISION_CONCURRENCY)
@@ -198,7 +198,7 @@ impl Node {
     /// Creates `devices` devices for users named `stem0001`, `stem0002`, …,
     /// `per_user` devices each (the last user may have fewer); returns their
     /// tokens.
-    pub async fn provision(
+    pub(crate) async fn provision(
         &self,
         stem: &str,
         devices: usize,

@@ -23,7 +23,7 @@ use crate::usage::{CpuUse, Reading};
 use crate::ws::{self, ACK_INTERVAL, ANSWER_TIMEOUT, Conn, Frame};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     #[command(flatten)]
     target: TargetArgs,
     /// Messages waiting in the receiver's inbox.
@@ -51,7 +51,7 @@ struct Drained {
     duplicates: u64,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+pub(crate) async fn run(args: Args) -> Result<()> {
     ensure!(args.messages >= 1, "--messages must be at least 1");
     ensure!(args.pipeline >= 1, "--pipeline must be at least 1");
     let node = Node::start(&args.target).await?;

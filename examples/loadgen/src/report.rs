@@ -10,34 +10,34 @@ use serde_json::{Value, json};
 use crate::usage::{CpuUse, Reading};
 
 /// Error answers (and lost connections) by code.
-pub type Errors = BTreeMap<String, u64>;
+pub(crate) type Errors = BTreeMap<String, u64>;
 
 /// Adds `more` into `into`.
-pub fn merge_errors(into: &mut Errors, more: Errors) {
+pub(crate) fn merge_errors(into: &mut Errors, more: Errors) {
     for (code, n) in more {
         *into.entry(code).or_default() += n;
     }
 }
 
 /// Events per second over `elapsed`.
-pub fn per_sec(count: u64, elapsed: Duration) -> f64 {
+pub(crate) fn per_sec(count: u64, elapsed: Duration) -> f64 {
     let secs = elapsed.as_secs_f64();
     if secs > 0.0 { count as f64 / secs } else { 0.0 }
 }
 
 /// Latencies above this are recorded as this (`saturating_record`).
-pub const MAX_LATENCY_US: u64 = 60_000_000;
+pub(crate) const MAX_LATENCY_US: u64 = 60_000_000;
 
 /// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
 /// Fixed bounds: an auto-resizing histogram clamps `saturating_record` at its
 /// current (tiny) range instead of growing.
-pub fn latency_histogram() -> Histogram<u64> {
+pub(crate) fn latency_histogram() -> Histogram<u64> {
     // Only fails for bounds or sigfig out of range; these are constants.
     Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).expect("valid histogram bounds")
 }
 
 /// p50/p90/p99/max of a microsecond histogram, in milliseconds.
-pub struct Latency {
+pub(crate) struct Latency {
     pub count: u64,
     pub p50: f64,
     pub p90: f64,
@@ -46,7 +46,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    pub fn of(histogram: &Histogram<u64>) -> Self {
+    pub(crate) fn of(histogram: &Histogram<u64>) -> Self {
         let ms = |us: u64| us as f64 / 1000.0;
         Self {
             count: histogram.len(),
@@ -57,14 +57,14 @@ impl Latency {
         }
     }
 
-    pub fn line(&self) -> String {
+    pub(crate) fn line(&self) -> String {
         format!(
             "p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms ({} samples)",
             self.p50, self.p90, self.p99, self.max, self.count
         )
     }
 
-    pub fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         json!({
             "samples": self.count,
             "p50": round3(self.p50),
@@ -76,7 +76,7 @@ impl Latency {
 }
 
 /// "none" or "rate_limited=3, closed=1".
-pub fn errors_line(errors: &Errors) -> String {
+pub(crate) fn errors_line(errors: &Errors) -> String {
     if errors.is_empty() {
         return "none".to_owned();
     }
@@ -89,7 +89,7 @@ const UNKNOWN_PROCESS: &str = "unknown (not spawned; give --pid)";
 
 /// "123456 KiB (120.6 MiB)", natterd's processes summed, then each of them when
 /// there are several, then nats-server's when it was spawned.
-pub fn rss_line(rss: Option<&Reading<u64>>) -> String {
+pub(crate) fn rss_line(rss: Option<&Reading<u64>>) -> String {
     let Some(rss) = rss else {
         return UNKNOWN_PROCESS.to_owned();
     };
@@ -105,7 +105,7 @@ pub fn rss_line(rss: Option<&Reading<u64>>) -> String {
 }
 
 /// RSS numbers for the JSON line, `null` where unknown.
-pub struct RssJson {
+pub(crate) struct RssJson {
     /// natterd's processes summed.
     pub total: Value,
     pub by_process: Value,
@@ -113,7 +113,7 @@ pub struct RssJson {
 }
 
 impl RssJson {
-    pub fn of(rss: Option<&Reading<u64>>) -> Self {
+    pub(crate) fn of(rss: Option<&Reading<u64>>) -> Self {
         Self {
             total: json!(rss.map(Reading::natterd_total)),
             by_process: rss.map_or(Value::Null, |r| r.by_process_json(Value::from)),
@@ -125,7 +125,7 @@ impl RssJson {
 /// "natterd 2.000 s (core 1.000 s, gw1 0.500 s, gw2 0.500 s) in 2.00 s = 1.00
 /// cores; nats-server 0.250 s = 0.12 cores": CPU time, and how many cores that
 /// kept busy (when enough was spent to tell).
-pub fn cpu_line(cpu: Option<&CpuUse>) -> String {
+pub(crate) fn cpu_line(cpu: Option<&CpuUse>) -> String {
     let Some(cpu) = cpu else {
         return UNKNOWN_PROCESS.to_owned();
     };
@@ -161,7 +161,7 @@ pub fn cpu_line(cpu: Option<&CpuUse>) -> String {
 
 /// "natterd 12.30 µs (core 5.00, gw1 3.60, gw2 3.70), nats-server 2.10 µs": CPU time per
 /// unit of work (a delivery, an event, a connection), in microseconds.
-pub fn per_unit_line(cpu: Option<&CpuUse>, units: u64) -> String {
+pub(crate) fn per_unit_line(cpu: Option<&CpuUse>, units: u64) -> String {
     let Some(cpu) = cpu else {
         return UNKNOWN_PROCESS.to_owned();
     };
@@ -184,7 +184,7 @@ pub fn per_unit_line(cpu: Option<&CpuUse>, units: u64) -> String {
 }
 
 /// CPU times for the JSON line (`null` when unknown), in seconds.
-pub fn cpu_json(cpu: Option<&CpuUse>) -> Value {
+pub(crate) fn cpu_json(cpu: Option<&CpuUse>) -> Value {
     let Some(cpu) = cpu else {
         return Value::Null;
     };
@@ -199,7 +199,7 @@ pub fn cpu_json(cpu: Option<&CpuUse>) -> Value {
 
 /// CPU time per unit of work for the JSON line, in microseconds (`null` when
 /// unknown, nothing was done, or too little CPU time was spent to tell).
-pub fn per_unit_json(cpu: Option<&CpuUse>, units: u64) -> Value {
+pub(crate) fn per_unit_json(cpu: Option<&CpuUse>, units: u64) -> Value {
     let Some(cpu) = cpu.filter(|c| units > 0 && c.resolves()) else {
         return Value::Null;
     };
@@ -234,16 +234,16 @@ fn mib(kib: u64) -> f64 {
 }
 
 /// Two decimals are plenty for rates; keeps the JSON line readable.
-pub fn round2(x: f64) -> f64 {
+pub(crate) fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-pub fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
 /// The last line of every run: all its numbers, one JSON object.
-pub fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{value}");
 }
 

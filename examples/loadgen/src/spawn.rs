@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::usage::{Processes, Watched};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
-pub enum Topology {
+pub(crate) enum Topology {
     /// One `natterd serve`.
     #[default]
     Embedded,
@@ -52,7 +52,7 @@ const READY_POLL: Duration = Duration::from_millis(50);
 const LOG_TAIL: usize = 50;
 
 /// The spawned processes, with where to reach them.
-pub struct Cluster {
+pub(crate) struct Cluster {
     // Fields drop in order: natterd's processes, then nats-server (so natterd
     // never sees its broker go and logs about it), then the folder they all use.
     /// The process with the store first (`serve` or `core`), then the gateways.
@@ -68,7 +68,7 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts every process of `topology`, then waits until each is ready.
-    pub async fn start(
+    pub(crate) async fn start(
         natterd: PathBuf,
         nats_server: PathBuf,
         topology: Topology,
@@ -84,7 +84,7 @@ impl Cluster {
         Ok(cluster)
     }
 
-    pub fn processes(&self) -> Processes {
+    pub(crate) fn processes(&self) -> Processes {
         let watched = |p: &Process| Watched {
             name: p.name.clone(),
             pid: p.child.id(),

@@ -18,14 +18,14 @@ const MIN_CPU_TO_REPORT: Duration = Duration::from_millis(20 * 1000 / TICKS_PER_
 
 /// One process, by the name the reports use (`serve`, `core`, `gw1`, …).
 #[derive(Debug, Clone)]
-pub struct Watched {
+pub(crate) struct Watched {
     pub name: String,
     pub pid: u32,
 }
 
 /// The processes of the node under test.
 #[derive(Debug, Clone, Default)]
-pub struct Processes {
+pub(crate) struct Processes {
     /// The one with the store first, then any gateways.
     pub natterd: Vec<Watched>,
     pub nats: Option<Watched>,
@@ -34,14 +34,14 @@ pub struct Processes {
 /// One number per process: natterd's by name, in process order, and
 /// nats-server's.
 #[derive(Debug, Clone)]
-pub struct Reading<T> {
+pub(crate) struct Reading<T> {
     pub natterd: Vec<(String, T)>,
     pub nats: Option<T>,
 }
 
 /// CPU time spent between two readings.
 #[derive(Debug, Clone)]
-pub struct CpuUse {
+pub(crate) struct CpuUse {
     pub used: Reading<Duration>,
     /// Wall-clock time between the readings.
     pub elapsed: Duration,
@@ -50,12 +50,12 @@ pub struct CpuUse {
 impl Processes {
     /// Resident memory in KiB; `None` when no natterd process is known (a
     /// running node given without `--pid`).
-    pub fn rss_kib(&self) -> Result<Option<Reading<u64>>> {
+    pub(crate) fn rss_kib(&self) -> Result<Option<Reading<u64>>> {
         self.known().then(|| self.read(rss_kib)).transpose()
     }
 
     /// CPU time (user + system) so far; `None` as for [`Self::rss_kib`].
-    pub fn cpu_time(&self) -> Result<Option<Reading<Duration>>> {
+    pub(crate) fn cpu_time(&self) -> Result<Option<Reading<Duration>>> {
         self.known().then(|| self.read(cpu_time)).transpose()
     }
 
@@ -83,17 +83,17 @@ impl Processes {
 
 impl<T: Copy + std::iter::Sum<T>> Reading<T> {
     /// The sum over natterd's processes.
-    pub fn natterd_total(&self) -> T {
+    pub(crate) fn natterd_total(&self) -> T {
         self.natterd.iter().map(|(_, v)| *v).sum()
     }
 
     /// More than one natterd process: worth listing each.
-    pub fn is_split(&self) -> bool {
+    pub(crate) fn is_split(&self) -> bool {
         self.natterd.len() > 1
     }
 
     /// `f` of each natterd process's number, keyed by process name.
-    pub fn by_process_json(&self, f: impl Fn(T) -> Value) -> Value {
+    pub(crate) fn by_process_json(&self, f: impl Fn(T) -> Value) -> Value {
         let map: Map<String, Value> = self
             .natterd
             .iter()
@@ -105,14 +105,14 @@ impl<T: Copy + std::iter::Sum<T>> Reading<T> {
 
 impl Reading<u64> {
     /// Growth since `earlier` per process (never negative).
-    pub fn growth_since(&self, earlier: &Self) -> Self {
+    pub(crate) fn growth_since(&self, earlier: &Self) -> Self {
         self.zip_with(earlier, u64::saturating_sub)
     }
 }
 
 impl Reading<Duration> {
     /// CPU time spent since `earlier`, per process.
-    pub fn since(&self, earlier: &Self) -> Self {
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
         self.zip_with(earlier, Duration::saturating_sub)
     }
 }
@@ -132,7 +132,11 @@ impl<T: Copy> Reading<T> {
 }
 
 impl CpuUse {
-    pub fn between(start: &Reading<Duration>, end: &Reading<Duration>, elapsed: Duration) -> Self {
+    pub(crate) fn between(
+        start: &Reading<Duration>,
+        end: &Reading<Duration>,
+        elapsed: Duration,
+    ) -> Self {
         Self {
             used: end.since(start),
             elapsed,
@@ -140,13 +144,13 @@ impl CpuUse {
     }
 
     /// Whether enough CPU time was spent for a per-unit cost to mean much.
-    pub fn resolves(&self) -> bool {
+    pub(crate) fn resolves(&self) -> bool {
         self.used.natterd_total() >= MIN_CPU_TO_REPORT
     }
 }
 
 /// VmRSS of a process, in KiB.
-pub fn rss_kib(pid: u32) -> Result<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Result<u64> {
     let path = format!("/proc/{pid}/status");
     let status = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     let line = status
@@ -161,7 +165,7 @@ pub fn rss_kib(pid: u32) -> Result<u64> {
 }
 
 /// utime + stime of a process (all its threads), from /proc/<pid>/stat.
-pub fn cpu_time(pid: u32) -> Result<Duration> {
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let stat = std::fs::read_to_string(&path).with_context(|| format!("read {path}"))?;
     let ticks =

@@ -18,19 +18,19 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Ack once this many deliveries are pending (well under the node's window of
 /// 512 unacked events, so it never stops sending for want of acks).
-pub const ACK_BATCH: usize = 64;
+pub(crate) const ACK_BATCH: usize = 64;
 /// ...or this often, so a trickle of events is acked too.
-pub const ACK_INTERVAL: Duration = Duration::from_millis(20);
+pub(crate) const ACK_INTERVAL: Duration = Duration::from_millis(20);
 /// The protocol's limit on ids per ack.
 const MAX_ACK_IDS: usize = 1024;
 /// How long to wait for `ready` or for a command's answer before giving up.
-pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The fields of a server frame the load generator looks at. Borrowed from the
 /// frame's text where possible: the fan-out receivers parse every event.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Frame<'a> {
+pub(crate) struct Frame<'a> {
     #[serde(rename = "type", borrow)]
     pub kind: Cow<'a, str>,
     /// Of `result` and `error`.
@@ -62,20 +62,20 @@ where
 }
 
 impl<'a> Frame<'a> {
-    pub fn parse(text: &'a str) -> Result<Self> {
+    pub(crate) fn parse(text: &'a str) -> Result<Self> {
         serde_json::from_str(text).with_context(|| format!("unexpected frame: {text}"))
     }
 }
 
 /// One device's WebSocket, with the acks it owes.
-pub struct Conn {
+pub(crate) struct Conn {
     socket: Socket,
     acks: Vec<String>,
 }
 
 impl Conn {
     /// Connects with `Authorization: Bearer` and waits for the `ready` frame.
-    pub async fn connect(ws_url: &str, token: &str) -> Result<Self> {
+    pub(crate) async fn connect(ws_url: &str, token: &str) -> Result<Self> {
         let mut conn = Self::open(ws_url, token).await?;
         conn.wait_ready().await?;
         Ok(conn)
@@ -115,7 +115,7 @@ impl Conn {
     /// The next text frame. Pings are answered by tungstenite while reading; a
     /// close or a dropped connection is an error naming the close code.
     /// Cancel-safe: it holds nothing across its one await but the stream.
-    pub async fn next_text(&mut self) -> Result<Utf8Bytes> {
+    pub(crate) async fn next_text(&mut self) -> Result<Utf8Bytes> {
         loop {
             match self.socket.next().await {
                 Some(Ok(Message::Text(text))) => return Ok(text),
@@ -130,11 +130,11 @@ impl Conn {
         }
     }
 
-    pub async fn send(&mut self, frame: &Value) -> Result<()> {
+    pub(crate) async fn send(&mut self, frame: &Value) -> Result<()> {
         self.send_text(frame.to_string()).await
     }
 
-    pub async fn send_text(&mut self, text: String) -> Result<()> {
+    pub(crate) async fn send_text(&mut self, text: String) -> Result<()> {
         self.socket
             .send(Message::text(text))
             .await
@@ -142,7 +142,7 @@ impl Conn {
     }
 
     /// Remembers an event's delivery id and acks once a batch is full.
-    pub async fn ack_later(&mut self, delivery_id: &str) -> Result<()> {
+    pub(crate) async fn ack_later(&mut self, delivery_id: &str) -> Result<()> {
         self.acks.push(delivery_id.to_owned());
         if self.acks.len() >= ACK_BATCH {
             self.flush_acks().await?;
@@ -151,7 +151,7 @@ impl Conn {
     }
 
     /// Acks every pending delivery (no-op when none is pending).
-    pub async fn flush_acks(&mut self) -> Result<()> {
+    pub(crate) async fn flush_acks(&mut self) -> Result<()> {
         while !self.acks.is_empty() {
             let n = self.acks.len().min(MAX_ACK_IDS);
             let ids: Vec<String> = self.acks.drain(..n).collect();
@@ -163,7 +163,7 @@ impl Conn {
 
     /// Sends a command (it must carry `"id"`) and returns its `result`, acking
     /// the events that arrive meanwhile. An `error` answer is an error.
-    pub async fn request(&mut self, command: Value) -> Result<Value> {
+    pub(crate) async fn request(&mut self, command: Value) -> Result<Value> {
         let id = command["id"]
             .as_str()
             .context("a command needs a string id")?
@@ -177,7 +177,7 @@ impl Conn {
     }
 
     /// Creates a chat of this device's user and `participants`; returns its id.
-    pub async fn create_chat(&mut self, participants: &[String]) -> Result<String> {
+    pub(crate) async fn create_chat(&mut self, participants: &[String]) -> Result<String> {
         let answer = self
             .request(json!({
                 "type": "createChat",
@@ -213,7 +213,7 @@ impl Conn {
 
 /// Opens one connection per `(ws_url, token)`, `concurrency` at a time, each
 /// waiting for `ready`; in the order given.
-pub async fn connect_all<'a>(
+pub(crate) async fn connect_all<'a>(
     targets: impl IntoIterator<Item = (&'a str, &'a str)>,
     concurrency: usize,
 ) -> Result<Vec<Conn>> {
@@ -236,7 +236,7 @@ struct SendMessage<'a> {
     message: &'a str,
 }
 
-pub fn send_message_frame(id: &str, chat_id: &str, message: &str) -> String {
+pub(crate) fn send_message_frame(id: &str, chat_id: &str, message: &str) -> String {
     let frame = SendMessage {
         kind: "sendMessage",
         id,
@@ -248,7 +248,7 @@ pub fn send_message_frame(id: &str, chat_id: &str, message: &str) -> String {
 }
 
 /// `head`, then a space and `x`s up to `bytes` (never shorter than `head`).
-pub fn message_text(head: &str, bytes: usize) -> String {
+pub(crate) fn message_text(head: &str, bytes: usize) -> String {
     let mut text = String::with_capacity(bytes.max(head.len()));
     text.push_str(head);
     if bytes > head.len() {

@@ -11,7 +11,7 @@ use crate::store::{
     InboxEntry, InboxKind, MessageRecord, Source, StoreError, UpdateReason, UpdateRecord, View,
 };
 
-pub fn message_view(chat: ChatId, seq: u64, m: &MessageRecord) -> MessageView {
+pub(super) fn message_view(chat: ChatId, seq: u64, m: &MessageRecord) -> MessageView {
     MessageView {
         chat_id: chat.to_string(),
         message_id: m.id.to_string(),
@@ -32,7 +32,7 @@ pub fn message_view(chat: ChatId, seq: u64, m: &MessageRecord) -> MessageView {
     }
 }
 
-pub fn update_view(u: &UpdateRecord) -> ChatUpdateView {
+pub(super) fn update_view(u: &UpdateRecord) -> ChatUpdateView {
     ChatUpdateView {
         chat_id: u.chat.to_string(),
         name: u.name.clone(),
@@ -56,7 +56,10 @@ fn expired(count: u64, oldest: i64, newest: i64) -> Event {
 
 /// The event an inbox entry stands for. A reference whose record is gone (removed
 /// by retention in the meantime) becomes an `expired` event rather than vanishing.
-pub fn entry_event<R: Source>(view: &View<R>, entry: &InboxEntry) -> Result<Event, StoreError> {
+pub(super) fn entry_event<R: Source>(
+    view: &View<R>,
+    entry: &InboxEntry,
+) -> Result<Event, StoreError> {
     Ok(match entry.kind {
         InboxKind::Message { chat, seq } => match view.message(chat, seq)? {
             Some(m) => Event::NewMessage(message_view(chat, seq, &m)),
@@ -74,6 +77,6 @@ pub fn entry_event<R: Source>(view: &View<R>, entry: &InboxEntry) -> Result<Even
     })
 }
 
-pub fn expired_event(count: u64, oldest: i64, newest: i64) -> Event {
+pub(super) fn expired_event(count: u64, oldest: i64, newest: i64) -> Event {
     expired(count, oldest, newest)
 }

@@ -15,7 +15,7 @@ use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
 use crate::protocol::ErrorCode;
 
-pub fn router() -> Router<Gateway> {
+pub(super) fn router() -> Router<Gateway> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
         .route("/users/{name}/disable", post(disable_user))

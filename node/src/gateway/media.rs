@@ -18,7 +18,7 @@ use crate::ids::AttachmentId;
 use crate::media::{LocalDenied, LocalPutError, LocalQuery};
 use crate::protocol::ErrorCode;
 
-pub fn router() -> Router<Gateway> {
+pub(super) fn router() -> Router<Gateway> {
     // Browsers upload and download straight from their pages (any origin); the
     // URLs carry their own signature, no cookie is involved.
     let cors = tower_http::cors::CorsLayer::new()

@@ -63,7 +63,7 @@ enum End {
 type Answer =
     Pin<Box<dyn Future<Output = (String, &'static str, Result<CommandResult, CoreError>)> + Send>>;
 
-pub async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
+pub(super) async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) {
     let (mut sink, mut stream) = socket.split();
     let ctx = match ctx {
         Some(ctx) => ctx,

@@ -51,7 +51,7 @@ pub(super) struct Batch<'a, 't> {
 
 impl Batch<'_, '_> {
     /// This group must be on disk before anyone is answered.
-    pub fn sync(&mut self) {
+    pub(super) fn sync(&mut self) {
         self.durability = Durability::Sync;
     }
 }
@@ -95,7 +95,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(
+    pub(super) fn new(
         store: Store,
         publisher: Publisher,
         presence: Presence,
@@ -131,7 +131,7 @@ impl Writer {
         Ok(())
     }
 
-    pub fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
+    pub(super) fn run(mut self, mut rx: mpsc::Receiver<WriteRequest>) {
         let mut stopping = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             let mut group = vec![first];

@@ -1,21 +1,21 @@
 //! Test support: a real `natterd` process ([`TestNode`]) and a real WebSocket
 //! client ([`WsClient`]). Waits use deadlines, never fixed sleeps.
 
-pub mod nats;
-pub mod node;
-pub mod s3;
-pub mod ws;
+pub(crate) mod nats;
+pub(crate) mod node;
+pub(crate) mod s3;
+pub(crate) mod ws;
 
-pub use node::TestNode;
-pub use ws::WsClient;
+pub(crate) use node::TestNode;
+pub(crate) use ws::WsClient;
 
 use std::time::Duration;
 
 /// How long any single wait may take before the test fails.
-pub const DEADLINE: Duration = Duration::from_secs(15);
+pub(crate) const DEADLINE: Duration = Duration::from_secs(15);
 
 /// Polls `check` until it returns `Some`, failing after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,

@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use super::DEADLINE;
 
-pub struct NatsServer {
+pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
@@ -42,7 +42,7 @@ fn binary() -> PathBuf {
 }
 
 impl NatsServer {
-    pub fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let store = tempfile::tempdir().unwrap();
         let (child, port) = spawn(&store, None);
         Self {
@@ -52,11 +52,11 @@ impl NatsServer {
         }
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -64,7 +64,7 @@ impl NatsServer {
     }
 
     /// Starts again on the same port with the same store (streams survive).
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.stop();
         let (child, _) = spawn(&self.store, Some(self.port));
         self.child = Some(child);

@@ -19,7 +19,7 @@ use super::nats::NatsServer;
 use super::{DEADLINE, WsClient};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Topology {
+pub(crate) enum Topology {
     Embedded,
     Nats,
     Split,
@@ -27,14 +27,14 @@ pub enum Topology {
 
 /// One device of one user: what a login returns.
 #[derive(Clone, Debug)]
-pub struct Creds {
+pub(crate) struct Creds {
     pub token: String,
     pub device_id: String,
     pub user_id: String,
 }
 
 /// Settings tests commonly change; the rest are the node's defaults.
-pub const BASE_CONFIG: &str = r#"
+pub(crate) const BASE_CONFIG: &str = r#"
 registration = "open"
 [testing]
 adjustable_clock = true
@@ -47,7 +47,7 @@ heartbeat = "1s"
 "#;
 
 /// One natterd process.
-pub struct Proc {
+pub(crate) struct Proc {
     args: Vec<String>,
     child: Option<Child>,
     pub url: String,
@@ -139,7 +139,7 @@ impl Drop for Proc {
     }
 }
 
-pub struct TestNode {
+pub(crate) struct TestNode {
     /// The process with the store: all-in-one or core.
     main: Proc,
     gateways: Vec<Proc>,
@@ -154,12 +154,12 @@ pub struct TestNode {
 }
 
 impl TestNode {
-    pub async fn start(topology: Topology) -> Self {
+    pub(crate) async fn start(topology: Topology) -> Self {
         Self::with_config(topology, BASE_CONFIG).await
     }
 
     /// Starts a node with `config` as the TOML file of every natterd process.
-    pub async fn with_config(topology: Topology, config: &str) -> Self {
+    pub(crate) async fn with_config(topology: Topology, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config_path = dir.path().join("natter.toml");
@@ -248,12 +248,12 @@ impl TestNode {
         self.gateways[i % self.gateways.len()].url.clone()
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("{}/v1/ws", self.client_url().replacen("http", "ws", 1))
     }
 
     /// The WebSocket URL of a given gateway (split topology), or of the node.
-    pub fn ws_url_of(&self, gateway: usize) -> String {
+    pub(crate) fn ws_url_of(&self, gateway: usize) -> String {
         let url = self
             .gateways
             .get(gateway)
@@ -261,23 +261,23 @@ impl TestNode {
         format!("{}/v1/ws", url.replacen("http", "ws", 1))
     }
 
-    pub fn http(&self) -> &reqwest::Client {
+    pub(crate) fn http(&self) -> &reqwest::Client {
         &self.http
     }
 
     /// `kill -9` of the process with the store (all-in-one or core).
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         self.main.kill9();
     }
 
     /// `kill -9` of gateway `i` (split topology).
-    pub fn kill9_gateway(&mut self, i: usize) {
+    pub(crate) fn kill9_gateway(&mut self, i: usize) {
         self.gateways[i].kill9();
     }
 
     /// SIGTERM to the process clients are connected to (the all-in-one
     /// process, or every gateway), then waits for its exit status.
-    pub async fn terminate_clients_side(&mut self) -> Vec<ExitStatus> {
+    pub(crate) async fn terminate_clients_side(&mut self) -> Vec<ExitStatus> {
         if self.gateways.is_empty() {
             vec![self.main.terminate().await]
         } else {
@@ -290,7 +290,7 @@ impl TestNode {
     }
 
     /// Starts every stopped process again (same data, new ports).
-    pub async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         if self.main.child.is_none() {
             self.main.spawn().await;
         }
@@ -308,7 +308,7 @@ impl TestNode {
 
     // ------------------------------------------------------------ HTTP
 
-    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+    pub(crate) async fn post(&self, path: &str, body: Value) -> (u16, Value) {
         let response = self
             .http
             .post(format!("{}{path}", self.client_url()))
@@ -321,7 +321,7 @@ impl TestNode {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    pub async fn admin(
+    pub(crate) async fn admin(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -341,7 +341,7 @@ impl TestNode {
     }
 
     /// Creates a user (through the admin API) with password `password123`.
-    pub async fn add_user(&self, name: &str) -> String {
+    pub(crate) async fn add_user(&self, name: &str) -> String {
         let (status, body) = self
             .admin(
                 reqwest::Method::POST,
@@ -354,7 +354,7 @@ impl TestNode {
     }
 
     /// Logs in: a new device of `name`.
-    pub async fn login(&self, name: &str) -> Creds {
+    pub(crate) async fn login(&self, name: &str) -> Creds {
         let (status, body) = self
             .post(
                 "/v1/login",
@@ -370,17 +370,17 @@ impl TestNode {
     }
 
     /// A new user with one device.
-    pub async fn user(&self, name: &str) -> Creds {
+    pub(crate) async fn user(&self, name: &str) -> Creds {
         self.add_user(name).await;
         self.login(name).await
     }
 
-    pub async fn connect(&self, creds: &Creds) -> WsClient {
+    pub(crate) async fn connect(&self, creds: &Creds) -> WsClient {
         WsClient::connect(&self.ws_url(), &creds.token).await
     }
 
     /// Moves the node's clock forward.
-    pub async fn advance_clock(&self, by: Duration) {
+    pub(crate) async fn advance_clock(&self, by: Duration) {
         let (status, body) = self
             .admin(
                 reqwest::Method::POST,
@@ -391,14 +391,14 @@ impl TestNode {
         assert_eq!(status, 200, "advance clock: {body}");
     }
 
-    pub async fn sweep(&self) -> Value {
+    pub(crate) async fn sweep(&self) -> Value {
         let (status, body) = self.admin(reqwest::Method::POST, "/sweep", None).await;
         assert_eq!(status, 200, "sweep: {body}");
         body
     }
 
     /// Devices online, as the node (the core) sees them.
-    pub async fn online(&self) -> u64 {
+    pub(crate) async fn online(&self) -> u64 {
         let (_, status) = self.admin(reqwest::Method::GET, "/status", None).await;
         status["onlineDevices"].as_u64().unwrap()
     }

@@ -5,11 +5,11 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-pub const ACCESS_KEY: &str = "natter-test-access";
-pub const SECRET_KEY: &str = "natter-test-secret-key";
-pub const BUCKET: &str = "media";
+pub(crate) const ACCESS_KEY: &str = "natter-test-access";
+pub(crate) const SECRET_KEY: &str = "natter-test-secret-key";
+pub(crate) const BUCKET: &str = "media";
 
-pub struct S3Server {
+pub(crate) struct S3Server {
     child: Child,
     pub endpoint: String,
     root: tempfile::TempDir,
@@ -33,7 +33,7 @@ fn binary() -> PathBuf {
 }
 
 impl S3Server {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir(root.path().join(BUCKET)).unwrap();
         let port = {
@@ -70,7 +70,7 @@ impl S3Server {
     }
 
     /// Where an object of the bucket lives on disk.
-    pub fn object_path(&self, key: &str) -> PathBuf {
+    pub(crate) fn object_path(&self, key: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(key)
     }
 }

@@ -14,7 +14,7 @@ use super::DEADLINE;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
-pub struct WsClient {
+pub(crate) struct WsClient {
     socket: Socket,
     /// Events that arrived while waiting for an answer.
     events: VecDeque<Value>,
@@ -26,7 +26,7 @@ pub struct WsClient {
 
 /// How a connection ended, as the client saw it.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Closed {
+pub(crate) enum Closed {
     /// A close frame with this code.
     Code(u16),
     /// The connection dropped without a close frame.
@@ -35,7 +35,7 @@ pub enum Closed {
 
 impl WsClient {
     /// Connects with `Authorization: Bearer` and waits for `ready`.
-    pub async fn connect(url: &str, token: &str) -> Self {
+    pub(crate) async fn connect(url: &str, token: &str) -> Self {
         let mut request = url.into_client_request().unwrap();
         request
             .headers_mut()
@@ -47,7 +47,7 @@ impl WsClient {
     }
 
     /// Connects without a header and authenticates with an `auth` frame.
-    pub async fn connect_with_auth_frame(url: &str, token: &str) -> Self {
+    pub(crate) async fn connect_with_auth_frame(url: &str, token: &str) -> Self {
         let mut socket = Self::connect_raw(url).await;
         socket
             .send(Message::text(
@@ -58,7 +58,7 @@ impl WsClient {
         Self::after_connect(socket).await
     }
 
-    pub async fn connect_raw(url: &str) -> Socket {
+    pub(crate) async fn connect_raw(url: &str) -> Socket {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connect");
@@ -80,7 +80,7 @@ impl WsClient {
     }
 
     /// The next frame from the socket (not the buffer), within the deadline.
-    pub async fn recv(&mut self) -> Value {
+    pub(crate) async fn recv(&mut self) -> Value {
         match self.recv_or_close().await {
             Ok(value) => value,
             Err(closed) => panic!("connection closed ({closed:?}) while waiting for a frame"),
@@ -88,7 +88,7 @@ impl WsClient {
     }
 
     /// The next text frame, or how the connection ended.
-    pub async fn recv_or_close(&mut self) -> Result<Value, Closed> {
+    pub(crate) async fn recv_or_close(&mut self) -> Result<Value, Closed> {
         loop {
             let next = tokio::time::timeout(DEADLINE, self.socket.next())
                 .await
@@ -109,7 +109,7 @@ impl WsClient {
     }
 
     /// Reads until the connection ends; returns how.
-    pub async fn closed(&mut self) -> Closed {
+    pub(crate) async fn closed(&mut self) -> Closed {
         loop {
             match self.recv_or_close().await {
                 Ok(_) => continue,
@@ -118,21 +118,24 @@ impl WsClient {
         }
     }
 
-    pub async fn send(&mut self, value: &Value) {
+    pub(crate) async fn send(&mut self, value: &Value) {
         self.send_text(value.to_string()).await;
     }
 
-    pub async fn send_text(&mut self, text: String) {
+    pub(crate) async fn send_text(&mut self, text: String) {
         self.socket.send(Message::text(text)).await.expect("send");
     }
 
-    pub async fn send_message(&mut self, message: Message) -> Result<(), tungstenite::Error> {
+    pub(crate) async fn send_message(
+        &mut self,
+        message: Message,
+    ) -> Result<(), tungstenite::Error> {
         self.socket.send(message).await
     }
 
     /// Sends a command with a fresh id and returns its answer (`result` or
     /// `error`); events that arrive meanwhile are kept for [`Self::event`].
-    pub async fn request(&mut self, mut command: Value) -> Value {
+    pub(crate) async fn request(&mut self, mut command: Value) -> Value {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
         command["id"] = json!(id);
@@ -141,7 +144,7 @@ impl WsClient {
     }
 
     /// Waits for the answer to request `id`, keeping events.
-    pub async fn answer(&mut self, id: &str) -> Value {
+    pub(crate) async fn answer(&mut self, id: &str) -> Value {
         if let Some(answer) = self.answers.remove(id) {
             return answer;
         }
@@ -165,21 +168,21 @@ impl WsClient {
     }
 
     /// Like [`Self::request`], but fails unless the answer is a `result`.
-    pub async fn ok(&mut self, command: Value) -> Value {
+    pub(crate) async fn ok(&mut self, command: Value) -> Value {
         let answer = self.request(command.clone()).await;
         assert_eq!(answer["type"], "result", "{command} → {answer}");
         answer
     }
 
     /// Like [`Self::request`], but expects an `error` and returns its code.
-    pub async fn error_code(&mut self, command: Value) -> String {
+    pub(crate) async fn error_code(&mut self, command: Value) -> String {
         let answer = self.request(command.clone()).await;
         assert_eq!(answer["type"], "error", "{command} → {answer}");
         answer["code"].as_str().unwrap().to_owned()
     }
 
     /// The next event, buffered or from the socket.
-    pub async fn event(&mut self) -> Value {
+    pub(crate) async fn event(&mut self) -> Value {
         if let Some(event) = self.events.pop_front() {
             return event;
         }
@@ -194,23 +197,23 @@ impl WsClient {
     /// Every event pending for this device now, in order. `sync` is answered once
     /// everything pending when it was taken has been sent on this connection, so
     /// this is exact in every topology, not a guess based on time.
-    pub async fn drain(&mut self) -> Vec<Value> {
+    pub(crate) async fn drain(&mut self) -> Vec<Value> {
         self.ok(json!({"type":"sync"})).await;
         self.events.drain(..).collect()
     }
 
-    pub async fn ack(&mut self, ids: &[&Value]) {
+    pub(crate) async fn ack(&mut self, ids: &[&Value]) {
         let ids: Vec<Value> = ids.iter().map(|v| (*v).clone()).collect();
         self.ok(json!({"type":"ack","deliveryIds": ids})).await;
     }
 
     /// Acknowledges events by their frames.
-    pub async fn ack_events(&mut self, events: &[Value]) {
+    pub(crate) async fn ack_events(&mut self, events: &[Value]) {
         let ids: Vec<&Value> = events.iter().map(|e| &e["deliveryId"]).collect();
         self.ack(&ids).await;
     }
 
-    pub async fn close(mut self) {
+    pub(crate) async fn close(mut self) {
         let _ = self.socket.close(None).await;
         // Read until the server's close answer so the server has seen it.
         let _ = tokio::time::timeout(DEADLINE, async {
