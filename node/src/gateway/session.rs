@@ -642,3 +642,135 @@ fn is_too_big(e: &axum::Error) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ids(list: &[u64]) -> Vec<DeliveryId> {
+        list.iter().copied().map(DeliveryId).collect()
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refuses() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 3, t0);
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        assert!(!rate.take(t0), "the burst is spent");
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_a_refusal_costs_nothing() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 1, t0);
+        assert!(rate.take(t0));
+        // Half a token after 125 ms at 4/s: refused, and the half is kept.
+        assert!(!rate.take(t0 + ms(125)));
+        assert!(rate.take(t0 + ms(250)), "one token after 250 ms");
+        assert!(!rate.take(t0 + ms(250)));
+    }
+
+    #[test]
+    fn the_bucket_holds_at_most_the_burst() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 2, t0);
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        let later = t0 + Duration::from_secs(3600);
+        assert!(rate.take(later));
+        assert!(rate.take(later));
+        assert!(
+            !rate.take(later),
+            "an hour idle still refills only the burst"
+        );
+    }
+
+    #[test]
+    fn unacked_events_are_due_after_resend_after() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        unacked.push(DeliveryId(1), t0);
+        unacked.push(DeliveryId(2), t0 + Duration::from_secs(10));
+        assert_eq!(unacked.due(t0 + ms(29_999), resend_after, 512), ids(&[]));
+        assert_eq!(unacked.due(t0 + resend_after, resend_after, 512), ids(&[1]));
+        assert_eq!(
+            unacked.due(t0 + Duration::from_secs(40), resend_after, 512),
+            ids(&[1, 2])
+        );
+    }
+
+    #[test]
+    fn acknowledged_events_are_not_resent() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        for id in 1..=3 {
+            unacked.push(DeliveryId(id), t0);
+        }
+        unacked.ack(DeliveryId(2));
+        // An id never sent here (a stale or foreign ack) changes nothing.
+        unacked.ack(DeliveryId(7));
+        assert_eq!(
+            unacked.due(t0 + resend_after, resend_after, 512),
+            ids(&[1, 3])
+        );
+        assert_eq!(unacked.room(5), 3);
+    }
+
+    #[test]
+    fn a_resent_event_waits_resend_after_again() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        unacked.push(DeliveryId(1), t0);
+        let t1 = t0 + resend_after;
+        assert_eq!(unacked.due(t1, resend_after, 512), ids(&[1]));
+        // What the session's tick does with a resend: forget, then push again.
+        unacked.ack(DeliveryId(1));
+        unacked.push(DeliveryId(1), t1);
+        assert_eq!(unacked.due(t1 + ms(29_999), resend_after, 512), ids(&[]));
+        assert_eq!(unacked.due(t1 + resend_after, resend_after, 512), ids(&[1]));
+    }
+
+    #[test]
+    fn due_lists_the_lowest_ids_first_up_to_the_limit() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        // Resends go out of id order; `due` does not follow the send order.
+        for id in [5, 3, 9] {
+            unacked.push(DeliveryId(id), t0);
+        }
+        assert_eq!(
+            unacked.due(t0 + resend_after, resend_after, 2),
+            ids(&[3, 5])
+        );
+    }
+
+    #[test]
+    fn the_window_fills_and_acks_free_it() {
+        let window = 3;
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        assert_eq!(unacked.room(window), 3);
+        unacked.push(DeliveryId(1), t0);
+        // Sending an event again does not take a second place.
+        unacked.push(DeliveryId(1), t0 + ms(10));
+        assert_eq!(unacked.room(window), 2);
+        unacked.push(DeliveryId(2), t0);
+        assert!(!unacked.is_full(window));
+        unacked.push(DeliveryId(3), t0);
+        assert!(unacked.is_full(window));
+        assert_eq!(unacked.room(window), 0);
+        unacked.ack(DeliveryId(2));
+        assert!(!unacked.is_full(window));
+        assert_eq!(unacked.room(window), 1);
+    }
+}
