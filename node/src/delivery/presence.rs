@@ -196,6 +196,11 @@ impl PresenceTable {
 mod tests {
     use super::*;
 
+    /// The gateways' heartbeat period; the core expires a gateway after three
+    /// (as `server.rs` sets it up).
+    const HEARTBEAT: Duration = Duration::from_secs(5);
+
+    /// Every gateway id in these tests is built here.
     fn gw(id: &str) -> GatewayId {
         GatewayId::parse(id).unwrap()
     }
@@ -273,5 +278,123 @@ mod tests {
         assert_eq!(dead, vec![gw("gw1")]);
         assert_eq!(table.gateway_of(a), None);
         assert_eq!(table.gateways(), 1);
+    }
+
+    #[test]
+    fn a_session_start_elsewhere_displaces_and_outlives_the_old_gateway() {
+        let table = PresenceTable::new(HEARTBEAT * 3);
+        let t0 = Instant::now();
+        let (d, other) = (DeviceId::generate(), DeviceId::generate());
+        assert_eq!(table.connect(d, &gw("gw1"), 1, t0), None);
+        table.connect(other, &gw("gw1"), 1, t0);
+        // A new connection on the same gateway is that gateway's own business.
+        assert_eq!(table.connect(d, &gw("gw1"), 2, t0), None);
+        assert_eq!(table.connect(d, &gw("gw2"), 1, t0), Some(gw("gw1")));
+        assert_eq!(table.gateway_of(d), Some(gw("gw2")));
+        assert_eq!(table.online(), 2);
+        // gw1's next round no longer lists it: gw2 keeps it.
+        table.heartbeat(&gw("gw1"), 3, &[other], t0 + HEARTBEAT);
+        assert_eq!(table.gateway_of(d), Some(gw("gw2")));
+        assert_eq!(table.gateway_of(other), Some(gw("gw1")));
+        // gw1 falls silent: expiring it takes only the devices still on it.
+        table.heartbeat(&gw("gw2"), 2, &[d], t0 + HEARTBEAT * 4);
+        assert_eq!(table.expire(t0 + HEARTBEAT * 5), vec![gw("gw1")]);
+        assert_eq!(table.gateway_of(d), Some(gw("gw2")));
+        assert_eq!(table.gateway_of(other), None);
+    }
+
+    #[test]
+    fn heartbeats_in_parts_rebuild_the_table_after_a_core_restart() {
+        // A restarted core starts with an empty table.
+        let table = PresenceTable::new(HEARTBEAT * 3);
+        let t0 = Instant::now();
+        let [a, b, c, d, e, moved] = std::array::from_fn(|_| DeviceId::generate());
+        // Two gateways report at once, their parts interleaved.
+        table.heartbeat_part(&gw("gw1"), 100, 3, vec![a, b], t0);
+        table.heartbeat_part(&gw("gw2"), 700, 2, vec![d], t0);
+        table.heartbeat_part(&gw("gw1"), 100, 3, vec![c], t0);
+        assert_eq!(table.online(), 0, "no round is complete yet");
+        table.heartbeat_part(&gw("gw2"), 700, 2, vec![e], t0);
+        assert_eq!(table.gateway_of(d), Some(gw("gw2")));
+        assert_eq!(table.gateway_of(e), Some(gw("gw2")));
+        assert_eq!(
+            table.gateway_of(a),
+            None,
+            "gw1's round is still missing a part"
+        );
+        // `moved` started a session at gw2 since: gw1's list does not take it back.
+        assert_eq!(table.connect(moved, &gw("gw2"), 700, t0), None);
+        table.heartbeat_part(&gw("gw1"), 100, 3, vec![moved], t0);
+        for device in [a, b, c] {
+            assert_eq!(table.gateway_of(device), Some(gw("gw1")));
+        }
+        assert_eq!(table.gateway_of(moved), Some(gw("gw2")));
+        assert_eq!(table.online(), 6);
+        assert_eq!(table.gateways(), 2);
+        // A device learned from a heartbeat is displaced like any other.
+        assert_eq!(table.connect(a, &gw("gw2"), 701, t0), Some(gw("gw1")));
+    }
+
+    #[test]
+    fn a_device_attaching_while_a_round_in_parts_is_reported_is_kept() {
+        let table = PresenceTable::new(HEARTBEAT * 3);
+        let t0 = Instant::now();
+        let (old, gone, new) = (
+            DeviceId::generate(),
+            DeviceId::generate(),
+            DeviceId::generate(),
+        );
+        table.connect(old, &gw("gw1"), 6, t0);
+        table.connect(gone, &gw("gw1"), 6, t0);
+        // Round 7's list was taken (only `old` on it; `gone` had left), then `new`
+        // attached, and its session start reached the core between the parts.
+        table.heartbeat_part(&gw("gw1"), 7, 2, vec![old], t0);
+        table.connect(new, &gw("gw1"), 7, t0);
+        table.heartbeat_part(&gw("gw1"), 7, 2, vec![], t0);
+        assert_eq!(table.gateway_of(old), Some(gw("gw1")));
+        assert_eq!(
+            table.gateway_of(gone),
+            None,
+            "attached in round 6 and not listed in round 7"
+        );
+        assert_eq!(table.gateway_of(new), Some(gw("gw1")));
+        // Round 8 does not list it either: now it has left.
+        table.heartbeat_part(&gw("gw1"), 8, 1, vec![old], t0 + HEARTBEAT);
+        assert_eq!(table.gateway_of(new), None);
+        assert_eq!(table.online(), 1);
+    }
+
+    #[test]
+    fn a_gateway_silent_for_three_heartbeats_expires() {
+        let table = PresenceTable::new(HEARTBEAT * 3);
+        let t0 = Instant::now();
+        let (a, b) = (DeviceId::generate(), DeviceId::generate());
+        table.heartbeat(&gw("quiet"), 1, &[a], t0);
+        table.heartbeat(&gw("alive"), 1, &[b], t0);
+        // `alive` keeps beating, though only the first of two parts arrives each
+        // round: that is still a sign of life, and its list stands.
+        for n in 1..=3 {
+            table.heartbeat_part(
+                &gw("alive"),
+                1 + u64::from(n),
+                2,
+                vec![],
+                t0 + HEARTBEAT * n,
+            );
+        }
+        assert!(
+            table.expire(t0 + HEARTBEAT * 3).is_empty(),
+            "three heartbeats is the limit, not past it"
+        );
+        assert_eq!(
+            table.expire(t0 + HEARTBEAT * 3 + Duration::from_millis(1)),
+            vec![gw("quiet")]
+        );
+        assert_eq!(table.gateway_of(a), None);
+        assert_eq!(table.gateway_of(b), Some(gw("alive")));
+        assert_eq!((table.gateways(), table.online()), (1, 1));
+        // Back again later, its next heartbeat brings its devices back.
+        table.heartbeat(&gw("quiet"), 2, &[a], t0 + HEARTBEAT * 4);
+        assert_eq!(table.gateway_of(a), Some(gw("quiet")));
     }
 }

@@ -192,7 +192,8 @@ async fn write_loop(
     }
 }
 
-/// Sends a device may make: a token bucket.
+/// Sends a device may make: a token bucket holding up to `burst` tokens, refilled
+/// at `rate` per second. Pure: the caller passes the time.
 struct RateLimit {
     tokens: f64,
     rate: f64,
@@ -201,6 +202,17 @@ struct RateLimit {
 }
 
 impl RateLimit {
+    /// Starts full.
+    fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate,
+            burst: f64::from(burst),
+            at: now,
+        }
+    }
+
+    /// Takes a token if one is there.
     fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.duration_since(self.at).as_secs_f64();
         self.at = now;
@@ -214,6 +226,45 @@ impl RateLimit {
     }
 }
 
+/// Events sent on this connection and not yet acknowledged: delivery id → when it
+/// was (last) sent. Pure bookkeeping; the caller passes the time, the window
+/// (`websocket.window`) and `resend_after`, which live in the gateway's shared
+/// config rather than here, so this costs a session only the map.
+#[derive(Default)]
+struct Unacked(BTreeMap<DeliveryId, Instant>);
+
+impl Unacked {
+    /// `id` was sent (or sent again) at `now`.
+    fn push(&mut self, id: DeliveryId, now: Instant) {
+        self.0.insert(id, now);
+    }
+
+    /// `id` was acknowledged, or is no longer in the inbox: forget it.
+    fn ack(&mut self, id: DeliveryId) {
+        self.0.remove(&id);
+    }
+
+    fn is_full(&self, window: usize) -> bool {
+        self.0.len() >= window
+    }
+
+    /// How many more events the window takes.
+    fn room(&self, window: usize) -> usize {
+        window.saturating_sub(self.0.len())
+    }
+
+    /// Up to `limit` events sent at least `resend_after` before `now`, lowest id
+    /// first.
+    fn due(&self, now: Instant, resend_after: Duration, limit: usize) -> Vec<DeliveryId> {
+        self.0
+            .iter()
+            .filter(|(_, sent)| now.duration_since(**sent) >= resend_after)
+            .map(|(id, _)| *id)
+            .take(limit)
+            .collect()
+    }
+}
+
 struct Session {
     gw: Gateway,
     ctx: DeviceCtx,
@@ -222,8 +273,8 @@ struct Session {
     cursor: DeliveryId,
     /// Live deliveries are ignored until the inbox has been read up to date.
     behind: bool,
-    /// Sent, not yet acknowledged: delivery id → when it was (last) sent.
-    inflight: BTreeMap<DeliveryId, Instant>,
+    /// Sent, not yet acknowledged.
+    unacked: Unacked,
     answers: FuturesUnordered<Answer>,
     /// `sync` commands waiting for the cursor: (request id, delivery id to reach).
     syncs: Vec<(String, DeliveryId)>,
@@ -250,16 +301,11 @@ impl Session {
             out,
             cursor: DeliveryId(0),
             behind: true,
-            inflight: BTreeMap::new(),
+            unacked: Unacked::default(),
             answers: FuturesUnordered::new(),
             syncs: Vec::new(),
             retry_read_at: None,
-            rate: RateLimit {
-                tokens: f64::from(limits.send_burst),
-                rate: limits.send_rate,
-                burst: f64::from(limits.send_burst),
-                at: now,
-            },
+            rate: RateLimit::new(limits.send_rate, limits.send_burst, now),
             last_heard: now,
             last_ping: now,
             last_touch: now,
@@ -304,7 +350,7 @@ impl Session {
         let shutdown = self.gw.shutdown.clone();
         let end = loop {
             if self.behind
-                && self.inflight.len() < ws.window
+                && !self.unacked.is_full(ws.window)
                 && self.retry_read_at.is_none_or(|at| Instant::now() >= at)
             {
                 if let Err(end) = Box::pin(self.catch_up(&live)).await {
@@ -365,7 +411,7 @@ impl Session {
     async fn catch_up(&mut self, live: &Attachment) -> Result<(), End> {
         // Cleared before the read: anything dropped from here on is in the read.
         live.lagged.store(false, Ordering::Release);
-        let room = self.gw.ws.window - self.inflight.len();
+        let room = self.unacked.room(self.gw.ws.window);
         let read = match self
             .gw
             .core
@@ -392,7 +438,7 @@ impl Session {
         for (id, frame) in read.frames {
             self.send(Outgoing::Text(frame))?;
             self.cursor = id;
-            self.inflight.insert(id, now);
+            self.unacked.push(id, now);
         }
         if !self.syncs.is_empty() {
             self.answer_syncs(read.complete)?;
@@ -408,7 +454,7 @@ impl Session {
         if self.behind || delivery.id <= self.cursor {
             return Ok(());
         }
-        if self.inflight.len() >= self.gw.ws.window {
+        if self.unacked.is_full(self.gw.ws.window) {
             self.behind = true;
             return Ok(());
         }
@@ -417,7 +463,7 @@ impl Session {
             &delivery.encoded,
         )))?;
         self.cursor = delivery.id;
-        self.inflight.insert(delivery.id, Instant::now());
+        self.unacked.push(delivery.id, Instant::now());
         METRICS.events_sent.inc();
         METRICS
             .delivery_latency
@@ -470,7 +516,7 @@ impl Session {
         let kind = command.kind();
         if let Command::Ack { delivery_ids } = &command {
             for delivery in delivery_ids {
-                self.inflight.remove(delivery);
+                self.unacked.ack(*delivery);
             }
         }
         if let Command::SendMessage { .. } = &command
@@ -560,13 +606,7 @@ impl Session {
             self.last_touch = now;
             self.gw.core.touch(self.ctx.device).await;
         }
-        let due: Vec<DeliveryId> = self
-            .inflight
-            .iter()
-            .filter(|(_, sent)| now.duration_since(**sent) >= ws.resend_after)
-            .map(|(id, _)| *id)
-            .take(ws.window)
-            .collect();
+        let due = self.unacked.due(now, ws.resend_after, ws.window);
         if due.is_empty() {
             return Ok(());
         }
@@ -579,13 +619,13 @@ impl Session {
         };
         // What is no longer in the inbox was acknowledged (or expired): forget it.
         for id in &due {
-            self.inflight.remove(id);
+            self.unacked.ack(*id);
         }
         let now = Instant::now();
         METRICS.events_sent.inc_by(frames.len() as u64);
         for (id, frame) in frames {
             self.send(Outgoing::Text(frame))?;
-            self.inflight.insert(id, now);
+            self.unacked.push(id, now);
         }
         Ok(())
     }
@@ -601,4 +641,136 @@ fn is_too_big(e: &axum::Error) -> bool {
         source = err.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn ids(list: &[u64]) -> Vec<DeliveryId> {
+        list.iter().copied().map(DeliveryId).collect()
+    }
+
+    #[test]
+    fn the_bucket_allows_a_burst_then_refuses() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 3, t0);
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        assert!(!rate.take(t0), "the burst is spent");
+    }
+
+    #[test]
+    fn the_bucket_refills_at_the_rate_and_a_refusal_costs_nothing() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 1, t0);
+        assert!(rate.take(t0));
+        // Half a token after 125 ms at 4/s: refused, and the half is kept.
+        assert!(!rate.take(t0 + ms(125)));
+        assert!(rate.take(t0 + ms(250)), "one token after 250 ms");
+        assert!(!rate.take(t0 + ms(250)));
+    }
+
+    #[test]
+    fn the_bucket_holds_at_most_the_burst() {
+        let t0 = Instant::now();
+        let mut rate = RateLimit::new(4.0, 2, t0);
+        assert!(rate.take(t0));
+        assert!(rate.take(t0));
+        let later = t0 + Duration::from_secs(3600);
+        assert!(rate.take(later));
+        assert!(rate.take(later));
+        assert!(
+            !rate.take(later),
+            "an hour idle still refills only the burst"
+        );
+    }
+
+    #[test]
+    fn unacked_events_are_due_after_resend_after() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        unacked.push(DeliveryId(1), t0);
+        unacked.push(DeliveryId(2), t0 + Duration::from_secs(10));
+        assert_eq!(unacked.due(t0 + ms(29_999), resend_after, 512), ids(&[]));
+        assert_eq!(unacked.due(t0 + resend_after, resend_after, 512), ids(&[1]));
+        assert_eq!(
+            unacked.due(t0 + Duration::from_secs(40), resend_after, 512),
+            ids(&[1, 2])
+        );
+    }
+
+    #[test]
+    fn acknowledged_events_are_not_resent() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        for id in 1..=3 {
+            unacked.push(DeliveryId(id), t0);
+        }
+        unacked.ack(DeliveryId(2));
+        // An id never sent here (a stale or foreign ack) changes nothing.
+        unacked.ack(DeliveryId(7));
+        assert_eq!(
+            unacked.due(t0 + resend_after, resend_after, 512),
+            ids(&[1, 3])
+        );
+        assert_eq!(unacked.room(5), 3);
+    }
+
+    #[test]
+    fn a_resent_event_waits_resend_after_again() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        unacked.push(DeliveryId(1), t0);
+        let t1 = t0 + resend_after;
+        assert_eq!(unacked.due(t1, resend_after, 512), ids(&[1]));
+        // What the session's tick does with a resend: forget, then push again.
+        unacked.ack(DeliveryId(1));
+        unacked.push(DeliveryId(1), t1);
+        assert_eq!(unacked.due(t1 + ms(29_999), resend_after, 512), ids(&[]));
+        assert_eq!(unacked.due(t1 + resend_after, resend_after, 512), ids(&[1]));
+    }
+
+    #[test]
+    fn due_lists_the_lowest_ids_first_up_to_the_limit() {
+        let resend_after = Duration::from_secs(30);
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        // Resends go out of id order; `due` does not follow the send order.
+        for id in [5, 3, 9] {
+            unacked.push(DeliveryId(id), t0);
+        }
+        assert_eq!(
+            unacked.due(t0 + resend_after, resend_after, 2),
+            ids(&[3, 5])
+        );
+    }
+
+    #[test]
+    fn the_window_fills_and_acks_free_it() {
+        let window = 3;
+        let t0 = Instant::now();
+        let mut unacked = Unacked::default();
+        assert_eq!(unacked.room(window), 3);
+        unacked.push(DeliveryId(1), t0);
+        // Sending an event again does not take a second place.
+        unacked.push(DeliveryId(1), t0 + ms(10));
+        assert_eq!(unacked.room(window), 2);
+        unacked.push(DeliveryId(2), t0);
+        assert!(!unacked.is_full(window));
+        unacked.push(DeliveryId(3), t0);
+        assert!(unacked.is_full(window));
+        assert_eq!(unacked.room(window), 0);
+        unacked.ack(DeliveryId(2));
+        assert!(!unacked.is_full(window));
+        assert_eq!(unacked.room(window), 1);
+    }
 }
