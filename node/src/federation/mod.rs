@@ -18,4 +18,8 @@
 
 pub mod digest;
 pub mod error;
+pub mod keys;
+pub mod nonce;
 pub mod rfc9421;
+pub mod signing;
+
