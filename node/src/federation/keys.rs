@@ -44,8 +44,9 @@ pub enum KeyLookup {
     UnknownPeer,
     /// The origin is a peer but has no key with this id.
     UnknownKey,
-    /// The key (its validity is checked by the verifier).
-    Found(PeerKey),
+    /// The key (its validity is checked by the verifier); boxed because a
+    /// `VerifyingKey` keeps its decompressed point (~200 bytes).
+    Found(Box<PeerKey>),
 }
 
 /// How the verifier finds a peer's key. Implemented by [`PeerDirectory`] and
@@ -81,7 +82,7 @@ impl PeerKeys for PeerDirectory {
             return KeyLookup::UnknownPeer;
         };
         match keys.iter().find(|k| k.key_id == key_id) {
-            Some(key) => KeyLookup::Found(key.clone()),
+            Some(key) => KeyLookup::Found(Box::new(key.clone())),
             None => KeyLookup::UnknownKey,
         }
     }

@@ -22,4 +22,4 @@ pub mod keys;
 pub mod nonce;
 pub mod rfc9421;
 pub mod signing;
-
+pub mod verify;
