@@ -337,6 +337,22 @@ mod tests {
         assert_eq!(signed.unwrap(), expected);
     }
 
+    /// docs/federation.md prints the same vector; keep the two in step.
+    #[test]
+    fn the_docs_show_this_vector() {
+        let doc = include_str!("../../../docs/federation.md");
+        let seed = crate::store::encode_hex(&vector_key().to_bytes());
+        let fields = [
+            format!("Signature-Input: {VECTOR_SIGNATURE_INPUT}"),
+            format!("Signature: {VECTOR_SIGNATURE}"),
+        ];
+        let lines = VECTOR_BASE.lines().take(COVERED.len()).map(str::to_owned);
+        let expected = [seed, VECTOR_PUBLIC_HEX.into(), VECTOR_KEY_ID.into()];
+        for text in expected.into_iter().chain(fields).chain(lines) {
+            assert!(doc.contains(&text), "docs/federation.md lacks {text}");
+        }
+    }
+
     #[test]
     fn parses_back_what_it_signs() {
         let key = vector_key();
