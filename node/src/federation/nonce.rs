@@ -9,13 +9,31 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use sha2::{Digest, Sha256};
+
+/// A pair is kept as 16 bytes of SHA-256 over `origin \n nonce` (names and
+/// nonces never contain a line feed), so an entry costs the same whatever the
+/// lengths: about 65 bytes with the map and queue overhead.
+type PairHash = [u8; 16];
+
+fn pair_hash(origin: &str, nonce: &str) -> PairHash {
+    let mut hasher = Sha256::new();
+    hasher.update(origin.as_bytes());
+    hasher.update(b"\n");
+    hasher.update(nonce.as_bytes());
+    let digest = hasher.finalize();
+    let mut out = [0; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
 /// Remembered (origin, nonce) pairs, oldest first.
 #[derive(Debug)]
 pub struct NonceCache {
     retention_ms: i64,
     capacity: usize,
-    seen: HashMap<(String, String), i64>,
-    order: VecDeque<(i64, (String, String))>,
+    seen: HashMap<PairHash, i64>,
+    order: VecDeque<(i64, PairHash)>,
 }
 
 impl NonceCache {
@@ -34,23 +52,22 @@ impl NonceCache {
     /// seen within the retention (a replay).
     pub fn insert(&mut self, origin: &str, nonce: &str, now_ms: i64) -> bool {
         self.expire(now_ms);
-        let key = (origin.to_owned(), nonce.to_owned());
+        let key = pair_hash(origin, nonce);
         if self.seen.contains_key(&key) {
             return false;
         }
         while self.order.len() >= self.capacity {
             self.evict_oldest();
         }
-        self.seen.insert(key.clone(), now_ms);
+        self.seen.insert(key, now_ms);
         self.order.push_back((now_ms, key));
         true
     }
 
     /// Whether the pair is remembered (without recording it).
     pub fn contains(&self, origin: &str, nonce: &str, now_ms: i64) -> bool {
-        let key = (origin.to_owned(), nonce.to_owned());
         self.seen
-            .get(&key)
+            .get(&pair_hash(origin, nonce))
             .is_some_and(|&at| now_ms - at < self.retention_ms)
     }
 

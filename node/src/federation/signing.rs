@@ -184,7 +184,9 @@ fn base_for(
 /// natter's signature as read from a request, before any check.
 #[derive(Clone, Debug)]
 pub struct ParsedSignature {
+    /// `natter-origin`, lowercased.
     pub origin: String,
+    /// `natter-destination`, lowercased.
     pub destination: String,
     pub key_id: String,
     pub nonce: String,
@@ -218,9 +220,11 @@ pub fn parse_signature(msg: &Message<'_>) -> Result<ParsedSignature, VerifyError
     let bytes: [u8; 64] = bytes
         .try_into()
         .map_err(|_| VerifyError::Malformed("signature is not 64 bytes"))?;
+    // Node names are DNS-like: compared and reported lowercase. The base is
+    // rebuilt from `msg`, so this does not change what is verified.
     Ok(ParsedSignature {
-        origin: field(ORIGIN, "no natter-origin")?,
-        destination: field(DESTINATION, "no natter-destination")?,
+        origin: field(ORIGIN, "no natter-origin")?.to_ascii_lowercase(),
+        destination: field(DESTINATION, "no natter-destination")?.to_ascii_lowercase(),
         key_id: param_str(&input, "keyid")?.to_owned(),
         nonce: nonce.to_owned(),
         created_s: param_int(&input, "created")?.ok_or(VerifyError::Malformed("no created"))?,

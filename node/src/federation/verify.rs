@@ -19,8 +19,8 @@ use super::signing::{CONTENT_DIGEST, ParsedSignature, parse_signature};
 
 /// ±5 minutes (DESIGN §5).
 pub const DEFAULT_WINDOW_MS: i64 = 5 * 60 * 1000;
-/// About 40 MB at most; enough for 330 accepted requests/s sustained over
-/// the 10-minute retention.
+/// About 13 MB at most (docs/federation.md); enough for 330 accepted
+/// requests/s sustained over the 10-minute retention.
 pub const DEFAULT_NONCE_CAPACITY: usize = 200_000;
 
 /// What the verifier needs to know about this node.
@@ -139,7 +139,7 @@ impl<K: PeerKeys> Verifier<K> {
 
     fn check_nonce(&self, sig: &ParsedSignature, now_ms: i64) -> Result<(), VerifyError> {
         let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        if nonces.insert(&sig.origin.to_ascii_lowercase(), &sig.nonce, now_ms) {
+        if nonces.insert(&sig.origin, &sig.nonce, now_ms) {
             Ok(())
         } else {
             Err(VerifyError::ReplayedNonce)
