@@ -8,6 +8,7 @@ pub mod clock;
 pub mod config;
 pub mod core;
 pub mod delivery;
+pub mod federation;
 pub mod gateway;
 pub mod identity;
 pub mod ids;
