@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth;
-use crate::clock::Clock;
+use crate::clock::{Clock, millis};
 use crate::config::{Config, Role};
 use crate::core::client::CoreClient;
 use crate::core::{Core, CoreConfig, CoreError};
@@ -73,10 +73,6 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(4096)
-}
-
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs the configured role on `listener` until `shutdown` is cancelled.
