@@ -1,12 +1,14 @@
 //! The admin HTTP API (`/admin/v1/...`), used by the `natter` CLI.
 //!
 //! Every request needs `Authorization: Bearer <admin token>`; the token is made on
-//! first start and kept in `<data>/admin.token`, readable only by its owner.
+//! first start and kept in `<data>/admin.token`, readable only by its owner. One
+//! route layer ([`require_admin`]) checks it before any handler runs.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
@@ -15,7 +17,7 @@ use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
 use crate::protocol::ErrorCode;
 
-pub fn router() -> Router<Gateway> {
+pub fn router(gw: Gateway) -> Router<Gateway> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
         .route("/users/{name}/disable", post(disable_user))
@@ -25,10 +27,17 @@ pub fn router() -> Router<Gateway> {
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
         .route("/status", get(status))
+        // A route layer: unknown paths stay 404 without a token.
+        .route_layer(middleware::from_fn_with_state(gw, require_admin))
 }
 
-fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers)
+/// Refuses the request unless it carries the admin token.
+async fn require_admin(
+    State(gw): State<Gateway>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(request.headers())
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing admin token"))?;
     // Comparing hashes keeps the comparison time independent of the token.
     if auth::token_hash(token) != gw.admin_token_hash {
@@ -37,11 +46,10 @@ fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
             "invalid admin token",
         ));
     }
-    Ok(())
+    Ok(next.run(request).await)
 }
 
-async fn list_users(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn list_users(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     let users = local(&gw)?.list_users().await?;
     Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
 }
@@ -62,12 +70,7 @@ struct AddedUser {
     password: Option<String>,
 }
 
-async fn add_user(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn add_user(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: AddUser = json_body(&body)?;
     let (password, generated) = match req.password {
         Some(p) => (p, None),
@@ -89,10 +92,8 @@ async fn add_user(
 
 async fn disable_user(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_admin(&gw, &headers)?;
     let core = local(&gw)?;
     core.set_user_disabled(&name, true).await?;
     // Open connections of the user close now, wherever they are.
@@ -115,10 +116,8 @@ async fn disable_user(
 
 async fn enable_user(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_admin(&gw, &headers)?;
     local(&gw)?.set_user_disabled(&name, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -132,11 +131,9 @@ struct AddDevice {
 /// Creates a device for a user without its password (provisioning bots, load tests).
 async fn add_device(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
     let req: AddDevice = if body.is_empty() {
         AddDevice::default()
     } else {
@@ -154,12 +151,7 @@ struct CreateInvite {
     ttl: Option<String>,
 }
 
-async fn create_invite(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn create_invite(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateInvite = if body.is_empty() {
         CreateInvite::default()
     } else {
@@ -168,8 +160,8 @@ async fn create_invite(
     let ttl_ms = match req.ttl {
         Some(ttl) => Some(
             humantime::parse_duration(&ttl)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("ttl: {e}")))?
-                .as_millis() as i64,
+                .map(crate::clock::millis)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("ttl: {e}")))?,
         ),
         None => None,
     };
@@ -179,8 +171,7 @@ async fn create_invite(
     Ok((StatusCode::CREATED, axum::Json(invite)).into_response())
 }
 
-async fn sweep(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn sweep(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     let report = local(&gw)?.sweep().await?;
     Ok(axum::Json(report).into_response())
 }
@@ -192,12 +183,7 @@ struct AdvanceClock {
 }
 
 /// Moves the node's clock forward. Only with `testing.adjustable_clock = true`.
-async fn advance_clock(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn advance_clock(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: AdvanceClock = json_body(&body)?;
     if !local(&gw)?.clock().advance(req.advance_ms) {
         return Err(ApiError::new(
@@ -209,8 +195,7 @@ async fn advance_clock(
     Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
 }
 
-async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn status(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     Ok(axum::Json(serde_json::json!({
         "node": gw.core.node().as_str(),
         "role": if gw.local.is_some() && gw.nats.is_some() { "core" } else { "all-in-one" },

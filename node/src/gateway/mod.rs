@@ -178,7 +178,7 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
     }
     if endpoints.store {
         router = router
-            .nest("/admin/v1", admin::router())
+            .nest("/admin/v1", admin::router(gw.clone()))
             .merge(media::router());
     }
     router
