@@ -1,6 +1,6 @@
 //! The fjall store: the node's source of truth.
 //!
-//! Owns: opening the database, the six keyspaces, the record types as they are
+//! Owns: opening the database, the seven keyspaces, the record types as they are
 //! stored, and typed reads ([`View`]) and writes ([`Tx`]) over them. This is the
 //! only module that imports fjall; key layouts live in [`keys`].
 //! Does not own: the rules of the chat (the core decides what to write) or when to
