@@ -3,6 +3,10 @@
 //! Every request needs `Authorization: Bearer <admin token>`; the token is made on
 //! first start and kept in `<data>/admin.token`, readable only by its owner. One
 //! route layer ([`require_admin`]) checks it before any handler runs.
+//!
+//! **Boundary**: the answers' types ([`AddedUser`], [`UserList`], [`NodeStatus`],
+//! and the core's `Invite` and `SweepReport`) are public so that the CLI parses
+//! the node's own types; extend them, never break them.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -15,7 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
+use crate::core::{Registration, UserInfo};
 use crate::protocol::ErrorCode;
+use crate::store::StoreStats;
 
 pub fn router(gw: Gateway) -> Router<Gateway> {
     Router::new()
@@ -49,9 +55,22 @@ async fn require_admin(
     Ok(next.run(request).await)
 }
 
+/// Answers in the key order this API has always used: sorted, as a
+/// `serde_json::Value` (whose map is ordered by key) serializes them.
+fn sorted_json(body: &impl Serialize) -> Response {
+    // Serializing these plain structs cannot fail.
+    axum::Json(serde_json::to_value(body).unwrap_or_default()).into_response()
+}
+
+/// The answer of `GET /users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
 async fn list_users(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     let users = local(&gw)?.list_users().await?;
-    Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
+    Ok(sorted_json(&UserList { users }))
 }
 
 #[derive(Deserialize)]
@@ -61,13 +80,14 @@ struct AddUser {
     password: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The answer of `POST /users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AddedUser {
-    user_id: String,
+pub struct AddedUser {
+    pub user_id: String,
     /// Present when the node generated the password.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
 async fn add_user(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
@@ -195,14 +215,33 @@ async fn advance_clock(State(gw): State<Gateway>, body: Bytes) -> Result<Respons
     Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
 }
 
+/// The answer of `GET /status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node: String,
+    /// `core` or `all-in-one`.
+    pub role: String,
+    /// natterd's version.
+    pub version: String,
+    pub online_devices: usize,
+    pub registration: Registration,
+    pub store: StoreStats,
+}
+
 async fn status(State(gw): State<Gateway>) -> Result<Response, ApiError> {
-    Ok(axum::Json(serde_json::json!({
-        "node": gw.core.node().as_str(),
-        "role": if gw.local.is_some() && gw.nats.is_some() { "core" } else { "all-in-one" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "onlineDevices": gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online()),
-        "registration": local(&gw)?.config().registration,
-        "store": local(&gw)?.store_stats(),
+    let core = local(&gw)?;
+    let role = if gw.nats.is_some() {
+        "core"
+    } else {
+        "all-in-one"
+    };
+    Ok(sorted_json(&NodeStatus {
+        node: gw.core.node().as_str().to_owned(),
+        role: role.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        online_devices: gw.presence.as_ref().map_or(gw.hub.online(), |t| t.online()),
+        registration: core.config().registration,
+        store: core.store_stats(),
     }))
-    .into_response())
 }

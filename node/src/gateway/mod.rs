@@ -5,7 +5,7 @@
 //! ([`session`]).
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
-mod admin;
+pub mod admin;
 mod media;
 mod session;
 

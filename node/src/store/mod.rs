@@ -353,7 +353,7 @@ impl Store {
             keyspaces: keyspaces
                 .iter()
                 .map(|(name, ks)| KeyspaceStats {
-                    name,
+                    name: (*name).to_owned(),
                     sealed_memtables: ks.inner().sealed_memtable_count(),
                     l0_tables: ks.inner().l0_table_count(),
                     tables: ks.inner().table_count(),
@@ -369,7 +369,8 @@ impl Store {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Part of the admin API's `/status` answer (and the source of store metrics).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStats {
     pub write_buffer_bytes: u64,
@@ -379,10 +380,10 @@ pub struct StoreStats {
     pub keyspaces: Vec<KeyspaceStats>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyspaceStats {
-    pub name: &'static str,
+    pub name: String,
     pub sealed_memtables: usize,
     pub l0_tables: usize,
     pub tables: usize,
