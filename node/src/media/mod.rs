@@ -244,13 +244,13 @@ impl Media {
             Backend::Local {
                 key, public_url, ..
             } => {
-                let sig = local_signature(
+                let sig = local_signature(local_mac(
                     key,
                     "PUT",
                     id,
                     expires_at,
                     Some((content_type, size, sha256)),
-                );
+                ));
                 format!("{public_url}/v1/media/{id}?exp={expires_at}&size={size}&sig={sig}")
             }
         };
@@ -273,7 +273,7 @@ impl Media {
             Backend::Local {
                 key, public_url, ..
             } => {
-                let sig = local_signature(key, "GET", id, expires_at, None);
+                let sig = local_signature(local_mac(key, "GET", id, expires_at, None));
                 format!("{public_url}/v1/media/{id}?exp={expires_at}&sig={sig}")
             }
         };
@@ -464,15 +464,8 @@ pub enum LocalPutError {
 /// checks it too.
 pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
 
-/// The signature of an embedded-mode URL: [`local_mac`], base64url.
-fn local_signature(
-    key: &[u8; 32],
-    method: &str,
-    id: AttachmentId,
-    exp: i64,
-    upload: Option<(&str, u64, Option<&str>)>,
-) -> String {
-    let mac = local_mac(key, method, id, exp, upload);
+/// The `sig` of an embedded-mode URL: its [`local_mac`], base64url.
+fn local_signature(mac: HmacSha256) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
 
