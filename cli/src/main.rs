@@ -3,11 +3,18 @@
 //! It talks to the node's admin HTTP API with the admin token and never opens the
 //! store. The token comes from `--token`/`NATTER_ADMIN_TOKEN`, or is read from
 //! `<data>/admin.token` (`--data`/`NATTER_DATA`, default `./natter-data`).
+//! Answers are read as the node's own types (`natter::gateway::admin`,
+//! `natter::core`, `natter::protocol`); `--json` prints them as the node sent them.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use natter::core::Invite;
+use natter::gateway::admin::{AddedUser, NodeStatus, UserList};
+use natter::protocol::ErrorBody;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 #[derive(Debug, Parser)]
@@ -117,11 +124,26 @@ impl Admin {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         if !status.is_success() {
-            let code = value["code"].as_str().unwrap_or("error");
-            let message = value["message"].as_str().unwrap_or("");
+            let (code, message) = match serde_json::from_value::<ErrorBody>(value) {
+                Ok(error) => (error.code.as_str(), error.message),
+                Err(_) => ("error", String::new()),
+            };
             bail!("{status}: {code}: {message}");
         }
         Ok(value)
+    }
+}
+
+/// Reads an answer as the node's type for it.
+fn parse<T: DeserializeOwned>(value: &Value) -> anyhow::Result<T> {
+    serde_json::from_value(value.clone()).context("unexpected answer from the node")
+}
+
+/// The wire name of a unit enum such as `Registration` (`invite`).
+fn wire_name(value: &impl Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
     }
 }
 
@@ -157,8 +179,9 @@ async fn main() -> anyhow::Result<()> {
                     Some(json!({"username": name, "password": password})),
                 )
                 .await?;
-            let mut text = format!("added {}", v["userId"].as_str().unwrap_or(name));
-            if let Some(p) = v["password"].as_str() {
+            let added: AddedUser = parse(&v)?;
+            let mut text = format!("added {}", added.user_id);
+            if let Some(p) = added.password {
                 text.push_str(&format!("\npassword: {p}"));
             }
             (v, text)
@@ -169,17 +192,14 @@ async fn main() -> anyhow::Result<()> {
                 "{:<40} {:<8} {:>7}  {}",
                 "USER", "STATE", "DEVICES", "CREATED"
             );
-            for u in v["users"].as_array().into_iter().flatten() {
+            let list: UserList = parse(&v)?;
+            for u in list.users {
                 text.push_str(&format!(
                     "\n{:<40} {:<8} {:>7}  {}",
-                    u["userId"].as_str().unwrap_or(""),
-                    if u["disabled"].as_bool().unwrap_or(false) {
-                        "disabled"
-                    } else {
-                        "active"
-                    },
-                    u["devices"],
-                    u["createdAt"].as_str().unwrap_or(""),
+                    u.user_id,
+                    if u.disabled { "disabled" } else { "active" },
+                    u.devices,
+                    u.created_at,
                 ));
             }
             (v, text)
@@ -204,22 +224,22 @@ async fn main() -> anyhow::Result<()> {
                     Some(json!({"uses": uses, "ttl": ttl})),
                 )
                 .await?;
+            let invite: Invite = parse(&v)?;
             let text = format!(
                 "{}\n(valid for {} registration(s) until {})",
-                v["code"].as_str().unwrap_or(""),
-                v["uses"],
-                v["expiresAt"].as_str().unwrap_or("")
+                invite.code, invite.uses, invite.expires_at
             );
             (v, text)
         }
         Command::Status => {
             let v = admin.call(Method::GET, "/status", None).await?;
+            let status: NodeStatus = parse(&v)?;
             let text = format!(
                 "node {} (natterd {})\nregistration: {}\nonline devices: {}",
-                v["node"].as_str().unwrap_or(""),
-                v["version"].as_str().unwrap_or(""),
-                v["registration"].as_str().unwrap_or(""),
-                v["onlineDevices"]
+                status.node,
+                status.version,
+                wire_name(&status.registration),
+                status.online_devices
             );
             (v, text)
         }

@@ -7,9 +7,11 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
 
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
 
 #[derive(Clone, Debug, Default)]
 pub struct Clock {
@@ -51,28 +53,20 @@ impl Clock {
     }
 }
 
-/// A duration in whole milliseconds, saturating (the unit timestamps here use).
-pub fn millis(d: std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
+/// RFC 3339 in UTC with exactly three fractional digits: clients get a fixed width.
+const RFC3339_MILLIS: &[BorrowedFormatItem<'_>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-01-01T00:00:00.000Z`.
 pub fn rfc3339(ms: i64) -> String {
     let nanos = i128::from(ms) * 1_000_000;
     let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-    let mut s = at.format(&Rfc3339).unwrap_or_default();
-    // `time` prints as many fractional digits as needed; clients get a fixed three.
-    if let Some(dot) = s.find('.') {
-        let end = s.len() - 1; // the trailing 'Z'
-        let mut frac: String = s[dot + 1..end].chars().take(3).collect();
-        while frac.len() < 3 {
-            frac.push('0');
-        }
-        s = format!("{}.{}Z", &s[..dot], frac);
-    } else {
-        s = format!("{}.000Z", &s[..s.len() - 1]);
-    }
-    s
+    at.format(RFC3339_MILLIS).unwrap_or_default()
+}
+
+/// A duration in whole milliseconds, as the clock counts them (saturating).
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -84,6 +78,12 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
         assert_eq!(rfc3339(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
         assert_eq!(rfc3339(1_767_225_600_100), "2026-01-01T00:00:00.100Z");
+    }
+
+    #[test]
+    fn millis_saturates() {
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
+        assert_eq!(millis(Duration::MAX), i64::MAX);
     }
 
     #[test]

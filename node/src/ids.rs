@@ -204,16 +204,22 @@ pub struct UserRef {
 impl UserRef {
     /// Parses `name@node` or a bare `name` (which means `local`).
     pub fn parse(s: &str, local: &NodeName) -> Option<Self> {
-        match s.split_once('@') {
-            Some((name, node)) => Some(Self {
-                name: Username::parse(name)?,
-                node: NodeName::parse(node)?,
-            }),
-            None => Some(Self {
-                name: Username::parse(s)?,
-                node: local.clone(),
-            }),
+        if s.contains('@') {
+            return Self::parse_full(s).ok();
         }
+        Some(Self {
+            name: Username::parse(s)?,
+            node: local.clone(),
+        })
+    }
+
+    /// Parses the full `name@node` form; the error says which part is wrong.
+    fn parse_full(s: &str) -> Result<Self, &'static str> {
+        let (name, node) = s.split_once('@').ok_or("expected name@node")?;
+        Ok(Self {
+            name: Username::parse(name).ok_or("invalid name")?,
+            node: NodeName::parse(node).ok_or("invalid node")?,
+        })
     }
 }
 
@@ -227,13 +233,7 @@ impl<'de> Deserialize<'de> for UserRef {
     /// Only the full `name@node` form: a bare name has no node to resolve against.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = std::borrow::Cow::<'de, str>::deserialize(d)?;
-        let (name, node) = s
-            .split_once('@')
-            .ok_or_else(|| serde::de::Error::custom("expected name@node"))?;
-        Ok(Self {
-            name: Username::parse(name).ok_or_else(|| serde::de::Error::custom("invalid name"))?,
-            node: NodeName::parse(node).ok_or_else(|| serde::de::Error::custom("invalid node"))?,
-        })
+        Self::parse_full(&s).map_err(serde::de::Error::custom)
     }
 }
 

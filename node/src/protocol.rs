@@ -49,8 +49,22 @@ pub mod close {
 }
 
 /// Every stable error code of the contract (WebSocket and HTTP).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+///
+/// The wire name is serde's `snake_case`; strum's `snake_case` spells the same
+/// name for [`ErrorCode::as_str`] (checked for every variant by a test).
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Debug,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
     UnknownType,
@@ -79,31 +93,9 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// The code as it appears on the wire, e.g. `bad_request`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::UnknownType => "unknown_type",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::UnknownChat => "unknown_chat",
-            Self::UnknownUser => "unknown_user",
-            Self::NotParticipant => "not_participant",
-            Self::TooManyParticipants => "too_many_participants",
-            Self::MessageTooLarge => "message_too_large",
-            Self::UnknownAttachment => "unknown_attachment",
-            Self::AttachmentTooLarge => "attachment_too_large",
-            Self::RateLimited => "rate_limited",
-            Self::Internal => "internal",
-            Self::Unavailable => "unavailable",
-            Self::InvalidUsername => "invalid_username",
-            Self::WeakPassword => "weak_password",
-            Self::RegistrationClosed => "registration_closed",
-            Self::InvalidInvite => "invalid_invite",
-            Self::UsernameTaken => "username_taken",
-            Self::BadCredentials => "bad_credentials",
-            Self::UserDisabled => "user_disabled",
-            Self::NotFound => "not_found",
-        }
+        self.into()
     }
 }
 
@@ -179,11 +171,20 @@ pub enum Operation {
 
 /// A client command, validated: ids parsed, limits checked. Serializable because
 /// gateways forward commands to the core (over NATS, as [`crate::core::rpc`]).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+///
+/// Each variant's `type` is its name in camelCase: serde's tag here, and
+/// [`CommandKind`] (derived from these variants) for the decoder and for logs.
+/// A test checks that both spell every command the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, strum::EnumDiscriminants)]
 #[serde(
     tag = "type",
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
+)]
+#[strum_discriminants(
+    name(CommandKind),
+    derive(strum::EnumString, strum::IntoStaticStr, strum::VariantArray),
+    strum(serialize_all = "camelCase")
 )]
 pub enum Command {
     CreateChat {
@@ -239,19 +240,14 @@ pub enum Command {
 impl Command {
     /// The `type` this command arrived as (for logs and metrics).
     pub fn kind(&self) -> &'static str {
-        match self {
-            Self::CreateChat { .. } => "createChat",
-            Self::SendMessage { .. } => "sendMessage",
-            Self::ModifyChatParticipants { .. } => "modifyChatParticipants",
-            Self::GetAttachmentTarget { .. } => "getAttachmentTarget",
-            Self::GetAttachmentUrl { .. } => "getAttachmentUrl",
-            Self::ListChats => "listChats",
-            Self::GetHistory { .. } => "getHistory",
-            Self::MarkRead { .. } => "markRead",
-            Self::Ack { .. } => "ack",
-            Self::Sync => "sync",
-            Self::RenameChat { .. } => "renameChat",
-        }
+        CommandKind::from(self).as_str()
+    }
+}
+
+impl CommandKind {
+    /// The command's `type` on the wire, e.g. `sendMessage`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
     }
 }
 
@@ -417,12 +413,28 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
         }
         None => return Err(DecodeError::new(&id, ErrorCode::BadRequest, "missing type")),
     };
-    let command = match kind.as_str() {
-        "auth" => {
-            let raw: RawAuth = fields(map, &id)?;
-            return Ok(ClientFrame::Auth { token: raw.token });
-        }
-        "ack" => {
+    // `auth` is a frame of its own, not a command.
+    if kind == "auth" {
+        let raw: RawAuth = fields(map, &id)?;
+        return Ok(ClientFrame::Auth { token: raw.token });
+    }
+    let Ok(kind) = kind.parse::<CommandKind>() else {
+        return Err(DecodeError::new(
+            &id,
+            ErrorCode::UnknownType,
+            format!("unknown type {kind:?}"),
+        ));
+    };
+    // Every command but `ack` needs an id (docs/protocol.md).
+    if id.is_none() && kind != CommandKind::Ack {
+        return Err(DecodeError::new(
+            &none,
+            ErrorCode::BadRequest,
+            "commands need an id",
+        ));
+    }
+    let command = match kind {
+        CommandKind::Ack => {
             let raw: RawAck = fields(map, &id)?;
             if raw.delivery_ids.len() > MAX_ACK_IDS {
                 return Err(DecodeError::new(
@@ -441,14 +453,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 })?;
             Command::Ack { delivery_ids }
         }
-        _ if id.is_none() && is_command(&kind) => {
-            return Err(DecodeError::new(
-                &none,
-                ErrorCode::BadRequest,
-                "commands need an id",
-            ));
-        }
-        "createChat" => {
+        CommandKind::CreateChat => {
             let raw: RawCreateChat = fields(map, &id)?;
             if let Some(name) = &raw.name {
                 check_chat_name(name, &id)?;
@@ -471,7 +476,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 name: raw.name,
             }
         }
-        "sendMessage" => {
+        CommandKind::SendMessage => {
             let raw: RawSendMessage = fields(map, &id)?;
             let chat_id = chat_id(&raw.chat_id, &id)?;
             if raw.message.len() > MAX_MESSAGE_BYTES {
@@ -516,7 +521,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 client_msg_id: raw.client_msg_id,
             }
         }
-        "modifyChatParticipants" => {
+        CommandKind::ModifyChatParticipants => {
             let raw: RawModify = fields(map, &id)?;
             Command::ModifyChatParticipants {
                 chat_id: chat_id(&raw.chat_id, &id)?,
@@ -524,7 +529,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 operation: raw.operation,
             }
         }
-        "getAttachmentTarget" => {
+        CommandKind::GetAttachmentTarget => {
             let raw: RawAttachmentTarget = fields(map, &id)?;
             if !valid_content_type(&raw.content_type) {
                 return Err(DecodeError::new(
@@ -567,15 +572,15 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 sha256: raw.sha256,
             }
         }
-        "getAttachmentUrl" => {
+        CommandKind::GetAttachmentUrl => {
             let raw: RawAttachmentUrl = fields(map, &id)?;
             Command::GetAttachmentUrl {
                 attachment_id: attachment_id(&raw.attachment_id, &id)?,
             }
         }
-        "listChats" => Command::ListChats,
-        "sync" => Command::Sync,
-        "getHistory" => {
+        CommandKind::ListChats => Command::ListChats,
+        CommandKind::Sync => Command::Sync,
+        CommandKind::GetHistory => {
             let raw: RawHistory = fields(map, &id)?;
             let limit = raw.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
             if limit == 0 || limit > HISTORY_MAX_LIMIT {
@@ -592,14 +597,14 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 limit,
             }
         }
-        "markRead" => {
+        CommandKind::MarkRead => {
             let raw: RawMarkRead = fields(map, &id)?;
             Command::MarkRead {
                 chat_id: chat_id(&raw.chat_id, &id)?,
                 seq: raw.seq,
             }
         }
-        "renameChat" => {
+        CommandKind::RenameChat => {
             let raw: RawRename = fields(map, &id)?;
             if let Some(name) = &raw.name {
                 check_chat_name(name, &id)?;
@@ -609,33 +614,8 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
                 name: raw.name,
             }
         }
-        other => {
-            return Err(DecodeError::new(
-                &id,
-                ErrorCode::UnknownType,
-                format!("unknown type {other:?}"),
-            ));
-        }
     };
     Ok(ClientFrame::Command { id, command })
-}
-
-/// Command types that need an `id` (everything but `ack` and `auth`).
-const COMMANDS: &[&str] = &[
-    "createChat",
-    "sendMessage",
-    "modifyChatParticipants",
-    "getAttachmentTarget",
-    "getAttachmentUrl",
-    "listChats",
-    "getHistory",
-    "markRead",
-    "sync",
-    "renameChat",
-];
-
-fn is_command(kind: &str) -> bool {
-    COMMANDS.contains(&kind)
 }
 
 /// Standard base64 (with padding) of a 32-byte digest, as S3's
@@ -1069,6 +1049,71 @@ mod tests {
             value,
             "example changed in a round trip"
         );
+    }
+
+    /// serde spells the wire names; strum spells them for `as_str` and the
+    /// decoder. Both must agree for every error code and every command.
+    #[test]
+    fn strum_names_match_serde_names() {
+        use strum::VariantArray;
+        for code in ErrorCode::VARIANTS {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+        let chat = ChatId::generate();
+        for kind in CommandKind::VARIANTS {
+            let command = match kind {
+                CommandKind::CreateChat => Command::CreateChat {
+                    participants: vec![],
+                    name: None,
+                },
+                CommandKind::SendMessage => Command::SendMessage {
+                    chat_id: chat,
+                    message: "hi".into(),
+                    attachments: vec![],
+                    client_msg_id: None,
+                },
+                CommandKind::ModifyChatParticipants => Command::ModifyChatParticipants {
+                    chat_id: chat,
+                    user: UserRef::parse("bob", &local()).unwrap(),
+                    operation: Operation::Add,
+                },
+                CommandKind::GetAttachmentTarget => Command::GetAttachmentTarget {
+                    size: 1,
+                    content_type: "image/png".into(),
+                    name: None,
+                    sha256: None,
+                },
+                CommandKind::GetAttachmentUrl => Command::GetAttachmentUrl {
+                    attachment_id: AttachmentId::generate(),
+                },
+                CommandKind::ListChats => Command::ListChats,
+                CommandKind::GetHistory => Command::GetHistory {
+                    chat_id: chat,
+                    before_seq: None,
+                    after_seq: None,
+                    limit: 1,
+                },
+                CommandKind::MarkRead => Command::MarkRead {
+                    chat_id: chat,
+                    seq: 1,
+                },
+                CommandKind::Ack => Command::Ack {
+                    delivery_ids: vec![],
+                },
+                CommandKind::Sync => Command::Sync,
+                CommandKind::RenameChat => Command::RenameChat {
+                    chat_id: chat,
+                    name: None,
+                },
+            };
+            assert_eq!(CommandKind::from(&command), *kind);
+            assert_eq!(command.kind(), kind.as_str());
+            assert_eq!(
+                serde_json::to_value(&command).unwrap()["type"],
+                kind.as_str()
+            );
+            assert_eq!(kind.as_str().parse::<CommandKind>(), Ok(*kind));
+        }
     }
 
     #[test]

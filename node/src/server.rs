@@ -20,8 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth;
-use crate::clock::Clock;
-use crate::clock::millis;
+use crate::clock::{Clock, millis};
 use crate::config::{Config, Role};
 use crate::core::client::{CoreClient, Transport};
 use crate::core::{Core, CoreConfig, CoreError, rpc as core_rpc};

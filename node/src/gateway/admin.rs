@@ -1,21 +1,29 @@
 //! The admin HTTP API (`/admin/v1/...`), used by the `natter` CLI.
 //!
 //! Every request needs `Authorization: Bearer <admin token>`; the token is made on
-//! first start and kept in `<data>/admin.token`, readable only by its owner.
+//! first start and kept in `<data>/admin.token`, readable only by its owner. One
+//! route layer ([`require_admin`]) checks it before any handler runs.
+//!
+//! **Boundary**: the answers' types ([`AddedUser`], [`UserList`], [`NodeStatus`],
+//! and the core's `Invite` and `SweepReport`) are public so that the CLI parses
+//! the node's own types; extend them, never break them.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
+use crate::core::{Registration, UserInfo};
 use crate::protocol::ErrorCode;
+use crate::store::StoreStats;
 
-pub(super) fn router() -> Router<Gateway> {
+pub(super) fn router(gw: Gateway) -> Router<Gateway> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
         .route("/users/{name}/disable", post(disable_user))
@@ -25,10 +33,17 @@ pub(super) fn router() -> Router<Gateway> {
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
         .route("/status", get(status))
+        // A route layer: unknown paths stay 404 without a token.
+        .route_layer(middleware::from_fn_with_state(gw, require_admin))
 }
 
-fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
-    let token = bearer(headers)
+/// Refuses the request unless it carries the admin token.
+async fn require_admin(
+    State(gw): State<Gateway>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let token = bearer(request.headers())
         .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "missing admin token"))?;
     // Comparing hashes keeps the comparison time independent of the token.
     if auth::token_hash(token) != gw.admin_token_hash {
@@ -37,13 +52,25 @@ fn check_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
             "invalid admin token",
         ));
     }
-    Ok(())
+    Ok(next.run(request).await)
 }
 
-async fn list_users(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+/// Answers in the key order this API has always used: sorted, as a
+/// `serde_json::Value` (whose map is ordered by key) serializes them.
+fn sorted_json(body: &impl Serialize) -> Response {
+    // Serializing these plain structs cannot fail.
+    axum::Json(serde_json::to_value(body).unwrap_or_default()).into_response()
+}
+
+/// The answer of `GET /users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserInfo>,
+}
+
+async fn list_users(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     let users = local(&gw)?.list_users().await?;
-    Ok(axum::Json(serde_json::json!({ "users": users })).into_response())
+    Ok(sorted_json(&UserList { users }))
 }
 
 #[derive(Deserialize)]
@@ -53,21 +80,17 @@ struct AddUser {
     password: Option<String>,
 }
 
-#[derive(Serialize)]
+/// The answer of `POST /users`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct AddedUser {
-    user_id: String,
+pub struct AddedUser {
+    pub user_id: String,
     /// Present when the node generated the password.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    password: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 
-async fn add_user(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn add_user(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: AddUser = json_body(&body)?;
     let (password, generated) = match req.password {
         Some(p) => (p, None),
@@ -89,10 +112,8 @@ async fn add_user(
 
 async fn disable_user(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_admin(&gw, &headers)?;
     // Open connections of the user close too, wherever they are.
     local(&gw)?.set_user_disabled(&name, true).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -100,10 +121,8 @@ async fn disable_user(
 
 async fn enable_user(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    check_admin(&gw, &headers)?;
     local(&gw)?.set_user_disabled(&name, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -117,11 +136,9 @@ struct AddDevice {
 /// Creates a device for a user without its password (provisioning bots, load tests).
 async fn add_device(
     State(gw): State<Gateway>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
     let req: AddDevice = if body.is_empty() {
         AddDevice::default()
     } else {
@@ -139,12 +156,7 @@ struct CreateInvite {
     ttl: Option<String>,
 }
 
-async fn create_invite(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn create_invite(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: CreateInvite = if body.is_empty() {
         CreateInvite::default()
     } else {
@@ -153,8 +165,8 @@ async fn create_invite(
     let ttl_ms = match req.ttl {
         Some(ttl) => Some(
             humantime::parse_duration(&ttl)
-                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("ttl: {e}")))?
-                .as_millis() as i64,
+                .map(crate::clock::millis)
+                .map_err(|e| ApiError::new(ErrorCode::BadRequest, format!("ttl: {e}")))?,
         ),
         None => None,
     };
@@ -164,8 +176,7 @@ async fn create_invite(
     Ok((StatusCode::CREATED, axum::Json(invite)).into_response())
 }
 
-async fn sweep(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn sweep(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     let report = local(&gw)?.sweep().await?;
     Ok(axum::Json(report).into_response())
 }
@@ -177,12 +188,7 @@ struct AdvanceClock {
 }
 
 /// Moves the node's clock forward. Only with `testing.adjustable_clock = true`.
-async fn advance_clock(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
+async fn advance_clock(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
     let req: AdvanceClock = json_body(&body)?;
     if !local(&gw)?.clock().advance(req.advance_ms) {
         return Err(ApiError::new(
@@ -194,15 +200,33 @@ async fn advance_clock(
     Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
 }
 
-async fn status(State(gw): State<Gateway>, headers: HeaderMap) -> Result<Response, ApiError> {
-    check_admin(&gw, &headers)?;
-    Ok(axum::Json(serde_json::json!({
-        "node": gw.core.node().as_str(),
-        "role": if gw.local.is_some() && gw.nats.is_some() { "core" } else { "all-in-one" },
-        "version": env!("CARGO_PKG_VERSION"),
-        "onlineDevices": local(&gw)?.online(),
-        "registration": local(&gw)?.config().registration,
-        "store": local(&gw)?.store_stats(),
+/// The answer of `GET /status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    pub node: String,
+    /// `core` or `all-in-one`.
+    pub role: String,
+    /// natterd's version.
+    pub version: String,
+    pub online_devices: usize,
+    pub registration: Registration,
+    pub store: StoreStats,
+}
+
+async fn status(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    let core = local(&gw)?;
+    let role = if gw.nats.is_some() {
+        "core"
+    } else {
+        "all-in-one"
+    };
+    Ok(sorted_json(&NodeStatus {
+        node: gw.core.node().as_str().to_owned(),
+        role: role.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        online_devices: core.online(),
+        registration: core.config().registration,
+        store: core.store_stats(),
     }))
-    .into_response())
 }

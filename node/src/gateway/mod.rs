@@ -5,7 +5,7 @@
 //! ([`session`]).
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
-mod admin;
+pub mod admin;
 mod media;
 mod session;
 
@@ -175,7 +175,7 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
     }
     if endpoints.store {
         router = router
-            .nest("/admin/v1", admin::router())
+            .nest("/admin/v1", admin::router(gw.clone()))
             .merge(media::router());
     }
     router

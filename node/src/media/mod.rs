@@ -29,7 +29,7 @@ use object_store::signer::{SignedUrlOptions, Signer};
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutPayload};
 use sha2::Sha256;
 
-use crate::clock::{Clock, rfc3339};
+use crate::clock::{Clock, millis, rfc3339};
 use crate::ids::AttachmentId;
 
 #[derive(Debug, thiserror::Error)]
@@ -244,13 +244,13 @@ impl Media {
             Backend::Local {
                 key, public_url, ..
             } => {
-                let sig = local_signature(
+                let sig = local_signature(local_mac(
                     key,
                     "PUT",
                     id,
                     expires_at,
                     Some((content_type, size, sha256)),
-                );
+                ));
                 format!("{public_url}/v1/media/{id}?exp={expires_at}&size={size}&sig={sig}")
             }
         };
@@ -273,7 +273,7 @@ impl Media {
             Backend::Local {
                 key, public_url, ..
             } => {
-                let sig = local_signature(key, "GET", id, expires_at, None);
+                let sig = local_signature(local_mac(key, "GET", id, expires_at, None));
                 format!("{public_url}/v1/media/{id}?exp={expires_at}&sig={sig}")
             }
         };
@@ -326,17 +326,13 @@ impl Media {
             ("PUT", _, _) => return Err(LocalDenied::BadSignature),
             _ => None,
         };
-        let expected = local_signature(key, method, id, query.exp, signed);
-        // Constant-time comparison through the MAC's verify.
         let given = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(query.sig.as_bytes())
             .map_err(|_| LocalDenied::BadSignature)?;
-        let expected_raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(expected.as_bytes())
+        // Constant-time comparison through the MAC's verify.
+        local_mac(key, method, id, query.exp, signed)
+            .verify_slice(&given)
             .map_err(|_| LocalDenied::BadSignature)?;
-        if !constant_time_eq(&given, &expected_raw) {
-            return Err(LocalDenied::BadSignature);
-        }
         if query.exp <= self.inner.clock.now_ms() {
             return Err(LocalDenied::Expired);
         }
@@ -344,7 +340,8 @@ impl Media {
     }
 
     /// Streams an upload into the local store, refusing more than `size` bytes
-    /// (without buffering the file). Returns the bytes written.
+    /// (without buffering the file). The upload must be exactly `size` bytes (and
+    /// match `sha256` when given); otherwise nothing is stored.
     pub async fn put_local<S, E>(
         &self,
         id: AttachmentId,
@@ -467,19 +464,20 @@ pub enum LocalPutError {
 /// checks it too.
 pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
 
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+/// The `sig` of an embedded-mode URL: its [`local_mac`], base64url.
+fn local_signature(mac: HmacSha256) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
 }
 
 /// HMAC over everything the URL grants: method, object, expiry, and for uploads
-/// the content type and exact size.
-fn local_signature(
+/// the content type, exact size and checksum.
+fn local_mac(
     key: &[u8; 32],
     method: &str,
     id: AttachmentId,
     exp: i64,
     upload: Option<(&str, u64, Option<&str>)>,
-) -> String {
+) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(method.as_bytes());
     mac.update(b"\n");
@@ -496,11 +494,7 @@ fn local_signature(
             mac.update(sum.as_bytes());
         }
     }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    mac
 }
 
 #[cfg(test)]

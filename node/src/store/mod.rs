@@ -1,6 +1,6 @@
 //! The fjall store: the node's source of truth.
 //!
-//! Owns: opening the database, the six keyspaces, the record types as they are
+//! Owns: opening the database, the seven keyspaces, the record types as they are
 //! stored, and typed reads ([`View`]) and writes ([`Tx`]) over them. This is the
 //! only module that imports fjall; key layouts live in [`keys`].
 //! Does not own: the rules of the chat (the core decides what to write) or when to
@@ -367,7 +367,7 @@ impl Store {
             keyspaces: keyspaces
                 .iter()
                 .map(|(name, ks)| KeyspaceStats {
-                    name,
+                    name: (*name).to_owned(),
                     sealed_memtables: ks.inner().sealed_memtable_count(),
                     l0_tables: ks.inner().l0_table_count(),
                     tables: ks.inner().table_count(),
@@ -383,7 +383,8 @@ impl Store {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// Part of the admin API's `/status` answer (and the source of store metrics).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StoreStats {
     pub write_buffer_bytes: u64,
@@ -393,10 +394,10 @@ pub struct StoreStats {
     pub keyspaces: Vec<KeyspaceStats>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyspaceStats {
-    pub name: &'static str,
+    pub name: String,
     pub sealed_memtables: usize,
     pub l0_tables: usize,
     pub tables: usize,
