@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::core::Registration;
+use crate::core::federation::FederationConfig;
 use crate::delivery::nats::NatsConfig;
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
@@ -140,6 +141,19 @@ struct FileConfig {
     gateway_id: Option<String>,
     #[serde(default, with = "humantime_serde")]
     shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    federation: FileFederation,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFederation {
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    dead_letter_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_backoff: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +286,7 @@ pub struct Config {
     pub nats: Option<NatsConfig>,
     /// This process's id on NATS (its delivery subjects and consumer).
     pub gateway_id: GatewayId,
+    pub federation: FederationConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +444,7 @@ impl Config {
             role,
             nats,
             gateway_id,
+            federation: federation_config(file.federation),
         })
     }
 }
@@ -437,6 +453,15 @@ fn invalid(setting: &'static str, reason: &str) -> ConfigError {
     ConfigError::Invalid {
         setting,
         reason: reason.to_owned(),
+    }
+}
+
+fn federation_config(file: FileFederation) -> FederationConfig {
+    let defaults = FederationConfig::default();
+    FederationConfig {
+        request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
+        dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
+        max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
     }
 }
 

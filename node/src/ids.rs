@@ -164,8 +164,22 @@ impl fmt::Display for Username {
 }
 
 /// A node name: a DNS-like name (`localhost`, `chat.example.org`, `node-1`).
-#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct NodeName(String);
+
+impl TryFrom<String> for NodeName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        Self::parse(&s).ok_or_else(|| format!("invalid node name {s:?}"))
+    }
+}
+
+impl From<NodeName> for String {
+    fn from(n: NodeName) -> String {
+        n.0
+    }
+}
 
 impl NodeName {
     pub fn parse(s: &str) -> Option<Self> {

@@ -107,7 +107,7 @@ async fn run_with_store(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let admin = prepare_identity(&config)?;
+    let (key, admin) = prepare_identity(&config)?;
     let store = Store::open(
         &config.data.join("store"),
         StoreOptions {
@@ -129,7 +129,7 @@ async fn run_with_store(
     let media = Media::open(
         config.media.clone(),
         identity::load_or_create_media_key(&config.data)?,
-        public_url,
+        public_url.clone(),
         clock.clone(),
     )?;
 
@@ -145,8 +145,10 @@ async fn run_with_store(
         live.presence,
         media,
         clock,
-        core_config(&config),
+        core_config(&config, public_url),
+        key,
     )?;
+    core.start_federation(&tasks, background.clone()).await?;
     if let Some(nats) = &nats {
         start_nats_roles(&config, nats, &core, &hub, live.table, &tasks, &background);
     }
@@ -188,7 +190,9 @@ async fn run_with_store(
 
 /// Makes (on first start) or loads the data folder, the node key and the admin
 /// token, and says where they are.
-fn prepare_identity(config: &Config) -> Result<identity::AdminToken, NodeError> {
+fn prepare_identity(
+    config: &Config,
+) -> Result<(ed25519_dalek::SigningKey, identity::AdminToken), NodeError> {
     let new = identity::prepare_data_dir(&config.data)?;
     let key = identity::load_or_create_key(&config.data)?;
     let admin = identity::load_or_create_admin_token(&config.data)?;
@@ -206,10 +210,10 @@ fn prepare_identity(config: &Config) -> Result<identity::AdminToken, NodeError> 
         created = admin.created,
         "admin token (for the natter CLI)"
     );
-    Ok(admin)
+    Ok((key.key, admin))
 }
 
-fn core_config(config: &Config) -> CoreConfig {
+fn core_config(config: &Config, public_url: String) -> CoreConfig {
     CoreConfig {
         node: config.node.clone(),
         registration: config.registration,
@@ -217,6 +221,8 @@ fn core_config(config: &Config) -> CoreConfig {
         device_ttl_ms: millis(config.retention.device_ttl),
         invite_ttl_ms: millis(config.retention.invite_ttl),
         max_group: config.store.max_group,
+        federation: config.federation.clone(),
+        public_url,
     }
 }
 

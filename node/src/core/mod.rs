@@ -16,6 +16,7 @@
 mod accounts;
 mod attachments;
 pub mod client;
+pub mod federation;
 mod render;
 pub mod rpc;
 mod writer;
@@ -31,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::clock::{Clock, rfc3339};
 use crate::delivery::rpc::CallError;
 use crate::delivery::{Presence, Publisher};
+use crate::federation::Wakers;
 use crate::ids::{ChatId, DeliveryId, DeviceId, GatewayId, NodeName, Username};
 use crate::media::{Media, MediaError};
 use crate::protocol::{self, ChatSummary, Command, CommandResult, ErrorCode};
@@ -38,7 +40,7 @@ use crate::store::{Store, StoreError};
 use rpc::{Answer, answered};
 
 pub use writer::SweepReport;
-use writer::{Op, Outcome, WriteCommand, WriteRequest, Writer};
+use writer::{Actor, Op, Outcome, WriteCommand, WriteRequest, Writer};
 
 /// Who is acting: one authenticated device of a local user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,6 +154,9 @@ pub struct CoreConfig {
     pub invite_ttl_ms: i64,
     /// Most commands applied in one commit.
     pub max_group: usize,
+    pub federation: federation::FederationConfig,
+    /// The node's base URL, as its clients and peers reach it.
+    pub public_url: String,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -163,6 +168,9 @@ pub struct Core {
 struct Inner {
     store: Store,
     presence: Presence,
+    /// Rings each peer's outbox sender.
+    wakers: Wakers,
+    federation: federation::Federation,
     writer: mpsc::Sender<WriteRequest>,
     clock: Clock,
     config: CoreConfig,
@@ -190,14 +198,23 @@ impl Core {
         media: Media,
         clock: Clock,
         config: CoreConfig,
+        key: ed25519_dalek::SigningKey,
     ) -> Result<(Self, WriterThread), CoreError> {
+        let federation = federation::Federation::new(
+            config.node.clone(),
+            key,
+            config.public_url.clone(),
+            config.federation.clone(),
+        );
         let (tx, rx) = mpsc::channel(4096);
+        let wakers = Wakers::default();
         let writer = Writer::new(
             store.clone(),
             publisher,
             presence.clone(),
             clock.clone(),
             config.clone(),
+            wakers.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("natter-writer".into())
@@ -207,6 +224,8 @@ impl Core {
             inner: Arc::new(Inner {
                 store,
                 presence,
+                wakers,
+                federation,
                 writer: tx,
                 clock,
                 config,
@@ -341,13 +360,14 @@ impl Core {
                 return Box::pin(async move { this.attachment_url(user_id, attachment_id).await });
             }
             command => match self.write_command(ctx, command).await {
-                Ok(write) => write,
+                Ok(Ok(write)) => write,
+                Ok(Err(forwarded)) => return forwarded,
                 Err(e) => return answered(Err(e)),
             },
         };
         let queued = self
             .enqueue(Op::Command {
-                ctx: ctx.clone(),
+                actor: Actor::Device(ctx.clone()),
                 command: write,
             })
             .await;
@@ -359,15 +379,32 @@ impl Core {
         })
     }
 
-    /// The writer's form of a command that writes. A send's uploads are checked
-    /// against the media store here, off the writer, before it is queued (so
-    /// still in frame order).
+    /// The writer's form of a command that writes, or, for a chat whose home
+    /// is a peer, the answer of the home it was forwarded to. A send's uploads
+    /// are checked against the media store here, off the writer, before it is
+    /// queued (so still in frame order).
     async fn write_command(
         &self,
         ctx: &DeviceCtx,
         command: Command,
-    ) -> Result<WriteCommand, CoreError> {
-        Ok(match command {
+    ) -> Result<Result<WriteCommand, Answer<CommandResult>>, CoreError> {
+        if let Some(action) = federation::forwarded(ctx, &command, self.node())
+            && let Some(home) = self.home_of(action.action.chat_id()).await?
+        {
+            if let Command::SendMessage { attachments, .. } = &command
+                && !attachments.is_empty()
+            {
+                return Err(CoreError::reject(
+                    ErrorCode::BadRequest,
+                    "attachments in chats of other nodes are not supported yet",
+                ));
+            }
+            let answer = self.forward(home, action).await?;
+            return Ok(Err(Box::pin(async move {
+                answer.await.map_err(|_| CoreError::Stopped)?
+            })));
+        }
+        Ok(Ok(match command {
             Command::CreateChat { participants, name } => {
                 WriteCommand::CreateChat { participants, name }
             }
@@ -407,7 +444,7 @@ impl Core {
                     command.kind()
                 )));
             }
-        })
+        }))
     }
 
     async fn list_chats(&self, user: Username) -> Result<CommandResult, CoreError> {

@@ -33,6 +33,7 @@ pub(super) fn router(gw: Gateway) -> Router<Gateway> {
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
         .route("/status", get(status))
+        .merge(super::peers::routes())
         // A route layer: unknown paths stay 404 without a token.
         .route_layer(middleware::from_fn_with_state(gw, require_admin))
 }

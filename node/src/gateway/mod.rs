@@ -6,7 +6,9 @@
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
 pub mod admin;
+mod federation;
 mod media;
+pub mod peers;
 mod session;
 
 use std::sync::Arc;
@@ -176,7 +178,8 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
     if endpoints.store {
         router = router
             .nest("/admin/v1", admin::router(gw.clone()))
-            .merge(media::router());
+            .merge(media::router())
+            .merge(federation::router(&gw));
     }
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })

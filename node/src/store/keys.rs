@@ -11,7 +11,7 @@
 //! | users | `u` name | [`UserRecord`](super::UserRecord) |
 //! | users | `d` name 0 device(16) | empty: user → devices |
 //! | users | `c` name 0 chat(16) | [`UserChatRecord`](super::UserChatRecord): user → chats, read position |
-//! | users | `i` name 0 clientMsgId | [`IdemRecord`](super::IdemRecord) |
+//! | users | `i` userId 0 chat(16) clientMsgId | [`IdemRecord`](super::IdemRecord) (rows of the older layout `i` name 0 clientMsgId are only swept) |
 //! | devices | `d` device(16) | [`DeviceRecord`](super::DeviceRecord) |
 //! | devices | `t` sha256(token) | device(16) |
 //! | chats | `c` chat(16) | [`ChatRecord`](super::ChatRecord) |
@@ -20,8 +20,13 @@
 //! | messages | `u` update(8) | [`UpdateRecord`](super::UpdateRecord) |
 //! | inbox | device(16) delivery(8) | [`InboxEntry`](super::InboxEntry), binary |
 //! | media | `a` attachment(16) | [`AttachmentRecord`](super::AttachmentRecord) |
+//! | fed | `p` node | [`PeerRecord`](super::PeerRecord) |
+//! | fed | `o` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): events queued for a peer |
+//! | fed | `x` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): dead letters |
+//! | fed | `n` node | u64 BE: the last outbox seq given out for a peer |
+//! | fed | `a` node | u64 BE: the last event seq applied from a peer |
 
-use crate::ids::{AttachmentId, ChatId, DeviceId, Username};
+use crate::ids::{AttachmentId, ChatId, DeviceId, NodeName, Username};
 
 pub const COUNTER_DELIVERY: &str = "delivery";
 pub const COUNTER_UPDATE: &str = "update";
@@ -70,10 +75,17 @@ pub fn user_chat(name: &Username, chat: ChatId) -> Vec<u8> {
 
 pub const IDEM_PREFIX: &[u8] = b"i";
 
-pub fn idem(name: &Username, client_msg_id: &str) -> Vec<u8> {
+/// A sender's `clientMsgId` in one chat; `user_id` is `name@node` (a remote
+/// sender's sends are idempotent at the chat's home too).
+pub fn idem(user_id: &str, chat: ChatId, client_msg_id: &str) -> Vec<u8> {
     tagged(
         b'i',
-        &[name.as_str().as_bytes(), &[0], client_msg_id.as_bytes()],
+        &[
+            user_id.as_bytes(),
+            &[0],
+            &chat.to_bytes(),
+            client_msg_id.as_bytes(),
+        ],
     )
 }
 
@@ -148,6 +160,41 @@ pub fn attachment(id: AttachmentId) -> Vec<u8> {
 pub fn trailing_id(key: &[u8]) -> Option<[u8; 16]> {
     let start = key.len().checked_sub(16)?;
     key[start..].try_into().ok()
+}
+
+// ------------------------------------------------------------------ federation
+
+pub fn peer(node: &NodeName) -> Vec<u8> {
+    tagged(b'p', &[node.as_str().as_bytes()])
+}
+
+pub const PEER_PREFIX: &[u8] = b"p";
+
+/// The node name of a `peer` key.
+pub fn peer_name(key: &[u8]) -> Option<NodeName> {
+    NodeName::parse(std::str::from_utf8(key.strip_prefix(PEER_PREFIX)?).ok()?)
+}
+
+/// An outbox entry (`dead` = a dead letter) of one peer.
+pub fn outbox(node: &NodeName, seq: u64, dead: bool) -> Vec<u8> {
+    let tag = if dead { b'x' } else { b'o' };
+    tagged(tag, &[node.as_str().as_bytes(), &[0], &seq.to_be_bytes()])
+}
+
+/// The seq of an outbox key.
+pub fn outbox_seq(key: &[u8]) -> Option<u64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some(u64::from_be_bytes(tail))
+}
+
+/// The last outbox seq given out for a peer.
+pub fn outbox_counter(node: &NodeName) -> Vec<u8> {
+    tagged(b'n', &[node.as_str().as_bytes()])
+}
+
+/// The last event seq applied from a peer.
+pub fn applied(node: &NodeName) -> Vec<u8> {
+    tagged(b'a', &[node.as_str().as_bytes()])
 }
 
 #[cfg(test)]

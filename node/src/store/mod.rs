@@ -1,6 +1,6 @@
 //! The fjall store: the node's source of truth.
 //!
-//! Owns: opening the database, the seven keyspaces, the record types as they are
+//! Owns: opening the database, its keyspaces (listed in [`keys`]), the record types as they are
 //! stored, and typed reads ([`View`]) and writes ([`Tx`]) over them. This is the
 //! only module that imports fjall; key layouts live in [`keys`].
 //! Does not own: the rules of the chat (the core decides what to write) or when to
@@ -9,7 +9,10 @@
 //! Invariant: every command's writes go into one transaction, committed as one
 //! batch; the writer sets the durability of each commit explicitly.
 
+mod federation;
 pub mod keys;
+
+pub use federation::{OutboxEntry, PeerKeyRecord, PeerRecord};
 
 use std::path::Path;
 
@@ -18,7 +21,7 @@ use fjall::{
 };
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::ids::{AttachmentId, ChatId, DeviceId, MessageId, Username};
+use crate::ids::{AttachmentId, ChatId, DeviceId, MessageId, NodeName, Username};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -79,6 +82,10 @@ pub struct ChatRecord {
     pub created_at: i64,
     pub last_seq: u64,
     pub last_message_at: Option<i64>,
+    /// The node that orders this chat's messages and owns its membership, when
+    /// it is not this node: the record is then a mirror of that node's chat.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<NodeName>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -266,6 +273,7 @@ pub struct Keyspaces {
     messages: SingleWriterTxKeyspace,
     inbox: SingleWriterTxKeyspace,
     media: SingleWriterTxKeyspace,
+    fed: SingleWriterTxKeyspace,
 }
 
 /// A cheap-clone handle to the database.
@@ -313,6 +321,7 @@ impl Store {
             messages: open("messages")?,
             inbox: open("inbox")?,
             media: open("media")?,
+            fed: open("fed")?,
         };
         Ok(Self { db, ks })
     }
@@ -517,8 +526,17 @@ impl<R: Source> View<R> {
         Ok(get_json!(self, users, keys::user_chat(name, chat)))
     }
 
-    pub fn idem(&self, name: &Username, client_msg_id: &str) -> Result<Option<IdemRecord>> {
-        Ok(get_json!(self, users, keys::idem(name, client_msg_id)))
+    pub fn idem(
+        &self,
+        user_id: &str,
+        chat: ChatId,
+        client_msg_id: &str,
+    ) -> Result<Option<IdemRecord>> {
+        Ok(get_json!(
+            self,
+            users,
+            keys::idem(user_id, chat, client_msg_id)
+        ))
     }
 
     pub fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>> {
@@ -806,12 +824,9 @@ impl<'a> Tx<'a> {
         self.tx.remove(&self.ks.users, keys::user_chat(name, chat));
     }
 
-    pub fn put_idem(&mut self, name: &Username, client_msg_id: &str, record: &IdemRecord) {
-        self.tx.insert(
-            &self.ks.users,
-            keys::idem(name, client_msg_id),
-            json(record),
-        );
+    pub fn put_idem(&mut self, user_id: &str, client_msg_id: &str, record: &IdemRecord) {
+        let key = keys::idem(user_id, record.chat, client_msg_id);
+        self.tx.insert(&self.ks.users, key, json(record));
     }
 
     pub fn put_chat(&mut self, id: ChatId, record: &ChatRecord) {

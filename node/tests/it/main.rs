@@ -7,6 +7,7 @@ mod support;
 mod crash;
 mod delivery;
 mod errors;
+mod federation;
 mod http;
 mod lifecycle;
 mod media;

@@ -25,18 +25,43 @@ fn too_many(message: String) -> CoreError {
 }
 
 impl Writer {
-    /// The chat's cached state, if `ctx`'s user is one of its participants.
+    /// The cached state of a chat whose home is this node, if `user_id` is one
+    /// of its participants. (Commands on a mirrored chat go to its home; the
+    /// core forwards them before they could reach the writer.)
     pub(super) fn chat_of(
         &mut self,
         b: &Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        user_id: &str,
         chat_id: ChatId,
     ) -> Result<&mut ChatState, CoreError> {
         let chat = self.chat(b.tx, chat_id)?.ok_or_else(unknown_chat)?;
-        if !chat.has(&ctx.user_id) {
+        if !chat.has(user_id) {
             return Err(not_participant());
         }
+        if let Some(home) = &chat.record.home {
+            return Err(CoreError::Internal(format!(
+                "a command for a chat of {home} reached this node's writer"
+            )));
+        }
         Ok(chat)
+    }
+
+    /// Whether `user` can be a participant: a user of this node, or of a peer.
+    fn can_join(&self, b: &Batch<'_, '_>, user: &UserRef) -> Result<(), CoreError> {
+        if user.node == self.config.node {
+            if b.tx.view().user(&user.name)?.is_none() {
+                return Err(CoreError::reject(
+                    ErrorCode::UnknownUser,
+                    format!("no such user {user}"),
+                ));
+            }
+        } else if b.tx.view().peer(&user.node)?.is_none() {
+            return Err(CoreError::reject(
+                ErrorCode::UnknownUser,
+                format!("{user}: federation with {} is not set up", user.node),
+            ));
+        }
+        Ok(())
     }
 
     /// The creator and the participants, deduplicated and sorted; every one a
@@ -49,22 +74,11 @@ impl Writer {
     ) -> Result<Vec<String>, CoreError> {
         let mut ids = vec![ctx.user_id.clone()];
         for p in participants {
-            if p.node != self.config.node {
-                return Err(CoreError::reject(
-                    ErrorCode::UnknownUser,
-                    format!("{p}: federation with {} is not set up", p.node),
-                ));
-            }
             let id = p.to_string();
             if ids.contains(&id) {
                 continue;
             }
-            if b.tx.view().user(&p.name)?.is_none() {
-                return Err(CoreError::reject(
-                    ErrorCode::UnknownUser,
-                    format!("no such user {id}"),
-                ));
-            }
+            self.can_join(b, &p)?;
             ids.push(id);
         }
         if ids.len() > protocol::MAX_PARTICIPANTS {
@@ -92,6 +106,7 @@ impl Writer {
             created_at: b.now,
             last_seq: 0,
             last_message_at: None,
+            home: None,
         };
         b.tx.put_chat(chat_id, &record);
         let members: Vec<Member> = ids.iter().map(|id| self.member(id.clone())).collect();
@@ -108,7 +123,7 @@ impl Writer {
         self.chats.insert(
             chat_id,
             ChatState {
-                record,
+                record: record.clone(),
                 members: Arc::new(members.clone()),
             },
         );
@@ -119,7 +134,7 @@ impl Writer {
             reason: UpdateReason::Created,
             at: b.now,
         };
-        self.update(b, &update, &members)?;
+        self.update(b, &update, &members, &record)?;
         b.sync();
         Ok(CommandResult::ChatCreated {
             chat_id: chat_id.to_string(),
@@ -129,26 +144,21 @@ impl Writer {
     pub(super) fn add_participant(
         &mut self,
         b: &mut Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        actor: &str,
         chat_id: ChatId,
         user: UserRef,
     ) -> Result<CommandResult, CoreError> {
         let target = user.to_string();
-        let target_exists =
-            user.node == self.config.node && b.tx.view().user(&user.name)?.is_some();
         let now = b.now;
-        let chat = self.chat_of(b, ctx, chat_id)?;
+        let new_member = self.member(target.clone());
+        let chat = self.chat_of(b, actor, chat_id)?;
         if chat.has(&target) {
             return Ok(CommandResult::Participants {
                 participants: chat.member_ids(),
             });
         }
-        if !target_exists {
-            return Err(CoreError::reject(
-                ErrorCode::UnknownUser,
-                format!("no such user {target}"),
-            ));
-        }
+        self.can_join(b, &user)?;
+        let chat = self.chat_of(b, actor, chat_id)?;
         if chat.members.len() >= protocol::MAX_PARTICIPANTS {
             return Err(too_many(format!(
                 "a chat has at most {} participants",
@@ -159,22 +169,19 @@ impl Writer {
         let name = chat.record.name.clone();
         let members = Arc::make_mut(&mut chat.members);
         let at = members.partition_point(|m| m.id < target);
-        members.insert(
-            at,
-            Member {
-                id: target.clone(),
-                local: Some(user.name.clone()),
-            },
-        );
+        members.insert(at, new_member.clone());
         let members = chat.members.clone();
         let ids = chat.member_ids();
+        let record = chat.record.clone();
         b.tx.put_member(chat_id, &target, &MemberRecord { joined_at: now });
         // History is readable, but not unread, for someone added later.
-        let joined = UserChatRecord {
-            joined_at: now,
-            read_seq: last_seq,
-        };
-        b.tx.put_user_chat(&user.name, chat_id, &joined);
+        if let Some(local) = &new_member.local {
+            let joined = UserChatRecord {
+                joined_at: now,
+                read_seq: last_seq,
+            };
+            b.tx.put_user_chat(local, chat_id, &joined);
+        }
         let update = UpdateRecord {
             chat: chat_id,
             name,
@@ -182,7 +189,7 @@ impl Writer {
             reason: UpdateReason::Added,
             at: now,
         };
-        self.update(b, &update, &members)?;
+        self.update(b, &update, &members, &record)?;
         b.sync();
         Ok(CommandResult::Participants { participants: ids })
     }
@@ -190,20 +197,20 @@ impl Writer {
     pub(super) fn remove_participant(
         &mut self,
         b: &mut Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        actor: &str,
         chat_id: ChatId,
         user: UserRef,
     ) -> Result<CommandResult, CoreError> {
         let local = user.node == self.config.node;
         let target = user.to_string();
-        let chat = self.chat_of(b, ctx, chat_id)?;
+        let chat = self.chat_of(b, actor, chat_id)?;
         if !chat.has(&target) {
             return Err(CoreError::reject(
                 ErrorCode::NotParticipant,
                 format!("{target} is not a participant of this chat"),
             ));
         }
-        if target != ctx.user_id && chat.record.creator != ctx.user_id {
+        if target != actor && chat.record.creator != actor {
             return Err(CoreError::reject(
                 ErrorCode::Forbidden,
                 "only the chat's creator may remove others",
@@ -216,6 +223,7 @@ impl Writer {
         // The removed user gets this last update, then nothing more.
         let mut recipients = (*chat.members).clone();
         recipients.extend(removed);
+        let record = chat.record.clone();
         b.tx.delete_member(chat_id, &target);
         if local {
             b.tx.delete_user_chat(&user.name, chat_id);
@@ -227,7 +235,7 @@ impl Writer {
             reason: UpdateReason::Removed,
             at: b.now,
         };
-        self.update(b, &update, &recipients)?;
+        self.update(b, &update, &recipients, &record)?;
         b.sync();
         Ok(CommandResult::Participants { participants: ids })
     }
@@ -235,11 +243,11 @@ impl Writer {
     pub(super) fn rename_chat(
         &mut self,
         b: &mut Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        actor: &str,
         chat_id: ChatId,
         name: Option<String>,
     ) -> Result<CommandResult, CoreError> {
-        let chat = self.chat_of(b, ctx, chat_id)?;
+        let chat = self.chat_of(b, actor, chat_id)?;
         if chat.record.name == name {
             return Ok(CommandResult::Empty {});
         }
@@ -255,7 +263,7 @@ impl Writer {
             reason: UpdateReason::Renamed,
             at: b.now,
         };
-        self.update(b, &update, &members)?;
+        self.update(b, &update, &members, &record)?;
         b.sync();
         Ok(CommandResult::Empty {})
     }

@@ -13,7 +13,14 @@ impl Writer {
         chat_id: ChatId,
         seq: u64,
     ) -> Result<CommandResult, CoreError> {
-        let last_seq = self.chat_of(b, ctx, chat_id)?.record.last_seq;
+        // Read positions are this node's, for mirrored chats too.
+        let chat = self
+            .chat(b.tx, chat_id)?
+            .ok_or_else(super::chat::unknown_chat)?;
+        if !chat.has(&ctx.user_id) {
+            return Err(super::chat::not_participant());
+        }
+        let last_seq = chat.record.last_seq;
         if let Some(mut record) = b.tx.view().user_chat(&ctx.user, chat_id)? {
             let read = seq.min(last_seq);
             if read > record.read_seq {

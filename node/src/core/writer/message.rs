@@ -1,11 +1,12 @@
 //! The writer's `sendMessage`, and the attachment records it marks as sent.
 
 use super::chat::unknown_chat;
-use super::{Batch, Outcome, Writer};
+use super::{Actor, Batch, Outcome, Writer};
 use crate::clock::rfc3339;
+use crate::core::CoreError;
 use crate::core::render;
-use crate::core::{CoreError, DeviceCtx};
-use crate::ids::{AttachmentId, ChatId, MessageId};
+use crate::federation::events::{Attachment, Event as FedEvent};
+use crate::ids::{AttachmentId, ChatId, MessageId, Username};
 use crate::protocol::{CommandResult, ErrorCode, Event};
 use crate::store::{
     AttachmentRecord, AttachmentRef, IdemRecord, InboxKind, MessageRecord, UserChatRecord,
@@ -28,11 +29,12 @@ impl Writer {
     pub(super) fn send_message(
         &mut self,
         b: &mut Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        actor: &Actor,
         send: Send,
     ) -> Result<CommandResult, CoreError> {
+        let user_id = actor.user_id();
         if let Some(cmid) = &send.client_msg_id
-            && let Some(previous) = b.tx.view().idem(&ctx.user, cmid)?
+            && let Some(previous) = b.tx.view().idem(&user_id, send.chat_id, cmid)?
         {
             // A retry: the first send's answer, and nothing delivered twice.
             return Ok(CommandResult::MessageSent {
@@ -41,8 +43,8 @@ impl Writer {
                 sent_at: rfc3339(previous.sent_at),
             });
         }
-        self.chat_of(b, ctx, send.chat_id)?;
-        let records = Self::sent_attachments(b, ctx, &send.attachments)?;
+        self.chat_of(b, &user_id, send.chat_id)?;
+        let records = Self::sent_attachments(b, &user_id, &send.attachments)?;
         let chat_id = send.chat_id;
         let now = b.now;
         let chat = self.chat(b.tx, chat_id)?.ok_or_else(unknown_chat)?;
@@ -53,7 +55,7 @@ impl Writer {
         let members = chat.members.clone();
         let record = MessageRecord {
             id: MessageId::generate(),
-            from: ctx.user_id.clone(),
+            from: user_id.clone(),
             sent_at: now,
             text: send.text,
             attachments: send.attachments,
@@ -67,15 +69,9 @@ impl Writer {
         }
         b.tx.put_chat(chat_id, &chat_record);
         b.tx.put_message(chat_id, seq, &record);
-        let joined_at =
-            b.tx.view()
-                .user_chat(&ctx.user, chat_id)?
-                .map_or(now, |r| r.joined_at);
-        let read = UserChatRecord {
-            joined_at,
-            read_seq: seq,
-        };
-        b.tx.put_user_chat(&ctx.user, chat_id, &read);
+        if let Some(ctx) = actor.device() {
+            self.mark_sent(b, &ctx.user, chat_id, seq)?;
+        }
         if let Some(cmid) = &send.client_msg_id {
             let idem = IdemRecord {
                 chat: chat_id,
@@ -83,11 +79,21 @@ impl Writer {
                 message_id: record.id,
                 sent_at: now,
             };
-            b.tx.put_idem(&ctx.user, cmid, &idem);
+            b.tx.put_idem(&user_id, cmid, &idem);
         }
         let event = Event::NewMessage(render::message_view(chat_id, seq, &record));
         let kind = InboxKind::Message { chat: chat_id, seq };
-        self.fan_out(b, &members, Some(ctx.device), kind, &event)?;
+        let skip = actor.device().map(|ctx| ctx.device);
+        self.fan_out(b, &members, skip, kind, &event)?;
+        let sender_device = match actor {
+            Actor::Remote { device, .. } => device.clone(),
+            Actor::Device(_) => None,
+        };
+        self.federate(
+            b,
+            &members,
+            &federated(chat_id, seq, &record, sender_device),
+        )?;
         b.sync();
         Ok(CommandResult::MessageSent {
             message_id: record.id.to_string(),
@@ -96,12 +102,32 @@ impl Writer {
         })
     }
 
+    /// The sender has read everything up to its own message.
+    pub(super) fn mark_sent(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        user: &Username,
+        chat_id: ChatId,
+        seq: u64,
+    ) -> Result<(), CoreError> {
+        let joined_at =
+            b.tx.view()
+                .user_chat(user, chat_id)?
+                .map_or(b.now, |r| r.joined_at);
+        let read = UserChatRecord {
+            joined_at,
+            read_seq: seq,
+        };
+        b.tx.put_user_chat(user, chat_id, &read);
+        Ok(())
+    }
+
     /// The records of a send's attachments. The core checked each upload against
     /// the media store; here each record must still be there and the sender's (a
     /// sweep may have removed one since).
     fn sent_attachments(
         b: &Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        user_id: &str,
         attachments: &[AttachmentRef],
     ) -> Result<Vec<(AttachmentId, AttachmentRecord)>, CoreError> {
         let mut records = Vec::with_capacity(attachments.len());
@@ -109,7 +135,7 @@ impl Writer {
             let id = AttachmentId::parse(&att.id)
                 .ok_or_else(|| unknown_attachment("no such attachment".into()))?;
             match b.tx.view().attachment(id)? {
-                Some(r) if r.uploader == ctx.user_id => records.push((id, r)),
+                Some(r) if r.uploader == user_id => records.push((id, r)),
                 _ => return Err(unknown_attachment(format!("no such attachment {id}"))),
             }
         }
@@ -134,5 +160,33 @@ impl Writer {
             b.sync();
         }
         Ok(Outcome::Dropped(drop))
+    }
+}
+
+/// A stored message as the federation event that carries it to peers.
+fn federated(
+    chat_id: ChatId,
+    seq: u64,
+    record: &MessageRecord,
+    sender_device: Option<String>,
+) -> FedEvent {
+    FedEvent::Message {
+        chat_id,
+        seq,
+        message_id: record.id,
+        from: record.from.clone(),
+        sent_at: record.sent_at,
+        text: record.text.clone(),
+        attachments: record
+            .attachments
+            .iter()
+            .map(|a| Attachment {
+                attachment_id: a.id.clone(),
+                content_type: a.content_type.clone(),
+                size: a.size,
+                name: a.name.clone(),
+            })
+            .collect(),
+        sender_device,
     }
 }

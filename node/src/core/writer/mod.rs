@@ -21,19 +21,21 @@ use tokio::sync::mpsc;
 
 mod accounts;
 mod chat;
+mod federation;
 mod inbox;
 mod message;
 mod ops;
 mod sweep;
 
-pub(crate) use ops::{Op, Outcome, WriteCommand, WriteRequest};
+pub(crate) use ops::{Actor, Op, Outcome, WriteCommand, WriteRequest};
 pub use sweep::SweepReport;
 
 use super::render;
-use super::{CoreConfig, CoreError, DeviceCtx};
+use super::{CoreConfig, CoreError};
 use crate::clock::Clock;
 use crate::delivery::{Delivery, Presence, Publisher};
-use crate::ids::{ChatId, DeliveryId, DeviceId, UserRef, Username};
+use crate::federation::Wakers;
+use crate::ids::{ChatId, DeliveryId, DeviceId, NodeName, UserRef, Username};
 use crate::protocol::{CommandResult, Event, Operation};
 use crate::store::{
     ChatRecord, Durability, InboxEntry, InboxKind, Store, StoreError, Tx, UpdateRecord, keys,
@@ -47,6 +49,8 @@ pub(super) struct Batch<'a, 't> {
     pub now: i64,
     pub pushes: Vec<(DeviceId, Delivery)>,
     pub durability: Durability,
+    /// Peers with new events in their outbox, to wake after the commit.
+    pub federated: Vec<NodeName>,
 }
 
 impl Batch<'_, '_> {
@@ -62,6 +66,8 @@ struct Member {
     id: String,
     /// The local name when the member is a user of this node.
     local: Option<Username>,
+    /// The member's node when it is a peer.
+    remote: Option<NodeName>,
 }
 
 struct ChatState {
@@ -92,6 +98,9 @@ pub(crate) struct Writer {
     next_update: u64,
     saved_delivery: u64,
     saved_update: u64,
+    /// The last outbox seq given out per peer (written with each entry).
+    outbox_seqs: HashMap<NodeName, u64>,
+    wakers: Wakers,
 }
 
 impl Writer {
@@ -101,6 +110,7 @@ impl Writer {
         presence: Presence,
         clock: Clock,
         config: CoreConfig,
+        wakers: Wakers,
     ) -> Result<Self, StoreError> {
         let mut writer = Self {
             store,
@@ -114,6 +124,8 @@ impl Writer {
             next_update: 0,
             saved_delivery: 0,
             saved_update: 0,
+            outbox_seqs: HashMap::new(),
+            wakers,
         };
         writer.reset()?;
         Ok(writer)
@@ -123,6 +135,7 @@ impl Writer {
     fn reset(&mut self) -> Result<(), StoreError> {
         self.chats.clear();
         self.devices.clear();
+        self.outbox_seqs.clear();
         let view = self.store.snapshot();
         self.next_delivery = view.counter(keys::COUNTER_DELIVERY)?;
         self.next_update = view.counter(keys::COUNTER_UPDATE)?;
@@ -179,6 +192,7 @@ impl Writer {
                 now: 0,
                 pushes: Vec::new(),
                 durability: Durability::Buffer,
+                federated: Vec::new(),
             };
             for op in ops {
                 b.now = self.clock.now_ms();
@@ -195,19 +209,22 @@ impl Writer {
             if self.next_update != self.saved_update {
                 b.tx.set_counter(keys::COUNTER_UPDATE, self.next_update);
             }
-            Ok((b.pushes, b.durability))
+            Ok(((b.pushes, b.federated), b.durability))
         });
         metrics.commits.inc();
         metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
         match committed {
-            Ok(pushes) => {
+            Ok((pushes, federated)) => {
                 self.saved_delivery = self.next_delivery;
                 self.saved_update = self.next_update;
                 // Deliveries first: once a sender has its result, the recipients'
                 // connections already hold the event.
                 self.publisher.publish(pushes);
+                for node in &federated {
+                    self.wakers.wake(node);
+                }
                 for (reply, result) in replies.into_iter().zip(results) {
                     let _ = reply.send(result);
                 }
@@ -233,8 +250,16 @@ impl Writer {
     }
 
     fn member(&self, user_id: String) -> Member {
+        let local = self.local_user(&user_id);
+        let remote = match &local {
+            Some(_) => None,
+            None => user_id
+                .split_once('@')
+                .and_then(|(_, node)| NodeName::parse(node)),
+        };
         Member {
-            local: self.local_user(&user_id),
+            local,
+            remote,
             id: user_id,
         }
     }
@@ -328,18 +353,33 @@ impl Writer {
         Ok(())
     }
 
-    /// Stores a chat update once and queues it for every device of `recipients`.
+    /// Stores a chat update once and queues it for every device of `recipients`;
+    /// at the chat's home, also for the peers of `recipients`.
     fn update(
         &mut self,
         b: &mut Batch<'_, '_>,
         record: &UpdateRecord,
         recipients: &[Member],
+        chat: &ChatRecord,
     ) -> Result<(), CoreError> {
         self.next_update += 1;
         let id = self.next_update;
         b.tx.put_update(id, record);
         let event = Event::ChatUpdate(render::update_view(record));
-        self.fan_out(b, recipients, None, InboxKind::Update { id }, &event)
+        self.fan_out(b, recipients, None, InboxKind::Update { id }, &event)?;
+        if chat.home.is_none() {
+            let event = crate::federation::events::Event::Chat {
+                chat_id: record.chat,
+                name: record.name.clone(),
+                creator: chat.creator.clone(),
+                created_at: chat.created_at,
+                participants: record.participants.clone(),
+                reason: federation::reason_of(record.reason),
+                at: record.at,
+            };
+            self.federate(b, recipients, &event)?;
+        }
+        Ok(())
     }
 
     /// Applies one operation to the group's transaction.
@@ -359,7 +399,18 @@ impl Writer {
             Op::DeleteDevice { device } => self.delete_device(b, device),
             Op::CreateInvite { uses, ttl_ms } => Ok(self.create_invite(b, uses, ttl_ms)),
             Op::Touch { device } => self.touch(b, device),
-            Op::Command { ctx, command } => Ok(Outcome::Command(self.command(b, &ctx, command)?)),
+            Op::Command { actor, command } => {
+                Ok(Outcome::Command(self.command(b, &actor, command)?))
+            }
+            Op::PutPeer { node, record } => Ok(self.put_peer(b, &node, &record)),
+            Op::RemovePeer { node } => self.remove_peer(b, &node),
+            Op::ApplyEvents { origin, events } => self.apply_events(b, &origin, events),
+            Op::OutboxDone {
+                node,
+                delivered,
+                dead,
+            } => self.outbox_done(b, &node, delivered, dead),
+            Op::ReplayDead { node } => self.replay_dead(b, &node),
             Op::CreateAttachment { id, record } => {
                 b.tx.put_attachment(id, &record);
                 b.sync();
@@ -387,12 +438,18 @@ impl Writer {
     fn command(
         &mut self,
         b: &mut Batch<'_, '_>,
-        ctx: &DeviceCtx,
+        actor: &Actor,
         command: WriteCommand,
     ) -> Result<CommandResult, CoreError> {
+        // Commands that only concern a local device.
+        let local = || {
+            actor
+                .device()
+                .ok_or_else(|| CoreError::Internal("a peer's user cannot use this command".into()))
+        };
         match command {
             WriteCommand::CreateChat { participants, name } => {
-                self.create_chat(b, ctx, participants, name)
+                self.create_chat(b, local()?, participants, name)
             }
             WriteCommand::SendMessage {
                 chat_id,
@@ -401,7 +458,7 @@ impl Writer {
                 client_msg_id,
             } => self.send_message(
                 b,
-                ctx,
+                actor,
                 message::Send {
                     chat_id,
                     text: message,
@@ -413,16 +470,18 @@ impl Writer {
                 chat_id,
                 user,
                 operation: Operation::Add,
-            } => self.add_participant(b, ctx, chat_id, user),
+            } => self.add_participant(b, &actor.user_id(), chat_id, user),
             WriteCommand::ModifyChatParticipants {
                 chat_id,
                 user,
                 operation: Operation::Remove,
-            } => self.remove_participant(b, ctx, chat_id, user),
-            WriteCommand::RenameChat { chat_id, name } => self.rename_chat(b, ctx, chat_id, name),
-            WriteCommand::MarkRead { chat_id, seq } => self.mark_read(b, ctx, chat_id, seq),
-            WriteCommand::Ack { delivery_ids } => Ok(Self::ack(b, ctx, delivery_ids)),
-            WriteCommand::Sync => Self::sync(b, ctx),
+            } => self.remove_participant(b, &actor.user_id(), chat_id, user),
+            WriteCommand::RenameChat { chat_id, name } => {
+                self.rename_chat(b, &actor.user_id(), chat_id, name)
+            }
+            WriteCommand::MarkRead { chat_id, seq } => self.mark_read(b, local()?, chat_id, seq),
+            WriteCommand::Ack { delivery_ids } => Ok(Self::ack(b, local()?, delivery_ids)),
+            WriteCommand::Sync => Self::sync(b, local()?),
         }
     }
 }

@@ -9,9 +9,40 @@ use tokio::sync::oneshot;
 
 use super::SweepReport;
 use crate::core::{CoreError, DeviceCtx, Invite};
-use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, UserRef, Username};
+use crate::federation::events::Numbered;
+use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, NodeName, UserRef, Username};
 use crate::protocol::{CommandResult, Operation};
-use crate::store::{AttachmentRecord, AttachmentRef};
+use crate::store::{AttachmentRecord, AttachmentRef, PeerRecord};
+
+/// Who a command is applied for.
+#[derive(Debug)]
+pub(crate) enum Actor {
+    /// A device of a local user.
+    Device(DeviceCtx),
+    /// A user of a peer node, acting in a chat whose home is this node; `device`
+    /// is its node's opaque name for the sending device.
+    Remote {
+        user: UserRef,
+        device: Option<String>,
+    },
+}
+
+impl Actor {
+    /// `name@node`.
+    pub(crate) fn user_id(&self) -> String {
+        match self {
+            Self::Device(ctx) => ctx.user_id.clone(),
+            Self::Remote { user, .. } => user.to_string(),
+        }
+    }
+
+    pub(crate) fn device(&self) -> Option<&DeviceCtx> {
+        match self {
+            Self::Device(ctx) => Some(ctx),
+            Self::Remote { .. } => None,
+        }
+    }
+}
 
 pub(crate) struct WriteRequest {
     pub op: Op,
@@ -80,8 +111,32 @@ pub(crate) enum Op {
         device: DeviceId,
     },
     Command {
-        ctx: DeviceCtx,
+        actor: Actor,
         command: WriteCommand,
+    },
+    /// Adds a peer or replaces its record.
+    PutPeer {
+        node: NodeName,
+        record: PeerRecord,
+    },
+    RemovePeer {
+        node: NodeName,
+    },
+    /// Events from a chat's home (a peer), applied in order, each once.
+    ApplyEvents {
+        origin: NodeName,
+        events: Vec<Numbered>,
+    },
+    /// A peer confirmed every outbox entry up to `delivered`; `dead`, if any,
+    /// becomes a dead letter (the peer refused it, or it is too old).
+    OutboxDone {
+        node: NodeName,
+        delivered: u64,
+        dead: Option<u64>,
+    },
+    /// A peer's dead letters go back to its outbox, in their order.
+    ReplayDead {
+        node: NodeName,
     },
     CreateAttachment {
         id: AttachmentId,
@@ -112,5 +167,12 @@ pub(crate) enum Outcome {
     },
     /// Whether a `DropAttachment` removed the record.
     Dropped(bool),
+    /// Events applied up to this seq; the next one was refused when `refused`.
+    Applied {
+        applied: u64,
+        refused: Option<CoreError>,
+    },
+    /// How many entries an operation moved.
+    Count(u64),
     Done,
 }

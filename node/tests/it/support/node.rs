@@ -265,6 +265,34 @@ impl TestNode {
         &self.http
     }
 
+    /// The base URL of the process that owns the store (and speaks federation).
+    pub(crate) fn main_url(&self) -> &str {
+        &self.main.url
+    }
+
+    /// Makes `other` a peer of this node, with the key its well-known document
+    /// names (as `natter peer add NODE URL --fetch-key --yes` does).
+    pub(crate) async fn add_peer(&self, other: &TestNode) {
+        let known: Value = self
+            .http
+            .get(format!("{}/.well-known/natter/node", other.main_url()))
+            .send()
+            .await
+            .expect("well-known request")
+            .json()
+            .await
+            .expect("well-known JSON");
+        let body = json!({
+            "node": known["node"],
+            "url": other.main_url(),
+            "publicKey": known["keys"][0]["publicKey"],
+        });
+        let (status, answer) = self
+            .admin(reqwest::Method::POST, "/peers", Some(body))
+            .await;
+        assert_eq!(status, 201, "{answer}");
+    }
+
     /// `kill -9` of the process with the store (all-in-one or core).
     pub(crate) fn kill9(&mut self) {
         self.main.kill9();

@@ -1,0 +1,767 @@
+//! The core's side of federation: peers (added by an admin), each peer's outbox
+//! sender, events and actions from peers, and forwarding this node's users'
+//! commands on chats whose home is a peer.
+//!
+//! The writer queues events in a peer's outbox in the same transaction as the
+//! change they describe; here one task per peer sends them, in order, in
+//! batches, until the peer confirms them, with capped exponential back-off and
+//! jitter while it is away, woken at once by a new event or by the peer
+//! contacting us. An entry older than `dead_letter_after`, or one the peer
+//! refuses, becomes a dead letter an admin can see and replay.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::federation::error::VerifyError;
+use crate::federation::rfc9421::Message;
+use crate::federation::verify::{Verifier, VerifierConfig};
+use std::time::Duration;
+
+use base64::Engine;
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::writer::{Actor, Op, Outcome, WriteCommand};
+use super::{Core, CoreError};
+use crate::clock::rfc3339;
+use crate::federation::client::{PeerClient, PeerError};
+use crate::federation::events::{Action, ActionRequest, Applied, EventBatch, Numbered};
+use crate::federation::keys::{KeyLookup, PeerKey, PeerKeys, key_id};
+use crate::ids::{ChatId, NodeName};
+use crate::protocol::{self, Command, CommandResult, ErrorCode};
+use crate::store::{PeerKeyRecord, PeerRecord};
+
+/// Events sent to a peer in one request.
+const BATCH: usize = 256;
+
+/// Federation settings of a node.
+#[derive(Clone, Debug)]
+pub struct FederationConfig {
+    /// How long a request to a peer may take.
+    pub request_timeout: Duration,
+    /// Outbox entries older than this become dead letters.
+    pub dead_letter_after: Duration,
+    /// The longest wait between retries of an unreachable peer.
+    pub max_backoff: Duration,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(5),
+            dead_letter_after: Duration::from_secs(7 * 24 * 3600),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+/// How a peer's outbox sender is doing.
+#[derive(Clone, Debug, Default)]
+struct Health {
+    last_contact: Option<i64>,
+    failures: u32,
+    retry_at: Option<i64>,
+    last_error: Option<String>,
+}
+
+/// A peer as the admin sees it (`natter peer list --json`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerInfo {
+    pub node: String,
+    pub url: String,
+    pub fingerprint: String,
+    pub public_keys: Vec<String>,
+    pub last_contact: Option<String>,
+    pub outbox_depth: usize,
+    pub oldest_queued_age_ms: Option<i64>,
+    pub dead_letters: usize,
+    /// `ok`, or `backing-off` with the number of failures in a row.
+    pub state: String,
+    pub failures: u32,
+    pub retry_at: Option<String>,
+    pub last_error: Option<String>,
+}
+
+type Keys = Arc<RwLock<HashMap<NodeName, Vec<PeerKey>>>>;
+
+/// The federation state the core keeps (shared by its clones).
+pub(super) struct Federation {
+    client: PeerClient,
+    config: FederationConfig,
+    /// This node's public key, and the URL peers reach it at.
+    identity: NodeIdentity,
+    /// Peer → keys, for verifying requests (refreshed on every peer change).
+    keys: Keys,
+    verifier: Verifier<PeerKeyring>,
+    health: Mutex<HashMap<NodeName, Health>>,
+    /// One cancel per running outbox sender.
+    senders: Mutex<HashMap<NodeName, CancellationToken>>,
+    /// One ordered lane per home node for this node's forwarded commands.
+    lanes: Mutex<HashMap<NodeName, mpsc::Sender<Forward>>>,
+    runtime: Mutex<Option<(TaskTracker, CancellationToken)>>,
+}
+
+type Forward = (
+    ActionRequest,
+    oneshot::Sender<Result<CommandResult, CoreError>>,
+);
+
+/// Who this node is, as peers see it (`/.well-known/natter/node`,
+/// `natter key show`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeIdentity {
+    pub node: String,
+    /// base64 (standard, padded) of the 32-byte ed25519 public key.
+    pub public_key: String,
+    /// The key's id in signatures (`keyid`): `ed25519-` and 16 hex digits of
+    /// its SHA-256; also its fingerprint.
+    pub fingerprint: String,
+    /// The node's base URL (what its clients use); federation is under
+    /// `/federation/v1/` there.
+    pub url: String,
+}
+
+impl Federation {
+    pub(super) fn new(
+        node: NodeName,
+        key: SigningKey,
+        public_url: String,
+        config: FederationConfig,
+    ) -> Self {
+        let verifying = key.verifying_key();
+        let identity = NodeIdentity {
+            node: node.to_string(),
+            public_key: base64::engine::general_purpose::STANDARD.encode(verifying.as_bytes()),
+            fingerprint: key_id(&verifying),
+            url: public_url,
+        };
+        let keys = Keys::default();
+        let verifier = Verifier::new(
+            VerifierConfig::new(node.as_str()),
+            PeerKeyring(keys.clone()),
+        );
+        Self {
+            client: PeerClient::new(node, key, config.request_timeout),
+            config,
+            identity,
+            keys,
+            verifier,
+            health: Mutex::default(),
+            senders: Mutex::default(),
+            lanes: Mutex::default(),
+            runtime: Mutex::default(),
+        }
+    }
+
+    fn has_peers(&self) -> bool {
+        !self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, Health>> {
+        self.health.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The verifier's view of the peers' keys.
+#[derive(Clone)]
+pub struct PeerKeyring(Keys);
+
+impl PeerKeys for PeerKeyring {
+    fn lookup(&self, origin: &str, key_id: &str) -> KeyLookup {
+        let Some(node) = NodeName::parse(&origin.to_ascii_lowercase()) else {
+            return KeyLookup::UnknownPeer;
+        };
+        let keys = self.0.read().unwrap_or_else(|e| e.into_inner());
+        match keys.get(&node) {
+            None => KeyLookup::UnknownPeer,
+            Some(keys) => match keys.iter().find(|k| k.key_id == key_id) {
+                Some(key) => KeyLookup::Found(Box::new(key.clone())),
+                None => KeyLookup::UnknownKey,
+            },
+        }
+    }
+}
+
+/// Parses a base64 ed25519 public key (standard alphabet, padding optional).
+pub fn parse_public_key(text: &str) -> Option<VerifyingKey> {
+    let text = text.trim().trim_end_matches('=');
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(text)
+        .ok()?;
+    VerifyingKey::from_bytes(&bytes.try_into().ok()?).ok()
+}
+
+fn peer_keys(record: &PeerRecord) -> Vec<PeerKey> {
+    record
+        .keys
+        .iter()
+        .filter_map(|k| {
+            let key = parse_public_key(&k.public_key)?;
+            let mut peer_key = PeerKey::new(key, k.not_before);
+            peer_key.not_after_ms = k.not_after;
+            Some(peer_key)
+        })
+        .collect()
+}
+
+fn peer_unreachable(e: &PeerError) -> CoreError {
+    CoreError::Unavailable(format!("{e}; retry shortly"))
+}
+
+impl Core {
+    /// Loads the peers and starts one outbox sender per peer; senders of peers
+    /// added later start with them. Stops with `cancel`.
+    pub async fn start_federation(
+        &self,
+        tasks: &TaskTracker,
+        cancel: CancellationToken,
+    ) -> Result<(), CoreError> {
+        *self.fed().runtime.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((tasks.clone(), cancel));
+        for (node, record) in self.read(|view| Ok(view.peers()?)).await? {
+            self.peer_changed(&node, Some(&record));
+        }
+        Ok(())
+    }
+
+    fn fed(&self) -> &Federation {
+        &self.inner.federation
+    }
+
+    /// This node as peers see it.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.fed().identity
+    }
+
+    /// Checks a peer's signed request (every check of docs/federation.md, in
+    /// its order); the peer it came from when it passes.
+    pub fn verify_peer_request(
+        &self,
+        msg: &Message<'_>,
+        body: &[u8],
+    ) -> Result<NodeName, VerifyError> {
+        let verified = self
+            .fed()
+            .verifier
+            .verify_request(msg, body, self.inner.clock.now_ms())?;
+        NodeName::parse(&verified.origin.to_ascii_lowercase()).ok_or(VerifyError::UnknownOrigin {
+            origin: verified.origin,
+        })
+    }
+
+    /// A peer was added, changed or removed: refresh its keys, and start or
+    /// stop its outbox sender.
+    fn peer_changed(&self, node: &NodeName, record: Option<&PeerRecord>) {
+        let fed = self.fed();
+        let mut keys = fed.keys.write().unwrap_or_else(|e| e.into_inner());
+        match record {
+            Some(record) => keys.insert(node.clone(), peer_keys(record)),
+            None => keys.remove(node),
+        };
+        drop(keys);
+        let mut senders = fed.senders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stop) = senders.remove(node) {
+            stop.cancel();
+        }
+        let runtime = fed.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        if let (Some(_), Some((tasks, cancel))) = (record, runtime.as_ref()) {
+            let stop = cancel.child_token();
+            senders.insert(node.clone(), stop.clone());
+            tasks.spawn(self.clone().send_outbox(node.clone(), stop));
+        }
+    }
+
+    /// Adds a peer, or replaces its URL and key (the old key stays valid for
+    /// `overlap_ms` when it changes).
+    pub async fn add_peer(
+        &self,
+        node: &str,
+        url: &str,
+        public_key: &str,
+    ) -> Result<PeerInfo, CoreError> {
+        let bad = |m: &str| CoreError::reject(ErrorCode::BadRequest, m);
+        let node = NodeName::parse(node).ok_or_else(|| bad("invalid node name"))?;
+        if &node == self.node() {
+            return Err(bad("a node cannot be its own peer"));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(bad("the peer's URL must start with http:// or https://"));
+        }
+        let key = parse_public_key(public_key)
+            .ok_or_else(|| bad("the public key must be the base64 of 32 bytes"))?;
+        let now = self.inner.clock.now_ms();
+        let record = PeerRecord {
+            url: url.trim_end_matches('/').to_owned(),
+            keys: vec![PeerKeyRecord {
+                public_key: base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
+                not_before: None,
+                not_after: None,
+            }],
+            added_at: now,
+        };
+        self.write(Op::PutPeer {
+            node: node.clone(),
+            record: record.clone(),
+        })
+        .await?;
+        self.peer_changed(&node, Some(&record));
+        self.peer_info(node).await
+    }
+
+    pub async fn remove_peer(&self, node: &str) -> Result<(), CoreError> {
+        let node = NodeName::parse(node)
+            .ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
+        self.write(Op::RemovePeer { node: node.clone() }).await?;
+        self.peer_changed(&node, None);
+        self.fed().health().remove(&node);
+        Ok(())
+    }
+
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, CoreError> {
+        let nodes = self.read(|view| Ok(view.peers()?)).await?;
+        let mut out = Vec::with_capacity(nodes.len());
+        for (node, _) in nodes {
+            out.push(self.peer_info(node).await?);
+        }
+        Ok(out)
+    }
+
+    async fn peer_info(&self, node: NodeName) -> Result<PeerInfo, CoreError> {
+        let now = self.inner.clock.now_ms();
+        let name = node.clone();
+        let (record, queued, dead) = self
+            .read(move |view| {
+                let record = view.peer(&name)?;
+                let queued = view.outbox(&name, 0, usize::MAX, false)?;
+                let dead = view.outbox(&name, 0, usize::MAX, true)?.len();
+                Ok((record, queued, dead))
+            })
+            .await?;
+        let record =
+            record.ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
+        let health = self.fed().health().get(&node).cloned().unwrap_or_default();
+        let public_keys: Vec<String> = record.keys.iter().map(|k| k.public_key.clone()).collect();
+        Ok(PeerInfo {
+            node: node.to_string(),
+            url: record.url,
+            fingerprint: record
+                .keys
+                .first()
+                .and_then(|k| parse_public_key(&k.public_key))
+                .map(|k| key_id(&k))
+                .unwrap_or_default(),
+            public_keys,
+            last_contact: health.last_contact.map(rfc3339),
+            outbox_depth: queued.len(),
+            oldest_queued_age_ms: queued.first().map(|(_, e)| now - e.queued_at),
+            dead_letters: dead,
+            state: if health.failures == 0 {
+                "ok"
+            } else {
+                "backing-off"
+            }
+            .to_owned(),
+            failures: health.failures,
+            retry_at: health.retry_at.map(rfc3339),
+            last_error: health.last_error,
+        })
+    }
+
+    /// A peer's dead letters (`replay`: put back in its outbox).
+    pub async fn dead_letters(
+        &self,
+        node: &str,
+        replay: bool,
+    ) -> Result<Vec<serde_json::Value>, CoreError> {
+        let node = NodeName::parse(node)
+            .ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
+        let name = node.clone();
+        let dead = self
+            .read(move |view| Ok(view.outbox(&name, 0, usize::MAX, true)?))
+            .await?;
+        if replay
+            && let Outcome::Count(n) = self.write(Op::ReplayDead { node: node.clone() }).await?
+        {
+            tracing::info!(peer = %node, events = n, "dead letters back in the outbox");
+        }
+        Ok(dead
+            .into_iter()
+            .map(|(seq, e)| {
+                serde_json::json!({"seq": seq, "queuedAt": rfc3339(e.queued_at), "event": e.event})
+            })
+            .collect())
+    }
+
+    /// A peer contacted us: it is up, so its outbox is worth trying now.
+    pub fn peer_contacted(&self, node: &NodeName) {
+        self.fed()
+            .health()
+            .entry(node.clone())
+            .or_default()
+            .last_contact = Some(self.inner.clock.now_ms());
+        self.inner.wakers.wake(node);
+    }
+
+    /// Sends `node`'s outbox until `stop`.
+    async fn send_outbox(self, node: NodeName, stop: CancellationToken) {
+        let wake = self.inner.wakers.of(&node);
+        loop {
+            let wait = match self.send_some(&node).await {
+                Ok(true) => continue,
+                Ok(false) => None,
+                Err(e) => Some(self.failed(&node, &e)),
+            };
+            let sleep = wait.unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+    }
+
+    /// Sends one batch. `Ok(true)` when more may be waiting.
+    async fn send_some(&self, node: &NodeName) -> Result<bool, PeerError> {
+        let name = node.clone();
+        let read = self
+            .read(move |view| Ok((view.peer(&name)?, view.outbox(&name, 0, BATCH, false)?)))
+            .await;
+        let Ok((Some(peer), batch)) = read else {
+            return Ok(false);
+        };
+        let Some((first, oldest)) = batch.first() else {
+            return Ok(false);
+        };
+        let now = self.inner.clock.now_ms();
+        let too_old = crate::clock::millis(self.fed().config.dead_letter_after);
+        let mut events = Vec::with_capacity(batch.len());
+        for (seq, entry) in &batch {
+            match serde_json::from_value(entry.event.clone()) {
+                Ok(event) if now - entry.queued_at <= too_old => {
+                    events.push(Numbered { seq: *seq, event });
+                }
+                // Unreadable or too old: a dead letter, and the rest goes on.
+                _ => {
+                    tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
+                    self.outbox_done(node, seq - 1, Some(*seq)).await;
+                    return Ok(true);
+                }
+            }
+        }
+        let _ = oldest;
+        let sent: Result<Applied, _> = self
+            .fed()
+            .client
+            .post(
+                node,
+                &peer.url,
+                "/federation/v1/events",
+                &EventBatch { events },
+                now,
+            )
+            .await;
+        match sent {
+            Ok(Applied { applied }) => {
+                self.succeeded(node);
+                self.outbox_done(node, applied, None).await;
+                Ok(batch.len() == BATCH || applied < batch.last().map_or(0, |(s, _)| *s))
+            }
+            Err(PeerError::Refused {
+                status: 403, body, ..
+            }) => {
+                // The peer refused one event: the ones before it are applied.
+                let applied = body["applied"].as_u64().unwrap_or(first - 1);
+                tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
+                self.succeeded(node);
+                self.outbox_done(node, applied, Some(applied + 1)).await;
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn outbox_done(&self, node: &NodeName, delivered: u64, dead: Option<u64>) {
+        let op = Op::OutboxDone {
+            node: node.clone(),
+            delivered,
+            dead,
+        };
+        if let Err(e) = self.write(op).await {
+            tracing::warn!(peer = %node, error = %e, "could not clear delivered outbox entries");
+        }
+    }
+
+    fn succeeded(&self, node: &NodeName) {
+        let now = self.inner.clock.now_ms();
+        let mut health = self.fed().health();
+        let h = health.entry(node.clone()).or_default();
+        *h = Health {
+            last_contact: Some(now),
+            ..Health::default()
+        };
+    }
+
+    /// Records a failure; returns how long to wait: capped exponential
+    /// back-off with jitter (half to all of it).
+    fn failed(&self, node: &NodeName, e: &PeerError) -> Duration {
+        let mut health = self.fed().health();
+        let h = health.entry(node.clone()).or_default();
+        h.failures = h.failures.saturating_add(1);
+        let cap = self.fed().config.max_backoff;
+        let full = Duration::from_millis(250)
+            .saturating_mul(1 << h.failures.min(16))
+            .min(cap);
+        let jitter = u64::from(u16::from_be_bytes(crate::auth::random_bytes::<2>()));
+        let wait = full / 2 + full.mul_f64(jitter as f64 / 65535.0) / 2;
+        h.retry_at = Some(self.inner.clock.now_ms() + crate::clock::millis(wait));
+        h.last_error = Some(e.to_string());
+        tracing::info!(peer = %node, failures = h.failures, ?wait, error = %e, "peer unreachable; retrying later");
+        wait
+    }
+
+    // ------------------------------------------------------------ inbound
+
+    /// A peer's events for chats whose home it is.
+    pub async fn apply_events(
+        &self,
+        origin: NodeName,
+        batch: EventBatch,
+    ) -> Result<Applied, (CoreError, u64)> {
+        let outcome = self
+            .write(Op::ApplyEvents {
+                origin,
+                events: batch.events,
+            })
+            .await
+            .map_err(|e| (e, 0))?;
+        match outcome {
+            Outcome::Applied {
+                applied,
+                refused: None,
+            } => Ok(Applied { applied }),
+            Outcome::Applied {
+                applied,
+                refused: Some(e),
+            } => Err((e, applied)),
+            other => Err((super::unexpected(other), 0)),
+        }
+    }
+
+    /// A peer's user acts in a chat whose home is this node.
+    pub async fn act(
+        &self,
+        origin: &NodeName,
+        request: ActionRequest,
+    ) -> Result<CommandResult, CoreError> {
+        if &request.actor.node != origin {
+            return Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                "a node acts only for its own users",
+            ));
+        }
+        let (command, device) = remote_command(request.action)?;
+        let actor = Actor::Remote {
+            user: request.actor,
+            device,
+        };
+        match self.write(Op::Command { actor, command }).await? {
+            Outcome::Command(result) => Ok(result),
+            other => Err(super::unexpected(other)),
+        }
+    }
+
+    // ------------------------------------------------------------ forwarding
+
+    /// The home of a chat this node mirrors (`None`: this node, or unknown).
+    pub(super) async fn home_of(&self, chat: ChatId) -> Result<Option<NodeName>, CoreError> {
+        if !self.fed().has_peers() {
+            return Ok(None);
+        }
+        self.read(move |view| Ok(view.chat(chat)?.and_then(|c| c.home)))
+            .await
+    }
+
+    /// Sends a command of a local user to the home of its chat, in this
+    /// connection's order; answers `unavailable` if the home cannot be reached.
+    pub(super) async fn forward(
+        &self,
+        home: NodeName,
+        request: ActionRequest,
+    ) -> Result<oneshot::Receiver<Result<CommandResult, CoreError>>, CoreError> {
+        let lane = {
+            let mut lanes = self.fed().lanes.lock().unwrap_or_else(|e| e.into_inner());
+            match lanes.get(&home) {
+                Some(lane) if !lane.is_closed() => lane.clone(),
+                _ => {
+                    let (tx, rx) = mpsc::channel(1024);
+                    let runtime = self.fed().runtime.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some((tasks, cancel)) = runtime.as_ref() else {
+                        return Err(CoreError::Stopped);
+                    };
+                    tasks.spawn(self.clone().run_lane(home.clone(), rx, cancel.clone()));
+                    lanes.insert(home.clone(), tx.clone());
+                    tx
+                }
+            }
+        };
+        let (answer, rx) = oneshot::channel();
+        lane.send((request, answer))
+            .await
+            .map_err(|_| CoreError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Sends forwarded commands to `home` one at a time, in order.
+    async fn run_lane(
+        self,
+        home: NodeName,
+        mut rx: mpsc::Receiver<Forward>,
+        cancel: CancellationToken,
+    ) {
+        loop {
+            let (request, answer) = tokio::select! {
+                () = cancel.cancelled() => return,
+                next = rx.recv() => match next { Some(next) => next, None => return },
+            };
+            let result = self.send_action(&home, &request).await;
+            let _ = answer.send(result);
+        }
+    }
+
+    async fn send_action(
+        &self,
+        home: &NodeName,
+        request: &ActionRequest,
+    ) -> Result<CommandResult, CoreError> {
+        let name = home.clone();
+        let peer = self.read(move |view| Ok(view.peer(&name)?)).await?;
+        let Some(peer) = peer else {
+            return Err(CoreError::Unavailable(format!(
+                "this chat's home {home} is no longer a peer of this node"
+            )));
+        };
+        let now = self.inner.clock.now_ms();
+        let client = &self.fed().client;
+        match client
+            .post(home, &peer.url, "/federation/v1/actions", request, now)
+            .await
+        {
+            Ok(result) => {
+                self.succeeded(home);
+                Ok(result)
+            }
+            Err(PeerError::Refused { status, body, .. }) if status != 401 && status < 500 => {
+                let code =
+                    serde_json::from_value(body["code"].clone()).unwrap_or(ErrorCode::Forbidden);
+                let message = body["message"]
+                    .as_str()
+                    .unwrap_or("refused by the chat's home");
+                Err(CoreError::reject(code, message))
+            }
+            Err(e) => Err(peer_unreachable(&e)),
+        }
+    }
+}
+
+/// The writer's form of a peer user's action, checked like a client's frame.
+fn remote_command(action: Action) -> Result<(WriteCommand, Option<String>), CoreError> {
+    let bad = |m: String| CoreError::reject(ErrorCode::BadRequest, m);
+    Ok(match action {
+        Action::SendMessage {
+            chat_id,
+            message,
+            client_msg_id,
+            device,
+        } => {
+            if message.is_empty() || message.len() > protocol::MAX_MESSAGE_BYTES {
+                return Err(CoreError::reject(
+                    ErrorCode::MessageTooLarge,
+                    format!("a message has 1-{} bytes", protocol::MAX_MESSAGE_BYTES),
+                ));
+            }
+            if client_msg_id.as_ref().is_some_and(|c| {
+                c.is_empty() || c.chars().count() > protocol::MAX_CLIENT_MSG_ID_CHARS
+            }) {
+                return Err(bad("clientMsgId is too long".into()));
+            }
+            let send = WriteCommand::SendMessage {
+                chat_id,
+                message,
+                attachments: Vec::new(),
+                client_msg_id,
+            };
+            (send, device.filter(|d| d.len() <= 64))
+        }
+        Action::ModifyChatParticipants {
+            chat_id,
+            user_id,
+            operation,
+        } => (
+            WriteCommand::ModifyChatParticipants {
+                chat_id,
+                user: user_id,
+                operation,
+            },
+            None,
+        ),
+        Action::RenameChat { chat_id, name } => {
+            if name
+                .as_ref()
+                .is_some_and(|n| n.chars().count() > protocol::MAX_CHAT_NAME_CHARS)
+            {
+                return Err(bad("name is too long".into()));
+            }
+            (WriteCommand::RenameChat { chat_id, name }, None)
+        }
+    })
+}
+
+/// The action a command of a local user becomes when its chat's home is a
+/// peer; `None` for commands that stay on this node.
+pub(super) fn forwarded(
+    ctx: &super::DeviceCtx,
+    command: &Command,
+    node: &NodeName,
+) -> Option<ActionRequest> {
+    let action = match command {
+        Command::SendMessage {
+            chat_id,
+            message,
+            client_msg_id,
+            ..
+        } => Action::SendMessage {
+            chat_id: *chat_id,
+            message: message.clone(),
+            client_msg_id: client_msg_id.clone(),
+            device: Some(ctx.device.to_string()),
+        },
+        Command::ModifyChatParticipants {
+            chat_id,
+            user,
+            operation,
+        } => Action::ModifyChatParticipants {
+            chat_id: *chat_id,
+            user_id: user.clone(),
+            operation: *operation,
+        },
+        Command::RenameChat { chat_id, name } => Action::RenameChat {
+            chat_id: *chat_id,
+            name: name.clone(),
+        },
+        _ => return None,
+    };
+    let actor = crate::ids::UserRef {
+        name: ctx.user.clone(),
+        node: node.clone(),
+    };
+    Some(ActionRequest { actor, action })
+}

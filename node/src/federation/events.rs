@@ -1,0 +1,148 @@
+//! What nodes say to each other about chats: the events a chat's home sends to
+//! every participating node ([`Event`], in batches), and the actions a
+//! participating node forwards to the home for its users ([`Action`]).
+//!
+//! **Boundary**: these are the federation wire format (docs/federation.md),
+//! spoken by nodes of other builds and, one day, other implementations. Their
+//! own types, not the client protocol's nor the store's: add variants and
+//! optional fields, never change existing ones.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ChatId, MessageId, UserRef};
+use crate::protocol::Operation;
+
+/// Why a chat's state changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Reason {
+    Created,
+    Added,
+    Removed,
+    Renamed,
+}
+
+/// An attachment as a message carries it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attachment {
+    pub attachment_id: String,
+    pub content_type: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// One event of a chat, from its home.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Event {
+    /// The chat as it is now, and why it changed. Sent to the nodes of the
+    /// participants after the change, and to the node of one just removed.
+    Chat {
+        chat_id: ChatId,
+        name: Option<String>,
+        /// `name@node` of the creator.
+        creator: String,
+        created_at: i64,
+        /// Every participant, `name@node`, sorted.
+        participants: Vec<String>,
+        reason: Reason,
+        at: i64,
+    },
+    /// A message, as the home sequenced it.
+    Message {
+        chat_id: ChatId,
+        seq: u64,
+        message_id: MessageId,
+        /// `name@node` of the sender.
+        from: String,
+        sent_at: i64,
+        text: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
+        /// The sender's device, as its node named it in the action: that node
+        /// does not echo the message to the device that sent it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sender_device: Option<String>,
+    },
+}
+
+impl Event {
+    pub fn chat_id(&self) -> ChatId {
+        match self {
+            Self::Chat { chat_id, .. } | Self::Message { chat_id, .. } => *chat_id,
+        }
+    }
+}
+
+/// `POST /federation/v1/events`: events for the receiver, numbered per
+/// (sender, receiver) from 1 without gaps, oldest first.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub events: Vec<Numbered>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Numbered {
+    pub seq: u64,
+    pub event: Event,
+}
+
+/// The answer to an [`EventBatch`]: every event up to `applied` is applied
+/// (now or before). A refused event is answered 403 with the same field.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Applied {
+    pub applied: u64,
+}
+
+/// `POST /federation/v1/actions`: a participating node asks a chat's home to do
+/// something for one of its users.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ActionRequest {
+    /// `name@node` of the user; its node must be the sender.
+    pub actor: UserRef,
+    pub action: Action,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum Action {
+    SendMessage {
+        chat_id: ChatId,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+        /// The sending device (opaque to the home; echoed in the event).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+    },
+    ModifyChatParticipants {
+        chat_id: ChatId,
+        user_id: UserRef,
+        operation: Operation,
+    },
+    RenameChat {
+        chat_id: ChatId,
+        name: Option<String>,
+    },
+}
+
+impl Action {
+    pub fn chat_id(&self) -> ChatId {
+        match self {
+            Self::SendMessage { chat_id, .. }
+            | Self::ModifyChatParticipants { chat_id, .. }
+            | Self::RenameChat { chat_id, .. } => *chat_id,
+        }
+    }
+}

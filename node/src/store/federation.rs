@@ -1,0 +1,135 @@
+//! The federation records: known peers (with their keys), each peer's outbox
+//! of events (and its dead letters), and the per-peer counters that make
+//! delivery in order and exactly-once to apply.
+
+use fjall::Readable;
+use serde::{Deserialize, Serialize};
+
+use super::{Result, Source, StoreError, Tx, View, json, keys, parse};
+use crate::ids::NodeName;
+
+/// A peer node, added by an admin.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Base URL of the peer (what its clients use); federation is under
+    /// `/federation/v1/` there.
+    pub url: String,
+    pub keys: Vec<PeerKeyRecord>,
+    pub added_at: i64,
+}
+
+/// One of a peer's ed25519 public keys, valid from `not_before` until
+/// `not_after` (ms; `None` = open).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerKeyRecord {
+    /// base64 of the 32-byte key.
+    pub public_key: String,
+    #[serde(default)]
+    pub not_before: Option<i64>,
+    #[serde(default)]
+    pub not_after: Option<i64>,
+}
+
+/// One event waiting to be delivered to a peer (JSON of the federation event).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub queued_at: i64,
+    pub event: serde_json::Value,
+}
+
+fn counter(bytes: Option<fjall::Slice>) -> Result<u64> {
+    match bytes {
+        None => Ok(0),
+        Some(b) => Ok(u64::from_be_bytes(b.as_ref().try_into().map_err(|_| {
+            StoreError::Corrupt {
+                keyspace: "fed",
+                detail: "counter".into(),
+            }
+        })?)),
+    }
+}
+
+impl<R: Source> View<R> {
+    pub fn peer(&self, node: &NodeName) -> Result<Option<PeerRecord>> {
+        match self.r.readable().get(&self.ks.fed, keys::peer(node))? {
+            Some(bytes) => Ok(Some(parse("fed", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn peers(&self) -> Result<Vec<(NodeName, PeerRecord)>> {
+        let mut out = Vec::new();
+        for item in self.r.readable().prefix(&self.ks.fed, keys::PEER_PREFIX) {
+            let (key, value) = item.into_inner()?;
+            if let Some(name) = keys::peer_name(&key) {
+                out.push((name, parse("fed", &value)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A peer's outbox (or dead letters) from `after` on, oldest first.
+    pub fn outbox(
+        &self,
+        node: &NodeName,
+        after: u64,
+        limit: usize,
+        dead: bool,
+    ) -> Result<Vec<(u64, OutboxEntry)>> {
+        let range =
+            keys::outbox(node, after.saturating_add(1), dead)..=keys::outbox(node, u64::MAX, dead);
+        let mut out = Vec::new();
+        for item in self.r.readable().range(&self.ks.fed, range).take(limit) {
+            let (key, value) = item.into_inner()?;
+            let seq = keys::outbox_seq(&key).ok_or_else(|| StoreError::Corrupt {
+                keyspace: "fed",
+                detail: "outbox key".into(),
+            })?;
+            out.push((seq, parse("fed", &value)?));
+        }
+        Ok(out)
+    }
+
+    /// The last outbox seq given out for a peer.
+    pub fn outbox_counter(&self, node: &NodeName) -> Result<u64> {
+        counter(
+            self.r
+                .readable()
+                .get(&self.ks.fed, keys::outbox_counter(node))?,
+        )
+    }
+
+    /// The last event seq applied from a peer.
+    pub fn applied(&self, node: &NodeName) -> Result<u64> {
+        counter(self.r.readable().get(&self.ks.fed, keys::applied(node))?)
+    }
+}
+
+impl Tx<'_> {
+    pub fn put_peer(&mut self, node: &NodeName, record: &PeerRecord) {
+        self.tx.insert(&self.ks.fed, keys::peer(node), json(record));
+    }
+
+    pub fn delete_peer(&mut self, node: &NodeName) {
+        self.tx.remove(&self.ks.fed, keys::peer(node));
+    }
+
+    pub fn put_outbox(&mut self, node: &NodeName, seq: u64, entry: &OutboxEntry, dead: bool) {
+        let key = keys::outbox(node, seq, dead);
+        self.tx.insert(&self.ks.fed, key, json(entry));
+    }
+
+    pub fn delete_outbox(&mut self, node: &NodeName, seq: u64, dead: bool) {
+        self.tx.remove(&self.ks.fed, keys::outbox(node, seq, dead));
+    }
+
+    pub fn set_outbox_counter(&mut self, node: &NodeName, seq: u64) {
+        let key = keys::outbox_counter(node);
+        self.tx.insert(&self.ks.fed, key, seq.to_be_bytes());
+    }
+
+    pub fn set_applied(&mut self, node: &NodeName, seq: u64) {
+        self.tx
+            .insert(&self.ks.fed, keys::applied(node), seq.to_be_bytes());
+    }
+}
