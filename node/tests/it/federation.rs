@@ -4,11 +4,14 @@
 use serde_json::{Value, json};
 
 use crate::in_every_topology;
-use crate::support::node::{BASE_CONFIG, Topology};
+use crate::support::node::{BASE_CONFIG, Creds, Topology};
 use crate::support::{TestNode, WsClient};
 
 async fn node_named(name: &str, t: Topology) -> TestNode {
-    TestNode::with_config(t, &format!("name = \"{name}\"\n{BASE_CONFIG}")).await
+    // Retries of an unreachable peer back off to at most a second here, so a
+    // test waits for a restarted peer within its deadline.
+    let config = format!("name = \"{name}\"\n{BASE_CONFIG}\n[federation]\nmax_backoff = \"1s\"\n");
+    TestNode::with_config(t, &config).await
 }
 
 /// Two nodes, each a peer of the other.
@@ -157,4 +160,183 @@ async fn a_chat_spans_two_nodes(t: Topology) {
     );
 }
 
-in_every_topology!(a_chat_spans_two_nodes);
+/// alice@alpha (the home) and bob@beta in one chat, both connected.
+struct Pair {
+    alice: WsClient,
+    bob: WsClient,
+    chat: String,
+    alice_creds: Creds,
+    bob_creds: Creds,
+}
+
+async fn chat_of_two(a: &TestNode, b: &TestNode) -> Pair {
+    let alice_creds = a.user("alice").await;
+    let bob_creds = b.user("bob").await;
+    let mut alice = a.connect(&alice_creds).await;
+    let mut bob = b.connect(&bob_creds).await;
+    let created = alice
+        .ok(json!({"type":"createChat","participants":["bob@beta.test"]}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    next(&mut alice, "chatUpdate").await;
+    next(&mut bob, "chatUpdate").await;
+    Pair {
+        alice,
+        bob,
+        chat,
+        alice_creds,
+        bob_creds,
+    }
+}
+
+/// Receives `n` messages, acking as it goes; returns their texts.
+async fn receive(client: &mut WsClient, n: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let event = client.event().await;
+        assert_eq!(event["type"], "newMessage", "{event}");
+        got.push(event);
+        if got.len() % 100 == 0 || got.len() == n {
+            client
+                .ack_events(&got[got.len() - got.len().min(100)..])
+                .await;
+        }
+    }
+    texts(&got)
+}
+
+async fn a_stopped_peer_catches_up_on_everything_in_order(t: Topology) {
+    let (mut a, mut b) = two_nodes(t).await;
+    let Pair {
+        mut alice,
+        bob,
+        chat,
+        bob_creds,
+        ..
+    } = chat_of_two(&a, &b).await;
+    bob.close().await;
+    b.kill9();
+    let sent: Vec<String> = (0..1000).map(|i| format!("m{i}")).collect();
+    for text in &sent {
+        alice
+            .ok(json!({"type":"sendMessage","chatId": chat,"message": text}))
+            .await;
+    }
+    b.restart_same_port().await;
+    // The home's outbox sender retries until beta is back.
+    let mut bob = b.connect(&bob_creds).await;
+    assert_eq!(receive(&mut bob, 1000).await, sent, "all, in order");
+    assert!(bob.drain().await.is_empty(), "once");
+    let history = bob
+        .ok(json!({"type":"getHistory","chatId": chat,"limit": 1}))
+        .await;
+    assert_eq!(history["messages"][0]["seq"], 1000);
+    a.kill9();
+}
+
+async fn sends_to_a_stopped_home_are_unavailable_then_applied_once(t: Topology) {
+    let (mut a, b) = two_nodes(t).await;
+    let Pair {
+        alice,
+        mut bob,
+        chat,
+        alice_creds,
+        ..
+    } = chat_of_two(&a, &b).await;
+    alice.close().await;
+    a.kill9();
+    let send = |text: &str, id: &str| json!({"type":"sendMessage","chatId": chat,"message": text,"clientMsgId": id});
+    for i in 0..3 {
+        let answer = bob.request(send(&format!("r{i}"), &format!("c{i}"))).await;
+        assert_eq!(answer["code"], "unavailable", "{answer}");
+    }
+    a.restart_same_port().await;
+    // Retries with the same clientMsgIds until the home answers; then once more.
+    let mut seqs = Vec::new();
+    for i in 0..3 {
+        let first = loop {
+            let answer = bob.request(send(&format!("r{i}"), &format!("c{i}"))).await;
+            if answer["type"] == "result" {
+                break answer;
+            }
+            assert_eq!(answer["code"], "unavailable", "{answer}");
+        };
+        let again = bob.ok(send(&format!("r{i}"), &format!("c{i}"))).await;
+        assert_eq!(again["messageId"], first["messageId"], "applied once");
+        seqs.push(first["seq"].as_u64().unwrap());
+    }
+    assert_eq!(seqs, [1, 2, 3]);
+    let mut alice = a.connect(&alice_creds).await;
+    assert_eq!(receive(&mut alice, 3).await, ["r0", "r1", "r2"]);
+    assert!(alice.drain().await.is_empty(), "each once");
+}
+
+async fn a_home_killed_mid_burst_loses_nothing_it_answered(t: Topology) {
+    let (mut a, b) = two_nodes(t).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        chat,
+        ..
+    } = chat_of_two(&a, &b).await;
+    for i in 0..400 {
+        let frame = json!({"type":"sendMessage","id": format!("s{i}"),"chatId": chat,"message": format!("m{i}")});
+        alice.send(&frame).await;
+    }
+    let mut answered = Vec::new();
+    for i in 0..200 {
+        let answer = alice.answer(&format!("s{i}")).await;
+        assert_eq!(answer["type"], "result", "{answer}");
+        answered.push(format!("m{i}"));
+    }
+    a.kill9();
+    a.restart_same_port().await;
+    // Everything alice was told is stored reaches beta, in order, once.
+    let got = receive(&mut bob, answered.len()).await;
+    assert_eq!(got, answered);
+    let rest = bob.drain().await;
+    let seqs: Vec<u64> = rest.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(
+        seqs.iter().enumerate().all(|(i, s)| *s == 201 + i as u64),
+        "whatever else was stored follows in order: {seqs:?}"
+    );
+}
+
+async fn three_nodes_share_a_chat(t: Topology) {
+    let (a, b) = two_nodes(t).await;
+    let c = node_named("gamma.test", t).await;
+    for (x, y) in [(&a, &c), (&c, &a), (&b, &c), (&c, &b)] {
+        x.add_peer(y).await;
+    }
+    let mut alice = a.connect(&a.user("alice").await).await;
+    let mut bob = b.connect(&b.user("bob").await).await;
+    let mut carol = c.connect(&c.user("carol").await).await;
+    let created = bob
+        .ok(json!({"type":"createChat","participants":["alice@alpha.test","carol@gamma.test"]}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    for client in [&mut alice, &mut bob, &mut carol] {
+        next(client, "chatUpdate").await;
+    }
+    // beta is the home; alpha's and gamma's sends go through it.
+    for (i, client) in [&mut alice, &mut bob, &mut carol].into_iter().enumerate() {
+        let sent = client
+            .ok(json!({"type":"sendMessage","chatId": chat,"message": format!("hello {i}")}))
+            .await;
+        assert_eq!(sent["seq"], i + 1);
+    }
+    assert_eq!(receive(&mut alice, 2).await, ["hello 1", "hello 2"]);
+    assert_eq!(receive(&mut bob, 2).await, ["hello 0", "hello 2"]);
+    assert_eq!(receive(&mut carol, 2).await, ["hello 0", "hello 1"]);
+    for client in [&mut alice, &mut bob, &mut carol] {
+        assert!(client.drain().await.is_empty());
+    }
+}
+
+in_every_topology!(
+    a_chat_spans_two_nodes,
+    three_nodes_share_a_chat,
+    a_stopped_peer_catches_up_on_everything_in_order,
+    sends_to_a_stopped_home_are_unavailable_then_applied_once,
+    a_home_killed_mid_burst_loses_nothing_it_answered,
+);

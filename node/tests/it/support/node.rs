@@ -317,6 +317,16 @@ impl TestNode {
         }
     }
 
+    /// Starts the stopped store-owning process again on the port it had (peers
+    /// know a node by its URL).
+    pub(crate) async fn restart_same_port(&mut self) {
+        let addr = self.main.url.trim_start_matches("http://").to_owned();
+        if let Some(listen) = self.main.args.iter().position(|a| a == "--listen") {
+            self.main.args[listen + 1] = addr;
+        }
+        self.restart().await;
+    }
+
     /// Starts every stopped process again (same data, new ports).
     pub(crate) async fn restart(&mut self) {
         if self.main.child.is_none() {
