@@ -372,6 +372,223 @@ fn user_ref(s: &str, local: &NodeName, id: &Option<String>) -> Result<UserRef, D
         .ok_or_else(|| DecodeError::new(id, ErrorCode::UnknownUser, format!("no such user {s:?}")))
 }
 
+/// A command's raw shape, checked into a [`Command`]: ids parsed, limits
+/// applied. One impl per command, next to nothing else.
+trait Checked: serde::de::DeserializeOwned {
+    fn check(self, id: &Option<String>, local: &NodeName) -> Result<Command, DecodeError>;
+}
+
+fn checked<T: Checked>(
+    map: Map<String, Value>,
+    id: &Option<String>,
+    local: &NodeName,
+) -> Result<Command, DecodeError> {
+    fields::<T>(map, id)?.check(id, local)
+}
+
+impl Checked for RawAck {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        if raw.delivery_ids.len() > MAX_ACK_IDS {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("at most {MAX_ACK_IDS} deliveryIds per ack"),
+            ));
+        }
+        let delivery_ids = raw
+            .delivery_ids
+            .iter()
+            .map(|s| DeliveryId::parse(s))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| DecodeError::new(id, ErrorCode::BadRequest, "invalid deliveryId"))?;
+        Ok(Command::Ack { delivery_ids })
+    }
+}
+
+impl Checked for RawCreateChat {
+    fn check(self, id: &Option<String>, local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        if let Some(name) = &raw.name {
+            check_chat_name(name, id)?;
+        }
+        // Too many is refused by the core, which knows whether the creator is listed.
+        if raw.participants.len() > 4 * MAX_PARTICIPANTS {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::TooManyParticipants,
+                format!("a chat has at most {MAX_PARTICIPANTS} participants"),
+            ));
+        }
+        let participants = raw
+            .participants
+            .iter()
+            .map(|p| user_ref(p, local, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Command::CreateChat {
+            participants,
+            name: raw.name,
+        })
+    }
+}
+
+impl Checked for RawSendMessage {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        let chat_id = chat_id(&raw.chat_id, id)?;
+        if raw.message.len() > MAX_MESSAGE_BYTES {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::MessageTooLarge,
+                format!("message is over {MAX_MESSAGE_BYTES} bytes"),
+            ));
+        }
+        if raw.attachments.len() > MAX_ATTACHMENTS {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("at most {MAX_ATTACHMENTS} attachments"),
+            ));
+        }
+        if raw.message.is_empty() && raw.attachments.is_empty() {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                "a message needs text or attachments",
+            ));
+        }
+        if let Some(c) = &raw.client_msg_id
+            && (c.is_empty() || c.chars().count() > MAX_CLIENT_MSG_ID_CHARS)
+        {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("clientMsgId must be 1-{MAX_CLIENT_MSG_ID_CHARS} characters"),
+            ));
+        }
+        let attachments = raw
+            .attachments
+            .iter()
+            .map(|a| attachment_id(a, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Command::SendMessage {
+            chat_id,
+            message: raw.message,
+            attachments,
+            client_msg_id: raw.client_msg_id,
+        })
+    }
+}
+
+impl Checked for RawModify {
+    fn check(self, id: &Option<String>, local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        Ok(Command::ModifyChatParticipants {
+            chat_id: chat_id(&raw.chat_id, id)?,
+            user: user_ref(&raw.user_id, local, id)?,
+            operation: raw.operation,
+        })
+    }
+}
+
+impl Checked for RawAttachmentTarget {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        if !valid_content_type(&raw.content_type) {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                "contentType must be a MIME type like image/png",
+            ));
+        }
+        if raw.size == 0 {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                "size must be at least 1",
+            ));
+        }
+        if let Some(name) = &raw.name
+            && (name.is_empty()
+                || name.chars().count() > MAX_FILE_NAME_CHARS
+                || name.contains(['/', '\\', '\0']))
+        {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\"),
+            ));
+        }
+        if let Some(sum) = &raw.sha256
+            && !valid_sha256(sum)
+        {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                "sha256 must be the base64 of 32 bytes",
+            ));
+        }
+        Ok(Command::GetAttachmentTarget {
+            size: raw.size,
+            content_type: raw.content_type,
+            name: raw.name,
+            sha256: raw.sha256,
+        })
+    }
+}
+
+impl Checked for RawAttachmentUrl {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        Ok(Command::GetAttachmentUrl {
+            attachment_id: attachment_id(&raw.attachment_id, id)?,
+        })
+    }
+}
+
+impl Checked for RawHistory {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        let limit = raw.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
+        if limit == 0 || limit > HISTORY_MAX_LIMIT {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("limit must be 1-{HISTORY_MAX_LIMIT}"),
+            ));
+        }
+        Ok(Command::GetHistory {
+            chat_id: chat_id(&raw.chat_id, id)?,
+            before_seq: raw.before_seq,
+            after_seq: raw.after_seq,
+            limit,
+        })
+    }
+}
+
+impl Checked for RawMarkRead {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        Ok(Command::MarkRead {
+            chat_id: chat_id(&raw.chat_id, id)?,
+            seq: raw.seq,
+        })
+    }
+}
+
+impl Checked for RawRename {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let raw = self;
+        if let Some(name) = &raw.name {
+            check_chat_name(name, id)?;
+        }
+        Ok(Command::RenameChat {
+            chat_id: chat_id(&raw.chat_id, id)?,
+            name: raw.name,
+        })
+    }
+}
+
 /// Decodes one client text frame. This is the one place command names are matched.
 pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, DecodeError> {
     let none = None;
@@ -434,186 +651,17 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
         ));
     }
     let command = match kind {
-        CommandKind::Ack => {
-            let raw: RawAck = fields(map, &id)?;
-            if raw.delivery_ids.len() > MAX_ACK_IDS {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    format!("at most {MAX_ACK_IDS} deliveryIds per ack"),
-                ));
-            }
-            let delivery_ids = raw
-                .delivery_ids
-                .iter()
-                .map(|s| DeliveryId::parse(s))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| {
-                    DecodeError::new(&id, ErrorCode::BadRequest, "invalid deliveryId")
-                })?;
-            Command::Ack { delivery_ids }
-        }
-        CommandKind::CreateChat => {
-            let raw: RawCreateChat = fields(map, &id)?;
-            if let Some(name) = &raw.name {
-                check_chat_name(name, &id)?;
-            }
-            // Too many is refused by the core, which knows whether the creator is listed.
-            if raw.participants.len() > 4 * MAX_PARTICIPANTS {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::TooManyParticipants,
-                    format!("a chat has at most {MAX_PARTICIPANTS} participants"),
-                ));
-            }
-            let participants = raw
-                .participants
-                .iter()
-                .map(|p| user_ref(p, local, &id))
-                .collect::<Result<Vec<_>, _>>()?;
-            Command::CreateChat {
-                participants,
-                name: raw.name,
-            }
-        }
-        CommandKind::SendMessage => {
-            let raw: RawSendMessage = fields(map, &id)?;
-            let chat_id = chat_id(&raw.chat_id, &id)?;
-            if raw.message.len() > MAX_MESSAGE_BYTES {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::MessageTooLarge,
-                    format!("message is over {MAX_MESSAGE_BYTES} bytes"),
-                ));
-            }
-            if raw.attachments.len() > MAX_ATTACHMENTS {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    format!("at most {MAX_ATTACHMENTS} attachments"),
-                ));
-            }
-            if raw.message.is_empty() && raw.attachments.is_empty() {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    "a message needs text or attachments",
-                ));
-            }
-            if let Some(c) = &raw.client_msg_id
-                && (c.is_empty() || c.chars().count() > MAX_CLIENT_MSG_ID_CHARS)
-            {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    format!("clientMsgId must be 1-{MAX_CLIENT_MSG_ID_CHARS} characters"),
-                ));
-            }
-            let attachments = raw
-                .attachments
-                .iter()
-                .map(|a| attachment_id(a, &id))
-                .collect::<Result<Vec<_>, _>>()?;
-            Command::SendMessage {
-                chat_id,
-                message: raw.message,
-                attachments,
-                client_msg_id: raw.client_msg_id,
-            }
-        }
-        CommandKind::ModifyChatParticipants => {
-            let raw: RawModify = fields(map, &id)?;
-            Command::ModifyChatParticipants {
-                chat_id: chat_id(&raw.chat_id, &id)?,
-                user: user_ref(&raw.user_id, local, &id)?,
-                operation: raw.operation,
-            }
-        }
-        CommandKind::GetAttachmentTarget => {
-            let raw: RawAttachmentTarget = fields(map, &id)?;
-            if !valid_content_type(&raw.content_type) {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    "contentType must be a MIME type like image/png",
-                ));
-            }
-            if raw.size == 0 {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    "size must be at least 1",
-                ));
-            }
-            if let Some(name) = &raw.name
-                && (name.is_empty()
-                    || name.chars().count() > MAX_FILE_NAME_CHARS
-                    || name.contains(['/', '\\', '\0']))
-            {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    format!("name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\"),
-                ));
-            }
-            if let Some(sum) = &raw.sha256
-                && !valid_sha256(sum)
-            {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    "sha256 must be the base64 of 32 bytes",
-                ));
-            }
-            Command::GetAttachmentTarget {
-                size: raw.size,
-                content_type: raw.content_type,
-                name: raw.name,
-                sha256: raw.sha256,
-            }
-        }
-        CommandKind::GetAttachmentUrl => {
-            let raw: RawAttachmentUrl = fields(map, &id)?;
-            Command::GetAttachmentUrl {
-                attachment_id: attachment_id(&raw.attachment_id, &id)?,
-            }
-        }
+        CommandKind::Ack => checked::<RawAck>(map, &id, local)?,
+        CommandKind::CreateChat => checked::<RawCreateChat>(map, &id, local)?,
+        CommandKind::SendMessage => checked::<RawSendMessage>(map, &id, local)?,
+        CommandKind::ModifyChatParticipants => checked::<RawModify>(map, &id, local)?,
+        CommandKind::GetAttachmentTarget => checked::<RawAttachmentTarget>(map, &id, local)?,
+        CommandKind::GetAttachmentUrl => checked::<RawAttachmentUrl>(map, &id, local)?,
         CommandKind::ListChats => Command::ListChats,
         CommandKind::Sync => Command::Sync,
-        CommandKind::GetHistory => {
-            let raw: RawHistory = fields(map, &id)?;
-            let limit = raw.limit.unwrap_or(HISTORY_DEFAULT_LIMIT);
-            if limit == 0 || limit > HISTORY_MAX_LIMIT {
-                return Err(DecodeError::new(
-                    &id,
-                    ErrorCode::BadRequest,
-                    format!("limit must be 1-{HISTORY_MAX_LIMIT}"),
-                ));
-            }
-            Command::GetHistory {
-                chat_id: chat_id(&raw.chat_id, &id)?,
-                before_seq: raw.before_seq,
-                after_seq: raw.after_seq,
-                limit,
-            }
-        }
-        CommandKind::MarkRead => {
-            let raw: RawMarkRead = fields(map, &id)?;
-            Command::MarkRead {
-                chat_id: chat_id(&raw.chat_id, &id)?,
-                seq: raw.seq,
-            }
-        }
-        CommandKind::RenameChat => {
-            let raw: RawRename = fields(map, &id)?;
-            if let Some(name) = &raw.name {
-                check_chat_name(name, &id)?;
-            }
-            Command::RenameChat {
-                chat_id: chat_id(&raw.chat_id, &id)?,
-                name: raw.name,
-            }
-        }
+        CommandKind::GetHistory => checked::<RawHistory>(map, &id, local)?,
+        CommandKind::MarkRead => checked::<RawMarkRead>(map, &id, local)?,
+        CommandKind::RenameChat => checked::<RawRename>(map, &id, local)?,
     };
     Ok(ClientFrame::Command { id, command })
 }

@@ -25,6 +25,29 @@ fn too_many(message: String) -> CoreError {
 }
 
 impl Writer {
+    /// A chat changed: its update is stored and sent to `recipients` (and their
+    /// peers), and the commit is made durable before anyone is answered.
+    fn changed(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        record: &ChatRecord,
+        chat: ChatId,
+        participants: Vec<String>,
+        reason: UpdateReason,
+        recipients: &[Member],
+    ) -> Result<(), CoreError> {
+        let update = UpdateRecord {
+            chat,
+            name: record.name.clone(),
+            participants,
+            reason,
+            at: b.now,
+        };
+        self.update(b, &update, recipients, record)?;
+        b.sync();
+        Ok(())
+    }
+
     /// The cached state of a chat whose home is this node, if `user_id` is one
     /// of its participants. (Commands on a mirrored chat go to its home; the
     /// core forwards them before they could reach the writer.)
@@ -127,15 +150,7 @@ impl Writer {
                 members: Arc::new(members.clone()),
             },
         );
-        let update = UpdateRecord {
-            chat: chat_id,
-            name,
-            participants: ids,
-            reason: UpdateReason::Created,
-            at: b.now,
-        };
-        self.update(b, &update, &members, &record)?;
-        b.sync();
+        self.changed(b, &record, chat_id, ids, UpdateReason::Created, &members)?;
         Ok(CommandResult::ChatCreated {
             chat_id: chat_id.to_string(),
         })
@@ -166,7 +181,6 @@ impl Writer {
             )));
         }
         let last_seq = chat.record.last_seq;
-        let name = chat.record.name.clone();
         let members = Arc::make_mut(&mut chat.members);
         let at = members.partition_point(|m| m.id < target);
         members.insert(at, new_member.clone());
@@ -182,15 +196,14 @@ impl Writer {
             };
             b.tx.put_user_chat(local, chat_id, &joined);
         }
-        let update = UpdateRecord {
-            chat: chat_id,
-            name,
-            participants: ids.clone(),
-            reason: UpdateReason::Added,
-            at: now,
-        };
-        self.update(b, &update, &members, &record)?;
-        b.sync();
+        self.changed(
+            b,
+            &record,
+            chat_id,
+            ids.clone(),
+            UpdateReason::Added,
+            &members,
+        )?;
         Ok(CommandResult::Participants { participants: ids })
     }
 
@@ -216,7 +229,6 @@ impl Writer {
                 "only the chat's creator may remove others",
             ));
         }
-        let name = chat.record.name.clone();
         let removed = chat.members.iter().find(|m| m.id == target).cloned();
         Arc::make_mut(&mut chat.members).retain(|m| m.id != target);
         let ids = chat.member_ids();
@@ -228,15 +240,14 @@ impl Writer {
         if local {
             b.tx.delete_user_chat(&user.name, chat_id);
         }
-        let update = UpdateRecord {
-            chat: chat_id,
-            name,
-            participants: ids.clone(),
-            reason: UpdateReason::Removed,
-            at: b.now,
-        };
-        self.update(b, &update, &recipients, &record)?;
-        b.sync();
+        self.changed(
+            b,
+            &record,
+            chat_id,
+            ids.clone(),
+            UpdateReason::Removed,
+            &recipients,
+        )?;
         Ok(CommandResult::Participants { participants: ids })
     }
 
@@ -256,15 +267,7 @@ impl Writer {
         let members = chat.members.clone();
         let ids = chat.member_ids();
         b.tx.put_chat(chat_id, &record);
-        let update = UpdateRecord {
-            chat: chat_id,
-            name,
-            participants: ids,
-            reason: UpdateReason::Renamed,
-            at: b.now,
-        };
-        self.update(b, &update, &members, &record)?;
-        b.sync();
+        self.changed(b, &record, chat_id, ids, UpdateReason::Renamed, &members)?;
         Ok(CommandResult::Empty {})
     }
 }
