@@ -9,7 +9,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-pub fn random_bytes<const N: usize>() -> [u8; N] {
+pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
     let mut buf = [0u8; N];
     // The OS random source failing is not something a chat server can work around.
     getrandom::fill(&mut buf).expect("the OS random number generator failed");
@@ -17,30 +17,30 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 /// A new bearer token (43 characters of base64url).
-pub fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<32>())
 }
 
 /// A new invite code: short enough to paste, long enough not to guess.
-pub fn new_invite_code() -> String {
+pub(crate) fn new_invite_code() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random_bytes::<15>())
 }
 
-pub fn token_hash(token: &str) -> [u8; 32] {
+pub(crate) fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
 /// Why a password could not be hashed.
-pub type PasswordError = argon2::password_hash::Error;
+pub(crate) type PasswordError = argon2::password_hash::Error;
 
-pub fn hash_password(password: &str) -> Result<String, PasswordError> {
+pub(crate) fn hash_password(password: &str) -> Result<String, PasswordError> {
     let salt = SaltString::encode_b64(&random_bytes::<16>())?;
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
 }
 
-pub fn verify_password(password: &str, phc: &str) -> bool {
+pub(crate) fn verify_password(password: &str, phc: &str) -> bool {
     PasswordHash::new(phc)
         .map(|hash| {
             Argon2::default()
@@ -52,7 +52,7 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
 
 /// A hash to verify against when the user does not exist, so that a login for a
 /// missing user costs as much as one with a wrong password.
-pub fn dummy_hash() -> &'static str {
+pub(crate) fn dummy_hash() -> &'static str {
     use std::sync::OnceLock;
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| hash_password("not a real password").unwrap_or_default())

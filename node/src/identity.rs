@@ -14,9 +14,9 @@ use ed25519_dalek::SigningKey;
 
 use crate::auth;
 
-pub const NODE_KEY_FILE: &str = "node.key";
-pub const ADMIN_TOKEN_FILE: &str = "admin.token";
-pub const MEDIA_KEY_FILE: &str = "media.key";
+pub(crate) const NODE_KEY_FILE: &str = "node.key";
+pub(crate) const ADMIN_TOKEN_FILE: &str = "admin.token";
+pub(crate) const MEDIA_KEY_FILE: &str = "media.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -34,7 +34,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> IdentityError + '_ {
 }
 
 /// Creates the data folder (mode 0700) if needed. Returns whether it was new.
-pub fn prepare_data_dir(dir: &Path) -> Result<bool, IdentityError> {
+pub(crate) fn prepare_data_dir(dir: &Path) -> Result<bool, IdentityError> {
     if dir.is_dir() {
         return Ok(false);
     }
@@ -64,7 +64,7 @@ fn create_private(path: &Path, contents: &str) -> Result<bool, IdentityError> {
     }
 }
 
-pub struct Identity {
+pub(crate) struct Identity {
     pub key: SigningKey,
     pub key_path: PathBuf,
     pub created: bool,
@@ -72,7 +72,7 @@ pub struct Identity {
 
 impl Identity {
     /// The public key as peers see it: base64 (standard, no padding).
-    pub fn public_key(&self) -> String {
+    pub(crate) fn public_key(&self) -> String {
         base64::engine::general_purpose::STANDARD_NO_PAD.encode(self.key.verifying_key().as_bytes())
     }
 }
@@ -92,7 +92,7 @@ fn load_or_create_secret(
 }
 
 /// Loads the node key, making one on first start.
-pub fn load_or_create_key(dir: &Path) -> Result<Identity, IdentityError> {
+pub(crate) fn load_or_create_key(dir: &Path) -> Result<Identity, IdentityError> {
     let (bytes, key_path, created) = load_or_create_secret(dir, NODE_KEY_FILE)?;
     Ok(Identity {
         key: SigningKey::from_bytes(&bytes),
@@ -102,18 +102,18 @@ pub fn load_or_create_key(dir: &Path) -> Result<Identity, IdentityError> {
 }
 
 /// The key that signs embedded-mode media URLs.
-pub fn load_or_create_media_key(dir: &Path) -> Result<[u8; 32], IdentityError> {
+pub(crate) fn load_or_create_media_key(dir: &Path) -> Result<[u8; 32], IdentityError> {
     Ok(load_or_create_secret(dir, MEDIA_KEY_FILE)?.0)
 }
 
-pub struct AdminToken {
+pub(crate) struct AdminToken {
     pub token: String,
     pub path: PathBuf,
     pub created: bool,
 }
 
 /// Loads the admin token, making one on first start.
-pub fn load_or_create_admin_token(dir: &Path) -> Result<AdminToken, IdentityError> {
+pub(crate) fn load_or_create_admin_token(dir: &Path) -> Result<AdminToken, IdentityError> {
     let path = dir.join(ADMIN_TOKEN_FILE);
     let created = create_private(&path, &format!("{}\n", auth::new_token()))?;
     let token = fs::read_to_string(&path)

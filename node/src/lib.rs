@@ -3,17 +3,17 @@
 //! The crate is the library behind the `natterd` binary; `main.rs` only parses
 //! flags and calls [`server::serve`]. docs/ARCHITECTURE.md maps the modules.
 
-pub mod auth;
+pub(crate) mod auth;
 pub mod clock;
 pub mod config;
 pub mod core;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod federation;
 pub mod gateway;
-pub mod identity;
+pub(crate) mod identity;
 pub mod ids;
-pub mod media;
-pub mod metrics;
+pub(crate) mod media;
+pub(crate) mod metrics;
 pub mod protocol;
 pub mod server;
-pub mod store;
+pub(crate) mod store;

@@ -16,14 +16,14 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct CommandLabels {
+pub(crate) struct CommandLabels {
     /// The command's `type`.
     pub command: &'static str,
     /// `ok`, or the error code.
     pub outcome: &'static str,
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
     pub sessions_slow: Counter,
@@ -41,7 +41,7 @@ pub struct Metrics {
     pub store_outstanding_flushes: Gauge,
 }
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
 impl Metrics {
     fn new() -> Self {
@@ -137,7 +137,7 @@ impl Metrics {
         Self { registry, ..m }
     }
 
-    pub fn command(&self, command: &'static str, outcome: &'static str) {
+    pub(crate) fn command(&self, command: &'static str, outcome: &'static str) {
         self.commands
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
@@ -145,14 +145,14 @@ impl Metrics {
 }
 
 /// Wall-clock milliseconds, comparable across processes on one machine (or NTP).
-pub fn wall_ms() -> i64 {
+pub(crate) fn wall_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// The registry in Prometheus' text format.
-pub fn render() -> String {
+pub(crate) fn render() -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = prometheus_client::encoding::text::encode(&mut out, &METRICS.registry);

@@ -16,11 +16,11 @@
 //! Invariant: deliveries are published in commit order, and delivery ids grow in
 //! commit order, so a connection sees ids ascending on this hop.
 
-pub mod nats;
-pub mod presence;
-pub mod rpc;
-pub mod subjects;
-pub mod wire;
+pub(crate) mod nats;
+pub(crate) mod presence;
+pub(crate) mod rpc;
+pub(crate) mod subjects;
+pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -325,7 +325,7 @@ impl SeqCheck {
 }
 
 /// The next item of `stream`, or `None` once it ends or `cancel` fires.
-pub async fn next_or_cancel<S: futures_util::Stream + Unpin>(
+pub(crate) async fn next_or_cancel<S: futures_util::Stream + Unpin>(
     stream: &mut S,
     cancel: &CancellationToken,
 ) -> Option<S::Item> {
@@ -480,7 +480,7 @@ async fn publish_json<T: serde::Serialize>(
 
 /// Core side of presence: takes gateways' reports into `table`, expires silent
 /// gateways, and announces a (re)start so gateways resync and report again.
-pub fn start_presence_listener(
+pub(crate) fn start_presence_listener(
     nats: Nats,
     table: Arc<PresenceTable>,
     tasks: &TaskTracker,
@@ -554,7 +554,7 @@ pub fn start_presence_listener(
 
 /// Tells `gateway` to close its connection of `device`: it connected elsewhere
 /// (`Displace`), or it logged out (`Revoke`).
-pub async fn control(nats: &Nats, gateway: &GatewayId, order: GatewayControl) {
+pub(crate) async fn control(nats: &Nats, gateway: &GatewayId, order: GatewayControl) {
     let subject = subjects::gateway_control(&nats.node, gateway);
     if let Err(e) = publish_json(nats, subject, &order).await {
         tracing::warn!(error = %e, ?order, "could not send an order to a gateway");
@@ -685,7 +685,7 @@ async fn ack(message: jetstream::Message) {
 /// (when a separate core needs them); displacement and resync orders from the
 /// core; and a resync of every connection whenever NATS reconnects or the core
 /// restarts.
-pub fn start_gateway_link(
+pub(crate) fn start_gateway_link(
     nats: Nats,
     gateway: GatewayId,
     hub: Hub,
@@ -811,7 +811,7 @@ async fn heartbeats(nats: Nats, gateway: GatewayId, hub: Hub, cancel: Cancellati
 
 /// Reports that a device's session at `gateway` ended (best effort: heartbeats
 /// correct a lost report).
-pub async fn session_ended(nats: &Nats, gateway: &GatewayId, device: DeviceId) {
+pub(crate) async fn session_ended(nats: &Nats, gateway: &GatewayId, device: DeviceId) {
     let report = PresenceReport::SessionEnd {
         gateway: gateway.clone(),
         device,

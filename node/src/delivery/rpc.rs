@@ -149,7 +149,7 @@ impl RpcClient {
 /// The server's side: every request on the node's RPC subject goes to `handle`,
 /// in arrival order. `handle(payload)` does what must happen in order and
 /// returns the answer's future, which runs apart; its bytes are the reply.
-pub fn serve<H, Start, Answer>(
+pub(crate) fn serve<H, Start, Answer>(
     nats: Nats,
     handle: H,
     tasks: &TaskTracker,

@@ -20,7 +20,7 @@ fn node_token(node: &NodeName) -> String {
 }
 
 /// The JetStream stream that carries deliveries.
-pub fn stream_name(node: &NodeName) -> String {
+pub(crate) fn stream_name(node: &NodeName) -> String {
     format!(
         "NATTER_{}_DLV",
         node_token(node).to_ascii_uppercase().replace('-', "_")
@@ -28,43 +28,43 @@ pub fn stream_name(node: &NodeName) -> String {
 }
 
 /// Everything the delivery stream captures.
-pub fn deliveries_all(node: &NodeName) -> String {
+pub(crate) fn deliveries_all(node: &NodeName) -> String {
     format!("natter.{}.dlv.>", node_token(node))
 }
 
 /// What one gateway's consumer reads.
-pub fn deliveries_for_gateway(node: &NodeName, gateway: &GatewayId) -> String {
+pub(crate) fn deliveries_for_gateway(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.dlv.{gateway}.>", node_token(node))
 }
 
 /// Where the core publishes a gateway's deliveries (batches of devices).
-pub fn deliveries(node: &NodeName, gateway: &GatewayId) -> String {
+pub(crate) fn deliveries(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.dlv.{gateway}.batch", node_token(node))
 }
 
 /// The durable consumer of one gateway.
-pub fn consumer_name(gateway: &GatewayId) -> String {
+pub(crate) fn consumer_name(gateway: &GatewayId) -> String {
     format!("gw_{}", gateway.as_str().replace('-', "_"))
 }
 
-pub fn rpc(node: &NodeName) -> String {
+pub(crate) fn rpc(node: &NodeName) -> String {
     format!("natter.{}.rpc", node_token(node))
 }
 
-pub fn presence(node: &NodeName) -> String {
+pub(crate) fn presence(node: &NodeName) -> String {
     format!("natter.{}.presence", node_token(node))
 }
 
-pub fn gateway_control(node: &NodeName, gateway: &GatewayId) -> String {
+pub(crate) fn gateway_control(node: &NodeName, gateway: &GatewayId) -> String {
     format!("natter.{}.gw.{gateway}", node_token(node))
 }
 
-pub fn core_started(node: &NodeName) -> String {
+pub(crate) fn core_started(node: &NodeName) -> String {
     format!("natter.{}.core.started", node_token(node))
 }
 
 /// Where replies to one gateway's requests arrive; `*` is the request number.
-pub fn reply_inbox(node: &NodeName, gateway: &GatewayId, nonce: &str) -> String {
+pub(crate) fn reply_inbox(node: &NodeName, gateway: &GatewayId, nonce: &str) -> String {
     format!("_INBOX.natter.{}.{gateway}.{nonce}", node_token(node))
 }
 

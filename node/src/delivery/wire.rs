@@ -16,7 +16,7 @@ use crate::ids::{DeviceId, GatewayId};
     rename_all = "camelCase",
     rename_all_fields = "camelCase"
 )]
-pub enum PresenceReport {
+pub(crate) enum PresenceReport {
     /// Everything connected at `gateway` now, sent periodically in `parts`
     /// messages (so a gateway with many devices stays under NATS' payload limit).
     Heartbeat {
@@ -36,7 +36,7 @@ pub enum PresenceReport {
 /// Instructions from the core to one gateway.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "camelCase")]
-pub enum GatewayControl {
+pub(crate) enum GatewayControl {
     /// The device connected elsewhere: close it here.
     Displace { device: DeviceId },
     /// A delivery for the device may have been lost: re-read its inbox.

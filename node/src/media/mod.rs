@@ -462,7 +462,7 @@ pub enum LocalPutError {
 
 /// The header S3 checks a body's SHA-256 against (base64); the embedded store
 /// checks it too.
-pub const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
+pub(crate) const CHECKSUM_HEADER: &str = "x-amz-checksum-sha256";
 
 /// The `sig` of an embedded-mode URL: its [`local_mac`], base64url.
 fn local_signature(mac: HmacSha256) -> String {

@@ -10,9 +10,9 @@
 //! batch; the writer sets the durability of each commit explicitly.
 
 mod federation;
-pub mod keys;
+pub(crate) mod keys;
 
-pub use federation::{OutboxEntry, PeerKeyRecord, PeerRecord};
+pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord};
 
 use std::path::Path;
 
@@ -34,7 +34,7 @@ pub enum StoreError {
     },
 }
 
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// How a commit reaches the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -265,7 +265,7 @@ fn parse<T: DeserializeOwned>(keyspace: &'static str, bytes: &[u8]) -> Result<T>
 // ------------------------------------------------------------------ the store
 
 #[derive(Clone)]
-pub struct Keyspaces {
+pub(crate) struct Keyspaces {
     meta: SingleWriterTxKeyspace,
     users: SingleWriterTxKeyspace,
     devices: SingleWriterTxKeyspace,
@@ -418,7 +418,7 @@ pub struct View<R> {
     ks: Keyspaces,
 }
 
-pub type Snapshot = View<fjall::Snapshot>;
+pub(crate) type Snapshot = View<fjall::Snapshot>;
 
 /// What a [`View`] reads from: a snapshot, or a write transaction in progress.
 pub trait Source {
@@ -926,7 +926,7 @@ impl<'a> Tx<'a> {
     }
 }
 
-pub fn encode_hex(bytes: &[u8]) -> String {
+pub(crate) fn encode_hex(bytes: &[u8]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -936,7 +936,7 @@ pub fn encode_hex(bytes: &[u8]) -> String {
     out
 }
 
-pub fn decode_hex32(s: &str) -> Option<[u8; 32]> {
+pub(crate) fn decode_hex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }
