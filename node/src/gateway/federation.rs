@@ -73,12 +73,15 @@ pub(super) fn router(gw: &Gateway) -> Router<Gateway> {
     Router::new()
         .route("/federation/v1/events", post(events))
         .route("/federation/v1/actions", post(actions))
-        .route(
-            "/federation/v1/{*rest}",
-            any(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") }),
-        )
+        // `{*rest}` needs a segment: `/federation/v1/` itself is verified too.
+        .route("/federation/v1/", any(no_such_endpoint))
+        .route("/federation/v1/{*rest}", any(no_such_endpoint))
         .route_layer(middleware::from_fn_with_state(gw.clone(), verified))
         .route("/.well-known/natter/node", get(well_known))
+}
+
+async fn no_such_endpoint() -> ApiError {
+    ApiError::new(ErrorCode::NotFound, "no such endpoint")
 }
 
 /// Verifies a signed request before its handler runs; answers 401 (or 403 for

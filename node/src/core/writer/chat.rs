@@ -49,19 +49,27 @@ impl Writer {
     }
 
     /// The cached state of a chat whose home is this node, if `user_id` is one
-    /// of its participants. (Commands on a mirrored chat go to its home; the
-    /// core forwards them before they could reach the writer.)
+    /// of its participants. (Commands of local users on a mirrored chat go to
+    /// its home; the core forwards them before they could reach the writer. A
+    /// peer's action for a chat whose home is not this node is refused.)
     pub(super) fn chat_of(
         &mut self,
         b: &Batch<'_, '_>,
         user_id: &str,
         chat_id: ChatId,
     ) -> Result<&mut ChatState, CoreError> {
+        let local = self.local_user(user_id).is_some();
         let chat = self.chat(b.tx, chat_id)?.ok_or_else(unknown_chat)?;
         if !chat.has(user_id) {
             return Err(not_participant());
         }
         if let Some(home) = &chat.record.home {
+            if !local {
+                return Err(CoreError::reject(
+                    ErrorCode::Forbidden,
+                    format!("this node is not the home of this chat ({home} is)"),
+                ));
+            }
             return Err(CoreError::Internal(format!(
                 "a command for a chat of {home} reached this node's writer"
             )));
