@@ -63,6 +63,7 @@ impl Default for FederationConfig {
 struct Health {
     last_contact: Option<i64>,
     failures: u32,
+    failed_at: Option<i64>,
     retry_at: Option<i64>,
     last_error: Option<String>,
 }
@@ -403,30 +404,48 @@ impl Core {
 
     /// A peer contacted us: it is up, so its outbox is worth trying now.
     pub fn peer_contacted(&self, node: &NodeName) {
-        self.fed()
-            .health()
-            .entry(node.clone())
-            .or_default()
-            .last_contact = Some(self.inner.clock.now_ms());
+        let mut health = self.fed().health();
+        let h = health.entry(node.clone()).or_default();
+        h.last_contact = Some(self.inner.clock.now_ms());
+        h.retry_at = None;
+        drop(health);
         self.inner.wakers.wake(node);
     }
 
-    /// Sends `node`'s outbox until `stop`.
+    /// Sends `node`'s outbox until `stop`. After a failure it waits out the
+    /// back-off: new events do not shorten it, the peer contacting us does
+    /// (that clears the back-off).
     async fn send_outbox(self, node: NodeName, stop: CancellationToken) {
         let wake = self.inner.wakers.of(&node);
         loop {
-            let wait = match self.send_some(&node).await {
-                Ok(true) => continue,
-                Ok(false) => None,
-                Err(e) => Some(self.failed(&node, &e)),
+            let backoff = self.retry_in(&node);
+            let wait = if backoff.is_some() {
+                backoff
+            } else {
+                match self.send_some(&node).await {
+                    Ok(true) => continue,
+                    Ok(false) => None,
+                    Err(e) => Some(self.failed(&node, &e)),
+                }
             };
             let sleep = wait.unwrap_or(Duration::from_secs(60));
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = wake.notified() => {}
-                () = tokio::time::sleep(sleep) => {}
+                () = tokio::time::sleep(sleep) => {
+                    if let Some(h) = self.fed().health().get_mut(&node) {
+                        h.retry_at = None;
+                    }
+                }
             }
         }
+    }
+
+    /// How long the peer's back-off still runs, if it does.
+    fn retry_in(&self, node: &NodeName) -> Option<Duration> {
+        let now = self.inner.clock.now_ms();
+        let retry_at = self.fed().health().get(node)?.retry_at?;
+        (retry_at > now).then(|| Duration::from_millis((retry_at - now) as u64))
     }
 
     /// Sends one batch. `Ok(true)` when more may be waiting.
@@ -438,9 +457,10 @@ impl Core {
         let Ok((Some(peer), batch)) = read else {
             return Ok(false);
         };
-        let Some((first, oldest)) = batch.first() else {
+        let Some((first, _)) = batch.first() else {
             return Ok(false);
         };
+        let first = *first;
         let now = self.inner.clock.now_ms();
         let too_old = crate::clock::millis(self.fed().config.dead_letter_after);
         let mut events = Vec::with_capacity(batch.len());
@@ -449,15 +469,17 @@ impl Core {
                 Ok(event) if now - entry.queued_at <= too_old => {
                     events.push(Numbered { seq: *seq, event });
                 }
-                // Unreadable or too old: a dead letter, and the rest goes on.
-                _ => {
+                // Unreadable or too old: the events before it go first, then
+                // it becomes a dead letter on its own.
+                _ if events.is_empty() => {
                     tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
                     self.outbox_done(node, seq - 1, Some(*seq)).await;
                     return Ok(true);
                 }
+                _ => break,
             }
         }
-        let _ = oldest;
+        let last = events.last().map_or(first, |e| e.seq);
         let sent: Result<Applied, _> = self
             .fed()
             .client
@@ -473,12 +495,10 @@ impl Core {
             Ok(Applied { applied }) => {
                 self.succeeded(node);
                 self.outbox_done(node, applied, None).await;
-                Ok(batch.len() == BATCH || applied < batch.last().map_or(0, |(s, _)| *s))
+                Ok(batch.len() == BATCH || applied < last)
             }
-            Err(PeerError::Refused {
-                status: 403, body, ..
-            }) => {
-                // The peer refused one event: the ones before it are applied.
+            Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
+                // The peer refused one event; the ones before it are applied.
                 let applied = body["applied"].as_u64().unwrap_or(first - 1);
                 tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
                 self.succeeded(node);
@@ -522,7 +542,9 @@ impl Core {
             .min(cap);
         let jitter = u64::from(u16::from_be_bytes(crate::auth::random_bytes::<2>()));
         let wait = full / 2 + full.mul_f64(jitter as f64 / 65535.0) / 2;
-        h.retry_at = Some(self.inner.clock.now_ms() + crate::clock::millis(wait));
+        let now = self.inner.clock.now_ms();
+        h.failed_at = Some(now);
+        h.retry_at = Some(now + crate::clock::millis(wait));
         h.last_error = Some(e.to_string());
         tracing::info!(peer = %node, failures = h.failures, ?wait, error = %e, "peer unreachable; retrying later");
         wait
@@ -650,6 +672,17 @@ impl Core {
             )));
         };
         let now = self.inner.clock.now_ms();
+        // A home that failed again and again is not waited for: the client is
+        // told at once and retries (its clientMsgId makes that safe).
+        let probe = crate::clock::millis(self.fed().config.request_timeout);
+        if let Some(h) = self.fed().health().get(home)
+            && h.failures >= 3
+            && h.failed_at.is_some_and(|at| now - at < probe)
+        {
+            return Err(CoreError::Unavailable(format!(
+                "this chat's home {home} is unreachable; retry shortly"
+            )));
+        }
         let client = &self.fed().client;
         match client
             .post(home, &peer.url, "/federation/v1/actions", request, now)
@@ -667,9 +700,22 @@ impl Core {
                     .unwrap_or("refused by the chat's home");
                 Err(CoreError::reject(code, message))
             }
-            Err(e) => Err(peer_unreachable(&e)),
+            Err(e) => {
+                if matches!(e, PeerError::Unreachable { .. }) {
+                    self.failed(home, &e);
+                }
+                Err(peer_unreachable(&e))
+            }
         }
     }
+}
+
+/// Whether a refusal is about an event (which then becomes a dead letter), not
+/// about the request: an answer naming how far the batch was applied, or a
+/// batch the peer cannot read at all. Anything else (signature, key, wrong
+/// destination, the peer's own faults) is retried: an admin can fix it.
+fn refused_event(status: u16, body: &serde_json::Value) -> bool {
+    body.get("applied").is_some_and(serde_json::Value::is_u64) || matches!(status, 400 | 413)
 }
 
 /// The writer's form of a peer user's action, checked like a client's frame.

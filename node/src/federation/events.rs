@@ -53,6 +53,10 @@ pub enum Event {
         participants: Vec<String>,
         reason: Reason,
         at: i64,
+        /// The chat's last message seq at the home when this was sent, so a
+        /// node joining a chat late starts its read positions there.
+        #[serde(default)]
+        last_seq: u64,
     },
     /// A message, as the home sequenced it.
     Message {

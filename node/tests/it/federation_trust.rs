@@ -70,6 +70,7 @@ fn created_chat(chat_id: ChatId, participants: &[&str]) -> Event {
         participants,
         reason: Reason::Created,
         at: now_ms(),
+        last_seq: 0,
     }
 }
 
@@ -583,6 +584,7 @@ async fn only_a_chats_home_sends_its_events() {
         participants: vec![format!("alice@{HOME}"), format!("x@{EVIL}")],
         reason: Reason::Renamed,
         at: now_ms(),
+        last_seq: 0,
     };
     let req = fed.request("/federation/v1/events", batch(1, takeover));
     let answer = fed.send_signed(&req).await;

@@ -58,21 +58,18 @@ impl Writer {
         user_id: &str,
         chat_id: ChatId,
     ) -> Result<&mut ChatState, CoreError> {
-        let local = self.local_user(user_id).is_some();
         let chat = self.chat(b.tx, chat_id)?.ok_or_else(unknown_chat)?;
         if !chat.has(user_id) {
             return Err(not_participant());
         }
+        // A peer's action for a chat homed elsewhere, or a local command whose
+        // home stopped being a peer: refused, never a fault (a fault would
+        // abort the whole commit group).
         if let Some(home) = &chat.record.home {
-            if !local {
-                return Err(CoreError::reject(
-                    ErrorCode::Forbidden,
-                    format!("this node is not the home of this chat ({home} is)"),
-                ));
-            }
-            return Err(CoreError::Internal(format!(
-                "a command for a chat of {home} reached this node's writer"
-            )));
+            return Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                format!("this node is not the home of this chat ({home} is)"),
+            ));
         }
         Ok(chat)
     }

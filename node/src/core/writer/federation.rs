@@ -57,6 +57,11 @@ impl Writer {
             event: serde_json::to_value(event).map_err(CoreError::Encode)?,
         };
         for node in nodes {
+            if b.tx.view().peer(node)?.is_none() {
+                // No longer a peer: nothing would send it (a removed peer's
+                // outbox is dropped with it).
+                continue;
+            }
             let seq = match self.outbox_seqs.get(node) {
                 Some(seq) => *seq,
                 None => b.tx.view().outbox_counter(node)?,
@@ -156,6 +161,7 @@ impl Writer {
             participants,
             reason,
             at,
+            last_seq: home_seq,
         } = event
         else {
             return Ok(());
@@ -175,6 +181,8 @@ impl Writer {
             }
             None => (0, None, Arc::default()),
         };
+        // History before this node joined is not mirrored, and not unread.
+        let last_seq = last_seq.max(home_seq);
         let before = self.chats.get(&chat_id);
         let members = self.event_members(&participants, before)?;
         let record = ChatRecord {

@@ -376,6 +376,7 @@ impl Writer {
                 participants: record.participants.clone(),
                 reason: federation::reason_of(record.reason),
                 at: record.at,
+                last_seq: chat.last_seq,
             };
             self.federate(b, recipients, &event)?;
         }
