@@ -3,8 +3,11 @@
 //! It talks to the node's admin HTTP API with the admin token and never opens the
 //! store. The token comes from `--token`/`NATTER_ADMIN_TOKEN`, or is read from
 //! `<data>/admin.token` (`--data`/`NATTER_DATA`, default `./natter-data`).
-//! Answers are read as the node's own types (`natter::gateway::admin`,
+//! Answers are read as the node's own types (`natter::gateway::{admin, peers}`,
 //! `natter::core`, `natter::protocol`); `--json` prints them as the node sent them.
+//! `key` and `peer` (federation) are in [`peers`].
+
+mod peers;
 
 use std::path::PathBuf;
 
@@ -63,6 +66,12 @@ enum Command {
     Status,
     /// Run retention and device expiry now.
     Sweep,
+    /// This node's federation key.
+    #[command(subcommand)]
+    Key(peers::KeyCommand),
+    /// Peers: nodes this node federates with.
+    #[command(subcommand)]
+    Peer(peers::PeerCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -247,6 +256,8 @@ async fn main() -> anyhow::Result<()> {
             let v = admin.call(Method::POST, "/sweep", None).await?;
             (v.clone(), format!("swept: {v}"))
         }
+        Command::Key(command) => peers::key(&admin, command).await?,
+        Command::Peer(command) => peers::peer(&admin, command).await?,
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&value)?);

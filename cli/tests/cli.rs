@@ -17,9 +17,15 @@ struct Node {
 
 impl Node {
     async fn start() -> Self {
+        Self::start_named("localhost").await
+    }
+
+    /// A node named `name` (users are `user@name`).
+    async fn start_named(name: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::resolve(ServeArgs {
             data: Some(dir.path().join("data")),
+            name: Some(name.to_owned()),
             registration: Some(Registration::Invite),
             ..ServeArgs::default()
         })
@@ -77,6 +83,21 @@ impl Node {
         self.shutdown.cancel();
         self.task.await.unwrap();
     }
+}
+
+/// The JSON a `--json` command printed.
+fn json_out(output: &Output) -> Value {
+    serde_json::from_str(&stdout(output)).unwrap()
+}
+
+/// A command that must fail; its stderr.
+fn refused(output: &Output) -> String {
+    assert!(
+        !output.status.success(),
+        "natter succeeded: {}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn stdout(output: &Output) -> String {
@@ -174,4 +195,101 @@ fn a_missing_token_says_where_to_find_one() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("NATTER_ADMIN_TOKEN"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_peers_through_the_cli() {
+    let alpha = Node::start_named("alpha").await;
+    let beta = Node::start_named("beta").await;
+
+    let alpha_key = json_out(&alpha.cli(&["--json", "key", "show"]).await);
+    let beta_key = json_out(&beta.cli(&["--json", "key", "show"]).await);
+    assert_eq!(alpha_key["node"], "alpha");
+    assert_eq!(beta_key["node"], "beta");
+    for key in [&alpha_key, &beta_key] {
+        let fingerprint = key["fingerprint"].as_str().unwrap();
+        assert!(fingerprint.starts_with("ed25519-"), "{key}");
+        assert!(key["publicKey"].as_str().is_some_and(|k| !k.is_empty()));
+    }
+    assert_ne!(alpha_key["publicKey"], beta_key["publicKey"]);
+    let shown = stdout(&alpha.cli(&["key", "show"]).await);
+    assert!(
+        shown.contains(alpha_key["fingerprint"].as_str().unwrap()) && shown.contains(&alpha.url),
+        "{shown}"
+    );
+
+    // A document of another node is refused, whatever --yes says.
+    let wrong = refused(
+        &alpha
+            .cli(&["peer", "add", "gamma", &beta.url, "--fetch-key", "--yes"])
+            .await,
+    );
+    assert!(wrong.contains("\"beta\", not gamma"), "{wrong}");
+    // A fetched key needs a confirmation: no terminal (the test's stdin is
+    // null) and no --yes is a refusal.
+    let unconfirmed = refused(
+        &alpha
+            .cli(&["peer", "add", "beta", &beta.url, "--fetch-key"])
+            .await,
+    );
+    assert!(unconfirmed.contains("--yes"), "{unconfirmed}");
+    assert!(unconfirmed.contains(beta_key["fingerprint"].as_str().unwrap()));
+    let none = json_out(&alpha.cli(&["--json", "peer", "list"]).await);
+    assert_eq!(none["peers"], json!([]), "nothing was added: {none}");
+
+    let added = stdout(
+        &alpha
+            .cli(&["peer", "add", "beta", &beta.url, "--fetch-key", "--yes"])
+            .await,
+    );
+    assert!(
+        added.contains(beta_key["fingerprint"].as_str().unwrap()),
+        "{added}"
+    );
+    let added = json_out(
+        &beta
+            .cli(&[
+                "--json",
+                "peer",
+                "add",
+                "alpha",
+                &alpha.url,
+                alpha_key["publicKey"].as_str().unwrap(),
+            ])
+            .await,
+    );
+    assert_eq!(added["fingerprint"], alpha_key["fingerprint"]);
+
+    for (node, peer, key) in [(&alpha, &beta, &beta_key), (&beta, &alpha, &alpha_key)] {
+        let list = json_out(&node.cli(&["--json", "peer", "list"]).await);
+        let peers = list["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "{list}");
+        assert_eq!(peers[0]["node"], key["node"]);
+        assert_eq!(peers[0]["url"], peer.url.as_str());
+        assert_eq!(peers[0]["fingerprint"], key["fingerprint"]);
+        let table = stdout(&node.cli(&["peer", "list"]).await);
+        assert!(table.starts_with("NODE"), "{table}");
+        assert!(
+            table.contains(key["fingerprint"].as_str().unwrap()),
+            "{table}"
+        );
+    }
+
+    let outbox = json_out(&alpha.cli(&["--json", "peer", "outbox", "beta"]).await);
+    assert_eq!(outbox["node"], "beta");
+    assert_eq!(outbox["deadLetters"], json!([]));
+    assert_eq!(outbox["replayed"], false);
+    let replayed = stdout(&alpha.cli(&["peer", "outbox", "beta", "--replay"]).await);
+    assert!(replayed.contains("beta: 0 dead letter(s)"), "{replayed}");
+
+    let removed = stdout(&alpha.cli(&["peer", "remove", "beta"]).await);
+    assert!(removed.contains("removed peer beta"), "{removed}");
+    let list = json_out(&alpha.cli(&["--json", "peer", "list"]).await);
+    assert_eq!(list["peers"], json!([]), "{list}");
+    // The other side is untouched.
+    let list = json_out(&beta.cli(&["--json", "peer", "list"]).await);
+    assert_eq!(list["peers"].as_array().unwrap().len(), 1, "{list}");
+
+    alpha.stop().await;
+    beta.stop().await;
 }

@@ -127,6 +127,52 @@ pub struct NodeIdentity {
     pub url: String,
 }
 
+/// A node's well-known document (`GET /.well-known/natter/node`, public and
+/// unsigned): its name, keys and federation URL. `natter peer add --fetch-key`
+/// reads it; trust still comes from the admin who confirms the key.
+///
+/// **Boundary**: other nodes and the CLI parse it; extend it, never break it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDocument {
+    pub node: String,
+    pub keys: Vec<DocumentKey>,
+    pub url: String,
+    /// `<url>/federation/v1/`.
+    pub federation_url: String,
+}
+
+/// One key of a [`NodeDocument`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DocumentKey {
+    /// Its id in signatures and its fingerprint (see [`NodeIdentity`]).
+    pub key_id: String,
+    /// base64 of the 32-byte ed25519 public key.
+    pub public_key: String,
+    /// When it becomes and stops being valid (RFC 3339); `null` leaves that
+    /// side open.
+    pub not_before: Option<String>,
+    pub not_after: Option<String>,
+}
+
+impl NodeIdentity {
+    /// The well-known document of this node (one key, valid without bounds).
+    pub fn document(&self) -> NodeDocument {
+        NodeDocument {
+            node: self.node.clone(),
+            keys: vec![DocumentKey {
+                key_id: self.fingerprint.clone(),
+                public_key: self.public_key.clone(),
+                not_before: None,
+                not_after: None,
+            }],
+            url: self.url.clone(),
+            federation_url: format!("{}/federation/v1/", self.url),
+        }
+    }
+}
+
 impl Federation {
     pub(super) fn new(
         node: NodeName,

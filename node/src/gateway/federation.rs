@@ -176,17 +176,5 @@ async fn actions(
 /// `/.well-known/natter/node`: the node's name, keys and federation URL. Public,
 /// unsigned; peers may fetch a key here, but trust comes from an admin.
 async fn well_known(State(gw): State<Gateway>) -> Result<Response, ApiError> {
-    let id = local(&gw)?.identity();
-    Ok(axum::Json(serde_json::json!({
-        "node": id.node,
-        "keys": [{
-            "keyId": id.fingerprint,
-            "publicKey": id.public_key,
-            "notBefore": null,
-            "notAfter": null,
-        }],
-        "url": id.url,
-        "federationUrl": format!("{}/federation/v1/", id.url),
-    }))
-    .into_response())
+    Ok(axum::Json(local(&gw)?.identity().document()).into_response())
 }
