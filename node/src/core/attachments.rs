@@ -120,20 +120,30 @@ impl Core {
         user_id: String,
         id: AttachmentId,
     ) -> Result<CommandResult, CoreError> {
+        let user = user_id.clone();
         let allowed = self
             .read(move |view| {
                 let Some(record) = view.attachment(id)? else {
+                    // Sent in a mirrored chat: its home holds it.
+                    if let Some(remote) = view.remote_attachment(id)? {
+                        for chat in &remote.chats {
+                            if view.is_member(*chat, &user_id)? {
+                                return Ok(Some(Err(remote.home)));
+                            }
+                        }
+                        return Ok(Some(Ok(false)));
+                    }
                     return Ok(None);
                 };
                 if record.uploader == user_id {
-                    return Ok(Some(true));
+                    return Ok(Some(Ok(true)));
                 }
                 for chat in &record.chats {
                     if view.is_member(*chat, &user_id)? {
-                        return Ok(Some(true));
+                        return Ok(Some(Ok(true)));
                     }
                 }
-                Ok(Some(false))
+                Ok(Some(Ok(false)))
             })
             .await?;
         match allowed {
@@ -141,11 +151,12 @@ impl Core {
                 ErrorCode::UnknownAttachment,
                 "no such attachment",
             )),
-            Some(false) => Err(CoreError::reject(
+            Some(Ok(false)) => Err(CoreError::reject(
                 ErrorCode::Forbidden,
                 "only participants of a chat it was sent in may download it",
             )),
-            Some(true) => {
+            Some(Err(home)) => self.remote_attachment_url(home, user, id).await,
+            Some(Ok(true)) => {
                 let (url, expires_at) = self.inner.media.download_url(id).await?;
                 Ok(CommandResult::AttachmentUrl { url, expires_at })
             }

@@ -28,7 +28,9 @@ use super::writer::{Actor, Op, Outcome, WriteCommand};
 use super::{Core, CoreError};
 use crate::clock::rfc3339;
 use crate::federation::client::{PeerClient, PeerError};
-use crate::federation::events::{Action, ActionRequest, Applied, EventBatch, Numbered};
+use crate::federation::events::{
+    Action, ActionRequest, Applied, AttachmentUrlRequest, EventBatch, Numbered,
+};
 use crate::federation::keys::{KeyLookup, PeerKey, PeerKeys, key_id};
 use crate::ids::{ChatId, NodeName};
 use crate::protocol::{self, Command, CommandResult, ErrorCode};
@@ -260,8 +262,19 @@ fn peer_keys(record: &PeerRecord) -> Vec<PeerKey> {
         .collect()
 }
 
-fn peer_unreachable(e: &PeerError) -> CoreError {
-    CoreError::Unavailable(format!("{e}; retry shortly"))
+/// A peer's answer to a forwarded request, as this node's client sees it: the
+/// peer's refusal with its code, or `unavailable` when it could not answer.
+fn refusal_or_unavailable(e: PeerError) -> CoreError {
+    match e {
+        PeerError::Refused { status, body, .. } if status != 401 && status < 500 => {
+            let code = serde_json::from_value(body["code"].clone()).unwrap_or(ErrorCode::Forbidden);
+            let message = body["message"]
+                .as_str()
+                .unwrap_or("refused by the chat's home");
+            CoreError::reject(code, message)
+        }
+        e => CoreError::Unavailable(format!("{e}; retry shortly")),
+    }
 }
 
 impl Core {
@@ -647,6 +660,56 @@ impl Core {
         }
     }
 
+    /// A peer asks, for one of its users, for a download URL of an attachment
+    /// sent in a chat whose home is this node.
+    pub async fn attachment_url_for_peer(
+        &self,
+        origin: &NodeName,
+        request: AttachmentUrlRequest,
+    ) -> Result<CommandResult, CoreError> {
+        if &request.user.node != origin {
+            return Err(CoreError::reject(
+                ErrorCode::Forbidden,
+                "a node asks only for its own users",
+            ));
+        }
+        self.attachment_url(request.user.to_string(), request.attachment_id)
+            .await
+    }
+
+    /// Asks an attachment's home for a download URL for one of our users.
+    pub(super) async fn remote_attachment_url(
+        &self,
+        home: NodeName,
+        user_id: String,
+        id: crate::ids::AttachmentId,
+    ) -> Result<CommandResult, CoreError> {
+        let user = crate::ids::UserRef::parse(&user_id, self.node())
+            .ok_or_else(|| CoreError::Internal(format!("bad user id {user_id}")))?;
+        let name = home.clone();
+        let peer = self.read(move |view| Ok(view.peer(&name)?)).await?;
+        let Some(peer) = peer else {
+            return Err(CoreError::Unavailable(format!(
+                "this attachment's home {home} is no longer a peer of this node"
+            )));
+        };
+        let request = AttachmentUrlRequest {
+            user,
+            attachment_id: id,
+        };
+        let now = self.inner.clock.now_ms();
+        let path = "/federation/v1/attachment-url";
+        match self
+            .fed()
+            .client
+            .post(&home, &peer.url, path, &request, now)
+            .await
+        {
+            Ok(result) => Ok(result),
+            Err(e) => Err(refusal_or_unavailable(e)),
+        }
+    }
+
     // ------------------------------------------------------------ forwarding
 
     /// The home of a chat this node mirrors (`None`: this node, or unknown).
@@ -738,19 +801,11 @@ impl Core {
                 self.succeeded(home);
                 Ok(result)
             }
-            Err(PeerError::Refused { status, body, .. }) if status != 401 && status < 500 => {
-                let code =
-                    serde_json::from_value(body["code"].clone()).unwrap_or(ErrorCode::Forbidden);
-                let message = body["message"]
-                    .as_str()
-                    .unwrap_or("refused by the chat's home");
-                Err(CoreError::reject(code, message))
-            }
             Err(e) => {
                 if matches!(e, PeerError::Unreachable { .. }) {
                     self.failed(home, &e);
                 }
-                Err(peer_unreachable(&e))
+                Err(refusal_or_unavailable(e))
             }
         }
     }

@@ -150,3 +150,15 @@ impl Action {
         }
     }
 }
+
+/// `POST /federation/v1/attachment-url`: a participating node asks a chat's
+/// home for a download URL of an attachment, for one of its users. The home
+/// answers `{"url", "expiresAt"}` if the user is a participant of a chat the
+/// attachment was sent in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachmentUrlRequest {
+    /// `name@node`; its node must be the sender.
+    pub user: UserRef,
+    pub attachment_id: crate::ids::AttachmentId,
+}

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{ApiError, Gateway, local, status_for};
 use crate::core::CoreError;
-use crate::federation::events::{ActionRequest, EventBatch};
+use crate::federation::events::{ActionRequest, AttachmentUrlRequest, EventBatch};
 use crate::federation::rfc9421::Message;
 use crate::ids::NodeName;
 use crate::protocol::ErrorCode;
@@ -73,6 +73,7 @@ pub(super) fn router(gw: &Gateway) -> Router<Gateway> {
     Router::new()
         .route("/federation/v1/events", post(events))
         .route("/federation/v1/actions", post(actions))
+        .route("/federation/v1/attachment-url", post(attachment_url))
         // `{*rest}` needs a segment: `/federation/v1/` itself is verified too.
         .route("/federation/v1/", any(no_such_endpoint))
         .route("/federation/v1/{*rest}", any(no_such_endpoint))
@@ -177,4 +178,17 @@ async fn actions(
 /// unsigned; peers may fetch a key here, but trust comes from an admin.
 async fn well_known(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     Ok(axum::Json(local(&gw)?.identity().document()).into_response())
+}
+
+/// A peer's user asks for a download URL of an attachment held here.
+async fn attachment_url(
+    State(gw): State<Gateway>,
+    axum::Extension(v): axum::Extension<Verified>,
+) -> Result<Response, Refused> {
+    let request: AttachmentUrlRequest = parse(&v.body)?;
+    let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
+    match core.attachment_url_for_peer(&v.origin, request).await {
+        Ok(result) => Ok(axum::Json(result).into_response()),
+        Err(e) => Err(refuse_core(&e, None)),
+    }
 }

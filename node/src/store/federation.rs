@@ -6,7 +6,7 @@ use fjall::Readable;
 use serde::{Deserialize, Serialize};
 
 use super::{Result, Source, StoreError, Tx, View, json, keys, parse};
-use crate::ids::NodeName;
+use crate::ids::{AttachmentId, ChatId, NodeName};
 
 /// A peer node, added by an admin.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +35,14 @@ pub struct PeerKeyRecord {
 pub struct OutboxEntry {
     pub queued_at: i64,
     pub event: serde_json::Value,
+}
+
+/// An attachment of a mirrored chat: the home holds the bytes and decides who
+/// may download them; this node knows where to ask and for which chats.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RemoteAttachment {
+    pub home: NodeName,
+    pub chats: Vec<ChatId>,
 }
 
 fn counter(bytes: Option<fjall::Slice>) -> Result<u64> {
@@ -99,6 +107,17 @@ impl<R: Source> View<R> {
         )
     }
 
+    pub fn remote_attachment(&self, id: AttachmentId) -> Result<Option<RemoteAttachment>> {
+        match self
+            .r
+            .readable()
+            .get(&self.ks.fed, keys::remote_attachment(id))?
+        {
+            Some(bytes) => Ok(Some(parse("fed", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     /// The last event seq applied from a peer.
     pub fn applied(&self, node: &NodeName) -> Result<u64> {
         counter(self.r.readable().get(&self.ks.fed, keys::applied(node))?)
@@ -126,6 +145,11 @@ impl Tx<'_> {
     pub fn set_outbox_counter(&mut self, node: &NodeName, seq: u64) {
         let key = keys::outbox_counter(node);
         self.tx.insert(&self.ks.fed, key, seq.to_be_bytes());
+    }
+
+    pub fn put_remote_attachment(&mut self, id: AttachmentId, record: &RemoteAttachment) {
+        let key = keys::remote_attachment(id);
+        self.tx.insert(&self.ks.fed, key, json(record));
     }
 
     pub fn set_applied(&mut self, node: &NodeName, seq: u64) {

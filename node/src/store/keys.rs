@@ -25,6 +25,7 @@
 //! | fed | `x` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): dead letters |
 //! | fed | `n` node | u64 BE: the last outbox seq given out for a peer |
 //! | fed | `a` node | u64 BE: the last event seq applied from a peer |
+//! | fed | `m` attachment(16) | [`RemoteAttachment`](super::RemoteAttachment): an attachment a chat's home holds |
 
 use crate::ids::{AttachmentId, ChatId, DeviceId, NodeName, Username};
 
@@ -182,6 +183,11 @@ pub(crate) fn outbox_seq(key: &[u8]) -> Option<u64> {
 /// The last outbox seq given out for a peer.
 pub(crate) fn outbox_counter(node: &NodeName) -> Vec<u8> {
     tagged(b'n', &[node.as_str().as_bytes()])
+}
+
+/// An attachment held by a peer (the home of the chats it was sent in).
+pub(crate) fn remote_attachment(id: AttachmentId) -> Vec<u8> {
+    tagged(b'm', &[&id.to_bytes()])
 }
 
 /// The last event seq applied from a peer.

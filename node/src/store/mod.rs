@@ -12,7 +12,7 @@
 mod federation;
 pub(crate) mod keys;
 
-pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord};
+pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord, RemoteAttachment};
 
 use std::path::Path;
 

@@ -333,8 +333,65 @@ async fn three_nodes_share_a_chat(t: Topology) {
     }
 }
 
+async fn remote_participants_download_attachments_from_the_home(t: Topology) {
+    let (a, b) = two_nodes(t).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        chat,
+        ..
+    } = chat_of_two(&a, &b).await;
+    let mut carol = b.connect(&b.user("carol").await).await;
+    let bytes = b"not really a picture, but bytes all the same".to_vec();
+    let target = alice
+        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"image/png","name":"cat.png"}))
+        .await;
+    let mut put = a.http().put(target["uploadUrl"].as_str().unwrap());
+    for (name, value) in target["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let status = put.body(bytes.clone()).send().await.unwrap().status();
+    assert!(status.is_success(), "{status}");
+    let id = target["attachmentId"].as_str().unwrap().to_owned();
+    alice
+        .ok(json!({"type":"sendMessage","chatId": chat,"message":"a cat","attachments":[id]}))
+        .await;
+    let message = next(&mut bob, "newMessage").await;
+    assert_eq!(message["attachments"][0]["attachmentId"], id.as_str());
+    assert_eq!(message["attachments"][0]["name"], "cat.png");
+
+    // bob's node asks the home for a URL; the bytes come from the home's store.
+    let url = bob
+        .ok(json!({"type":"getAttachmentUrl","attachmentId": id}))
+        .await;
+    let got = b
+        .http()
+        .get(url["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+    // carol, on the same node but not in the chat, may not.
+    assert_eq!(
+        carol
+            .error_code(json!({"type":"getAttachmentUrl","attachmentId": id}))
+            .await,
+        "forbidden"
+    );
+    // Remote participants cannot attach files yet: refused, not lost.
+    assert_eq!(
+        bob.error_code(
+            json!({"type":"sendMessage","chatId": chat,"message":"","attachments":[id]})
+        )
+        .await,
+        "bad_request"
+    );
+}
+
 in_every_topology!(
     a_chat_spans_two_nodes,
+    remote_participants_download_attachments_from_the_home,
     three_nodes_share_a_chat,
     a_stopped_peer_catches_up_on_everything_in_order,
     sends_to_a_stopped_home_are_unavailable_then_applied_once,
