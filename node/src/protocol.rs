@@ -511,12 +511,15 @@ impl Checked for RawAttachmentTarget {
         if let Some(name) = &raw.name
             && (name.is_empty()
                 || name.chars().count() > MAX_FILE_NAME_CHARS
+                || !displayable(name)
                 || name.contains(['/', '\\', '\0']))
         {
             return Err(DecodeError::new(
                 id,
                 ErrorCode::BadRequest,
-                format!("name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\"),
+                format!(
+                    "name must be 1-{MAX_FILE_NAME_CHARS} characters without / or \\, control characters or bidirectional overrides"
+                ),
             ));
         }
         if let Some(sum) = &raw.sha256
@@ -699,7 +702,24 @@ fn check_chat_name(name: &str, id: &Option<String>) -> Result<(), DecodeError> {
             format!("name is over {MAX_CHAT_NAME_CHARS} characters"),
         ));
     }
+    if !displayable(name) {
+        return Err(DecodeError::new(
+            id,
+            ErrorCode::BadRequest,
+            "name has control characters or bidirectional overrides",
+        ));
+    }
     Ok(())
+}
+
+/// A name shown to other people (chat, file, device): no control characters
+/// (newlines, escapes) and no bidirectional overrides or isolates, which can make
+/// `gpj.exe` display as `exe.jpg`.
+pub fn displayable(name: &str) -> bool {
+    !name.chars().any(|c| {
+        c.is_control()
+            || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}')
+    })
 }
 
 // ------------------------------------------------------------ server frames
@@ -881,6 +901,31 @@ mod tests {
     fn code_of(text: &str) -> (Option<String>, ErrorCode) {
         let err = decode_client_frame(text, &local()).unwrap_err();
         (err.id, err.code)
+    }
+
+    #[test]
+    fn names_shown_to_others_refuse_control_and_bidi_characters() {
+        let local = local();
+        for name in ["a\nb", "x\u{1b}[31m", "cod\u{202E}gpj.exe", "a\u{2066}b"] {
+            let chat = serde_json::json!({"type":"createChat","id":"1","name": name}).to_string();
+            assert_eq!(
+                code_of_frame(&chat, &local),
+                ErrorCode::BadRequest,
+                "{name:?}"
+            );
+            let file = serde_json::json!({"type":"getAttachmentTarget","id":"1","size":1,"contentType":"image/png","name": name})
+                .to_string();
+            assert_eq!(
+                code_of_frame(&file, &local),
+                ErrorCode::BadRequest,
+                "{name:?}"
+            );
+        }
+        assert!(displayable("Study Group ✨ שלום"));
+    }
+
+    fn code_of_frame(text: &str, local: &NodeName) -> ErrorCode {
+        decode_client_frame(text, local).expect_err("refused").code
     }
 
     #[test]

@@ -102,11 +102,11 @@ impl Core {
     ) -> Result<LoginResponse, CoreError> {
         let bad = || CoreError::reject(ErrorCode::BadCredentials, "wrong username or password");
         if let Some(n) = &device_name
-            && n.chars().count() > protocol::MAX_DEVICE_NAME_CHARS
+            && (n.chars().count() > protocol::MAX_DEVICE_NAME_CHARS || !protocol::displayable(n))
         {
             return Err(CoreError::reject(
                 ErrorCode::BadRequest,
-                "deviceName is too long",
+                "deviceName is too long or has control characters or bidirectional overrides",
             ));
         }
         let name = Username::parse(username);

@@ -148,5 +148,29 @@ async fn download(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Whatever was uploaded runs nothing if opened: no scripts, no plugins, an
+    // opaque origin.
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("sandbox"),
+    );
+    if !inline_safe(&record.content_type) {
+        headers.insert(
+            header::CONTENT_DISPOSITION,
+            HeaderValue::from_static("attachment"),
+        );
+    }
     Ok(response)
+}
+
+/// Types a browser may show in place: raster images, audio and video. SVG (a
+/// document with scripts), HTML, PDF and the rest are downloaded instead.
+fn inline_safe(content_type: &str) -> bool {
+    let ct = content_type.to_ascii_lowercase();
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    matches!(
+        essence,
+        "image/png" | "image/jpeg" | "image/gif" | "image/webp" | "image/avif" | "image/bmp"
+    ) || essence.starts_with("audio/")
+        || essence.starts_with("video/")
 }

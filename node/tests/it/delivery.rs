@@ -249,7 +249,38 @@ async fn history_of_large_messages_comes_in_pages(t: Topology) {
 
 crate::in_every_topology!(history_of_large_messages_comes_in_pages);
 
+async fn a_client_msg_id_is_scoped_to_its_chat(t: Topology) {
+    let node = TestNode::start(t).await;
+    let mut a = node.connect(&node.user("alice").await).await;
+    node.user("bob").await;
+    let mut chats = Vec::new();
+    for _ in 0..2 {
+        let created = a
+            .ok(json!({"type":"createChat","participants":["bob"]}))
+            .await;
+        chats.push(created["chatId"].as_str().unwrap().to_owned());
+    }
+    let send = |chat: &str| json!({"type":"sendMessage","chatId": chat,"message":"hi","clientMsgId":"same"});
+    let first = a.ok(send(&chats[0])).await;
+    let other = a.ok(send(&chats[1])).await;
+    assert_ne!(
+        first["messageId"], other["messageId"],
+        "another chat, another message"
+    );
+    assert_eq!(other["seq"], 1);
+    let retry = a.ok(send(&chats[0])).await;
+    assert_eq!(
+        retry["messageId"], first["messageId"],
+        "a retry in the same chat"
+    );
+    for chat in &chats {
+        let history = a.ok(json!({"type":"getHistory","chatId": chat})).await;
+        assert_eq!(history["messages"].as_array().unwrap().len(), 1);
+    }
+}
+
 crate::in_every_topology!(
+    a_client_msg_id_is_scoped_to_its_chat,
     every_device_of_every_participant_gets_every_event,
     an_offline_device_gets_its_backlog_in_order_until_it_acks,
     a_device_that_was_off_catches_up_on_what_another_device_saw,

@@ -389,3 +389,60 @@ crate::in_every_topology!(
     s3_media_round_trip_and_refusals,
     s3_refuses_expired_upload_urls
 );
+
+/// Uploads `body` as `content_type` to a new target and returns its id.
+async fn upload_as(
+    node: &TestNode,
+    client: &mut WsClient,
+    content_type: &str,
+    body: &[u8],
+) -> String {
+    let t = client
+        .ok(json!({"type":"getAttachmentTarget","size": body.len(),"contentType": content_type}))
+        .await;
+    let mut request = node.http().put(t["uploadUrl"].as_str().unwrap());
+    for (name, value) in t["headers"].as_object().unwrap() {
+        request = request.header(name.as_str(), value.as_str().unwrap());
+    }
+    let status = request.body(body.to_vec()).send().await.unwrap().status();
+    assert!(status.is_success(), "{status}");
+    t["attachmentId"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn embedded_downloads_run_nothing_and_only_media_opens_inline() {
+    let node = TestNode::start(Topology::Embedded).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>"#;
+    for (content_type, body, inline) in [
+        ("image/svg+xml", &svg[..], false),
+        ("text/html", b"<script>alert(1)</script>".as_slice(), false),
+        ("image/png", PNG, true),
+    ] {
+        let id = upload_as(&node, &mut chat.a, content_type, body).await;
+        chat.a
+            .ok(json!({"type":"sendMessage","chatId": chat.chat,"message":"","attachments":[id]}))
+            .await;
+        let url = chat
+            .b
+            .ok(json!({"type":"getAttachmentUrl","attachmentId": id}))
+            .await;
+        let response = node
+            .http()
+            .get(url["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let headers = response.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["content-security-policy"], "sandbox");
+        assert_eq!(
+            headers
+                .get("content-disposition")
+                .map(|v| v.to_str().unwrap()),
+            (!inline).then_some("attachment"),
+            "{content_type}"
+        );
+    }
+}
