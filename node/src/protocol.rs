@@ -28,6 +28,8 @@ pub const MAX_DEVICE_NAME_CHARS: usize = 64;
 pub const MAX_FILE_NAME_CHARS: usize = 255;
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
 pub const HISTORY_MAX_LIMIT: u32 = 200;
+/// Chats in one `listChats` answer, when the client does not say (and at most).
+pub const CHATS_MAX_LIMIT: u32 = 500;
 pub const MAX_ACK_IDS: usize = 1024;
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_BYTES: usize = 1024;
@@ -213,7 +215,14 @@ pub enum Command {
     GetAttachmentUrl {
         attachment_id: AttachmentId,
     },
-    ListChats,
+    /// `limit` chats from `cursor` on (*extension*: paging; without them, the
+    /// first [`CHATS_MAX_LIMIT`]).
+    ListChats {
+        #[serde(default = "chats_max_limit")]
+        limit: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
     GetHistory {
         chat_id: ChatId,
         before_seq: Option<u64>,
@@ -309,6 +318,41 @@ struct RawAttachmentTarget {
 #[serde(rename_all = "camelCase")]
 struct RawAttachmentUrl {
     attachment_id: String,
+}
+
+fn chats_max_limit() -> u32 {
+    CHATS_MAX_LIMIT
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawListChats {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+impl Checked for RawListChats {
+    fn check(self, id: &Option<String>, _local: &NodeName) -> Result<Command, DecodeError> {
+        let limit = self.limit.unwrap_or(CHATS_MAX_LIMIT);
+        if limit == 0 || limit > CHATS_MAX_LIMIT {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                format!("limit must be 1-{CHATS_MAX_LIMIT}"),
+            ));
+        }
+        if self.cursor.as_ref().is_some_and(|c| c.len() > 64) {
+            return Err(DecodeError::new(
+                id,
+                ErrorCode::BadRequest,
+                "invalid cursor",
+            ));
+        }
+        Ok(Command::ListChats {
+            limit,
+            cursor: self.cursor,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -660,7 +704,7 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
         CommandKind::ModifyChatParticipants => checked::<RawModify>(map, &id, local)?,
         CommandKind::GetAttachmentTarget => checked::<RawAttachmentTarget>(map, &id, local)?,
         CommandKind::GetAttachmentUrl => checked::<RawAttachmentUrl>(map, &id, local)?,
-        CommandKind::ListChats => Command::ListChats,
+        CommandKind::ListChats => checked::<RawListChats>(map, &id, local)?,
         CommandKind::Sync => Command::Sync,
         CommandKind::GetHistory => checked::<RawHistory>(map, &id, local)?,
         CommandKind::MarkRead => checked::<RawMarkRead>(map, &id, local)?,
@@ -851,8 +895,12 @@ pub enum CommandResult {
     Participants {
         participants: Vec<String>,
     },
+    #[serde(rename_all = "camelCase")]
     Chats {
         chats: Vec<ChatSummary>,
+        /// *Extension*: present when more chats follow; pass it as `cursor`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next_cursor: Option<String>,
     },
     History {
         messages: Vec<MessageView>,
@@ -1179,7 +1227,10 @@ mod tests {
                 CommandKind::GetAttachmentUrl => Command::GetAttachmentUrl {
                     attachment_id: AttachmentId::generate(),
                 },
-                CommandKind::ListChats => Command::ListChats,
+                CommandKind::ListChats => Command::ListChats {
+                    limit: 1,
+                    cursor: None,
+                },
                 CommandKind::GetHistory => Command::GetHistory {
                     chat_id: chat,
                     before_seq: None,

@@ -326,9 +326,9 @@ impl Core {
     pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Answer<CommandResult> {
         let this = self.clone();
         let write = match command {
-            Command::ListChats => {
+            Command::ListChats { limit, cursor } => {
                 let user = ctx.user.clone();
-                return Box::pin(async move { this.list_chats(user).await });
+                return Box::pin(async move { this.list_chats(user, limit, cursor).await });
             }
             Command::GetHistory {
                 chat_id,
@@ -435,7 +435,7 @@ impl Core {
             Command::MarkRead { chat_id, seq } => WriteCommand::MarkRead { chat_id, seq },
             Command::Ack { delivery_ids } => WriteCommand::Ack { delivery_ids },
             Command::Sync => WriteCommand::Sync,
-            Command::ListChats
+            Command::ListChats { .. }
             | Command::GetHistory { .. }
             | Command::GetAttachmentTarget { .. }
             | Command::GetAttachmentUrl { .. } => {
@@ -447,30 +447,51 @@ impl Core {
         }))
     }
 
-    async fn list_chats(&self, user: Username) -> Result<CommandResult, CoreError> {
+    /// The user's chats, most recent activity first, `limit` of them after
+    /// `cursor` (`<activity ms>.<chat id>` of the last one of the previous page).
+    async fn list_chats(
+        &self,
+        user: Username,
+        limit: u32,
+        cursor: Option<String>,
+    ) -> Result<CommandResult, CoreError> {
+        let after = match cursor.as_deref().map(parse_cursor) {
+            Some(None) => {
+                return Err(CoreError::reject(ErrorCode::BadRequest, "invalid cursor"));
+            }
+            Some(Some(after)) => Some(after),
+            None => None,
+        };
         self.read(move |view| {
-            let mut chats: Vec<(i64, ChatSummary)> = Vec::new();
+            let mut chats: Vec<((i64, String), ChatSummary)> = Vec::new();
             for (chat_id, membership) in view.user_chats(&user)? {
                 let Some(chat) = view.chat(chat_id)? else {
                     continue;
                 };
                 let participants = view.members(chat_id)?;
                 let recent = chat.last_message_at.unwrap_or(chat.created_at);
-                chats.push((
-                    recent,
-                    ChatSummary {
-                        chat_id: chat_id.to_string(),
-                        name: chat.name,
-                        participants,
-                        last_seq: chat.last_seq,
-                        last_message_at: chat.last_message_at.map(rfc3339),
-                        unread: chat.last_seq.saturating_sub(membership.read_seq),
-                    },
-                ));
+                let summary = ChatSummary {
+                    chat_id: chat_id.to_string(),
+                    name: chat.name,
+                    participants,
+                    last_seq: chat.last_seq,
+                    last_message_at: chat.last_message_at.map(rfc3339),
+                    unread: chat.last_seq.saturating_sub(membership.read_seq),
+                };
+                chats.push(((recent, chat_id.to_string()), summary));
             }
-            chats.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| b.1.chat_id.cmp(&a.1.chat_id)));
+            // Newest first: descending (activity, id); a page starts after the cursor.
+            chats.sort_by(|a, b| b.0.cmp(&a.0));
+            let start = after.map_or(0, |after| chats.partition_point(|(key, _)| *key >= after));
+            let page: Vec<_> = chats.into_iter().skip(start).collect();
+            let more = page.len() > limit as usize;
+            let page: Vec<_> = page.into_iter().take(limit as usize).collect();
+            let next_cursor = more
+                .then(|| page.last().map(|((at, id), _)| format!("{at}.{id}")))
+                .flatten();
             Ok(CommandResult::Chats {
-                chats: chats.into_iter().map(|(_, c)| c).collect(),
+                chats: page.into_iter().map(|(_, c)| c).collect(),
+                next_cursor,
             })
         })
         .await
@@ -580,6 +601,13 @@ impl Core {
     pub fn online(&self) -> usize {
         self.inner.presence.online()
     }
+}
+
+/// A `listChats` cursor: `<activity ms>.<chat id>`.
+fn parse_cursor(cursor: &str) -> Option<(i64, String)> {
+    let (at, id) = cursor.split_once('.')?;
+    ChatId::parse(id)?;
+    Some((at.parse().ok()?, id.to_owned()))
 }
 
 /// About this many bytes of frames go in one inbox read, so one answer fits in a

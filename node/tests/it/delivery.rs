@@ -279,7 +279,48 @@ async fn a_client_msg_id_is_scoped_to_its_chat(t: Topology) {
     }
 }
 
+async fn the_chat_list_comes_in_pages(t: Topology) {
+    let node = TestNode::start(t).await;
+    let mut a = node.connect(&node.user("alice").await).await;
+    node.user("bob").await;
+    for i in 0..5 {
+        a.ok(json!({"type":"createChat","participants":["bob"],"name": format!("c{i}")}))
+            .await;
+    }
+    let all = a.ok(json!({"type":"listChats"})).await;
+    assert!(all.get("nextCursor").is_none(), "{all}");
+    let expected: Vec<Value> = all["chats"].as_array().unwrap().clone();
+    assert_eq!(expected.len(), 5);
+    let mut paged = Vec::new();
+    let mut cursor = Value::Null;
+    loop {
+        let mut command = json!({"type":"listChats","limit": 2});
+        if !cursor.is_null() {
+            command["cursor"] = cursor.clone();
+        }
+        let page = a.ok(command).await;
+        let chats = page["chats"].as_array().unwrap();
+        assert!(chats.len() <= 2);
+        paged.extend(chats.iter().cloned());
+        cursor = page.get("nextCursor").cloned().unwrap_or(Value::Null);
+        if cursor.is_null() {
+            break;
+        }
+    }
+    assert_eq!(paged, expected, "the pages are the list, in order");
+    assert_eq!(
+        a.error_code(json!({"type":"listChats","limit": 501})).await,
+        "bad_request"
+    );
+    assert_eq!(
+        a.error_code(json!({"type":"listChats","cursor":"nonsense"}))
+            .await,
+        "bad_request"
+    );
+}
+
 crate::in_every_topology!(
+    the_chat_list_comes_in_pages,
     a_client_msg_id_is_scoped_to_its_chat,
     every_device_of_every_participant_gets_every_event,
     an_offline_device_gets_its_backlog_in_order_until_it_acks,
