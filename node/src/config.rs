@@ -191,6 +191,8 @@ struct FileWebsocket {
     write_timeout: Option<Duration>,
     window: Option<usize>,
     send_queue: Option<usize>,
+    send_queue_kb: Option<usize>,
+    max_in_flight: Option<usize>,
     read_buffer: Option<usize>,
     write_buffer: Option<usize>,
 }
@@ -315,6 +317,12 @@ pub struct WsConfig {
     pub window: usize,
     /// Frames queued for the socket before the client counts as too slow.
     pub send_queue: usize,
+    /// Bytes of frames queued for the socket before the client counts as too
+    /// slow (with `max_in_flight`, what bounds a connection's memory).
+    pub send_queue_bytes: usize,
+    /// Commands of one connection being carried out at once; more are
+    /// answered `rate_limited`.
+    pub max_in_flight: usize,
     pub read_buffer: usize,
     pub write_buffer: usize,
 }
@@ -474,6 +482,8 @@ fn websocket_config(ws: FileWebsocket) -> Result<WsConfig, ConfigError> {
         write_timeout: ws.write_timeout.unwrap_or(Duration::from_secs(15)),
         window: ws.window.unwrap_or(512),
         send_queue: ws.send_queue.unwrap_or(1024),
+        send_queue_bytes: ws.send_queue_kb.unwrap_or(8192) << 10,
+        max_in_flight: ws.max_in_flight.unwrap_or(32).max(1),
         read_buffer: ws.read_buffer.unwrap_or(2048),
         write_buffer: ws.write_buffer.unwrap_or(2048),
     };
@@ -482,6 +492,10 @@ fn websocket_config(ws: FileWebsocket) -> Result<WsConfig, ConfigError> {
             "websocket.ping_timeout",
             "must be longer than a non-zero ping_interval",
         ));
+    }
+    if websocket.send_queue_bytes < 1 << 20 {
+        // One answer may be ~512 KiB (a page of history).
+        return Err(invalid("websocket.send_queue_kb", "must be at least 1024"));
     }
     if websocket.window == 0 || websocket.send_queue <= websocket.window {
         return Err(invalid(

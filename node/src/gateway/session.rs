@@ -23,7 +23,8 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -91,11 +92,12 @@ pub(super) async fn run(gw: Gateway, socket: WebSocket, ctx: Option<DeviceCtx>) 
     async move {
         tracing::debug!("connected");
         let (out, out_rx) = mpsc::channel(gw.ws.send_queue);
-        let writer = write_loop(sink, out_rx, gw.ws.write_timeout);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let writer = write_loop(sink, out_rx, queued.clone(), gw.ws.write_timeout);
         tokio::pin!(writer);
         let attachment = gw.hub.attach(ctx.device);
         METRICS.sessions_opened.inc();
-        let session = Session::new(gw.clone(), ctx, out).run(stream, attachment);
+        let session = Session::new(gw.clone(), ctx, out, queued).run(stream, attachment);
         tokio::pin!(session);
         tokio::select! {
             () = &mut writer => {}
@@ -144,6 +146,7 @@ async fn authenticate_by_frame(
 async fn write_loop(
     mut sink: SplitSink<WebSocket, Message>,
     mut rx: mpsc::Receiver<Outgoing>,
+    queued: Arc<AtomicUsize>,
     write_timeout: Duration,
 ) {
     // Frames written before one flush.
@@ -154,7 +157,10 @@ async fn write_loop(
             let mut written = 0;
             while let Some(frame) = next.take() {
                 let (message, last) = match frame {
-                    Outgoing::Text(text) => (Message::Text(text.into()), false),
+                    Outgoing::Text(text) => {
+                        queued.fetch_sub(text.len(), Ordering::Relaxed);
+                        (Message::Text(text.into()), false)
+                    }
                     Outgoing::Ping => (Message::Ping(Default::default()), false),
                     Outgoing::Close(code, reason) => (
                         Message::Close(Some(CloseFrame {
@@ -269,6 +275,9 @@ struct Session {
     gw: Gateway,
     ctx: DeviceCtx,
     out: mpsc::Sender<Outgoing>,
+    /// Bytes of text frames queued for the writer half (bounded by
+    /// `websocket.send_queue_bytes`).
+    queued: Arc<AtomicUsize>,
     /// Highest delivery id queued on this connection.
     cursor: DeliveryId,
     /// Live deliveries are ignored until the inbox has been read up to date.
@@ -292,13 +301,19 @@ const TOUCH_EVERY: Duration = Duration::from_secs(3600);
 const READ_RETRY: Duration = Duration::from_millis(500);
 
 impl Session {
-    fn new(gw: Gateway, ctx: DeviceCtx, out: mpsc::Sender<Outgoing>) -> Self {
+    fn new(
+        gw: Gateway,
+        ctx: DeviceCtx,
+        out: mpsc::Sender<Outgoing>,
+        queued: Arc<AtomicUsize>,
+    ) -> Self {
         let now = Instant::now();
         let limits = gw.limits.clone();
         Self {
             gw,
             ctx,
             out,
+            queued,
             cursor: DeliveryId(0),
             behind: true,
             unacked: Unacked::default(),
@@ -312,8 +327,15 @@ impl Session {
         }
     }
 
-    /// Queues a frame; `Err` when the client is too slow to take it.
+    /// Queues a frame; `Err` when the client is too slow to take it: the queue
+    /// is full in frames or in bytes.
     fn send(&self, frame: Outgoing) -> Result<(), End> {
+        if let Outgoing::Text(text) = &frame {
+            let before = self.queued.fetch_add(text.len(), Ordering::Relaxed);
+            if before + text.len() > self.gw.ws.send_queue_bytes {
+                return Err(End::Slow);
+            }
+        }
         self.out.try_send(frame).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => End::Slow,
             mpsc::error::TrySendError::Closed(_) => End::Gone,
@@ -527,6 +549,14 @@ impl Session {
                 id,
                 ErrorCode::RateLimited,
                 "sending too fast; slow down".into(),
+            );
+        }
+        if self.answers.len() >= self.gw.ws.max_in_flight {
+            METRICS.command(kind, ErrorCode::RateLimited.as_str());
+            return self.error(
+                id,
+                ErrorCode::RateLimited,
+                "too many commands in flight; wait for their answers".into(),
             );
         }
         // Queued now, in frame order; answered whenever it completes.

@@ -138,6 +138,45 @@ async fn a_silent_client_is_dropped_after_the_ping_timeout(t: Topology) {
     assert!(ended.is_ok(), "the server kept a dead connection open");
 }
 
+async fn pipelined_answers_a_client_does_not_read_are_bounded(t: Topology) {
+    // A generous write timeout: only the byte bound can end this connection
+    // within the test's deadline.
+    let node = TestNode::with_config(
+        t,
+        &format!("{BASE_CONFIG}\n[websocket]\nwrite_timeout = \"60s\"\nsend_queue_kb = 1024\n"),
+    )
+    .await;
+    let mut a = node.connect(&node.user("alice").await).await;
+    let bob = node.user("bob").await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .clone();
+    let big = "x".repeat(16 * 1024);
+    for _ in 0..40 {
+        a.ok(json!({"type":"sendMessage","chatId":chat,"message":big}))
+            .await;
+    }
+    // Bob asks for ~500 KiB of history 400 times and reads nothing.
+    let mut b = node.connect(&bob).await;
+    for i in 0..400 {
+        let frame = json!({"type":"getHistory","id": format!("h{i}"),"chatId":chat,"limit":200});
+        if b.send_message(tungstenite::Message::text(frame.to_string()))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    eventually("the node to drop a client that does not read", || async {
+        (node.online().await == 1).then_some(())
+    })
+    .await;
+    // The node still serves everyone else.
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"still here"}))
+        .await;
+}
+
 async fn a_client_that_does_not_read_is_disconnected_and_loses_nothing(t: Topology) {
     let node = TestNode::with_config(t, &format!(
         "{BASE_CONFIG}\n[websocket]\nwrite_timeout = \"500ms\"\nwindow = 2000\nsend_queue = 2100\n"
@@ -270,5 +309,6 @@ crate::in_every_topology!(
     a_second_connection_of_a_device_displaces_the_first,
     a_silent_client_is_dropped_after_the_ping_timeout,
     a_client_that_does_not_read_is_disconnected_and_loses_nothing,
+    pipelined_answers_a_client_does_not_read_are_bounded,
     sigterm_closes_sessions_with_1001_and_keeps_data
 );
