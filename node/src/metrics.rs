@@ -34,6 +34,7 @@ pub(crate) struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_group: Histogram,
     pub publish_failures: Counter,
+    pub password_hashes: Counter,
     pub online_devices: Gauge,
     pub writer_queue: Gauge,
     pub store_write_buffer_bytes: Gauge,
@@ -57,6 +58,7 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             publish_failures: Counter::default(),
+            password_hashes: Counter::default(),
             online_devices: Gauge::default(),
             writer_queue: Gauge::default(),
             store_write_buffer_bytes: Gauge::default(),
@@ -108,6 +110,11 @@ impl Metrics {
             "publish_failures",
             "Deliveries the JetStream hop failed to publish (recovered from the inbox)",
             m.publish_failures.clone(),
+        );
+        registry.register(
+            "password_hashes",
+            "argon2 password hashes and verifications (slow on purpose)",
+            m.password_hashes.clone(),
         );
         registry.register(
             "online_devices",

@@ -43,6 +43,25 @@ impl Core {
             (Registration::Invite, Some(code)) => Some(code),
             (_, _) => None,
         };
+        // A wrong invite is refused before any hashing, so a flood of them
+        // cannot take the hashing slots from real logins. (The writer checks
+        // it again, atomically with its use.)
+        if let Some(code) = invite.clone() {
+            let now = self.inner.clock.now_ms();
+            let usable = self
+                .read(move |view| {
+                    Ok(view
+                        .invite(&code)?
+                        .is_some_and(|r| r.expires_at > now && r.uses_left > 0))
+                })
+                .await?;
+            if !usable {
+                return Err(CoreError::reject(
+                    ErrorCode::InvalidInvite,
+                    "that invite is unknown, used up or expired",
+                ));
+            }
+        }
         let password_hash = hash_password(password.to_owned()).await?;
         match self
             .write(Op::CreateUser {
@@ -336,6 +355,7 @@ async fn password_work<T: Send + 'static>(
     });
     // The semaphore is never closed, so acquiring cannot fail.
     let _permit = slots.acquire().await.ok();
+    crate::metrics::METRICS.password_hashes.inc();
     tokio::task::spawn_blocking(f).await
 }
 

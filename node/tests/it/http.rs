@@ -104,6 +104,23 @@ async fn register_and_login_errors(t: Topology) {
     assert_eq!((s, b["code"].as_str()), (403, Some("user_disabled")));
 }
 
+/// How many argon2 hashes the process that owns the store has done.
+async fn password_hashes(node: &TestNode) -> u64 {
+    let text = node
+        .http()
+        .get(format!("{}/metrics", node.main_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("natter_password_hashes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no password hash counter in:\n{text}"))
+}
+
 async fn registration_modes(t: Topology) {
     let closed = TestNode::with_config(t, "registration = \"closed\"\n").await;
     let (s, b) = closed
@@ -122,6 +139,7 @@ async fn registration_modes(t: Topology) {
         )
         .await;
     assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
+    let hashes_before = password_hashes(&invite_only).await;
     let (s, b) = invite_only
         .post(
             "/v1/register",
@@ -129,6 +147,11 @@ async fn registration_modes(t: Topology) {
         )
         .await;
     assert_eq!((s, b["code"].as_str()), (403, Some("invalid_invite")));
+    assert_eq!(
+        password_hashes(&invite_only).await,
+        hashes_before,
+        "a wrong invite costs no password hash"
+    );
     let (s, invite) = invite_only
         .admin(reqwest::Method::POST, "/invites", Some(json!({"uses": 1})))
         .await;
