@@ -320,8 +320,8 @@ pub struct WsConfig {
     /// Bytes of frames queued for the socket before the client counts as too
     /// slow (with `max_in_flight`, what bounds a connection's memory).
     pub send_queue_bytes: usize,
-    /// Commands of one connection being carried out at once; more are
-    /// answered `rate_limited`.
+    /// Commands of one connection being carried out at once; further frames
+    /// wait in the socket until one is answered.
     pub max_in_flight: usize,
     pub read_buffer: usize,
     pub write_buffer: usize,

@@ -63,6 +63,9 @@ impl Default for FederationConfig {
 /// How a peer's outbox sender is doing.
 #[derive(Clone, Debug, Default)]
 struct Health {
+    /// Every outbox entry up to this seq is delivered (or a dead letter): reads
+    /// start after it instead of stepping over what was removed.
+    delivered: u64,
     last_contact: Option<i64>,
     failures: u32,
     failed_at: Option<i64>,
@@ -398,14 +401,21 @@ impl Core {
     async fn peer_info(&self, node: NodeName) -> Result<PeerInfo, CoreError> {
         let now = self.inner.clock.now_ms();
         let name = node.clone();
-        let (record, queued, dead) = self
+        let after = self.fed().health().get(&node).map_or(0, |h| h.delivered);
+        let (record, oldest, last, dead) = self
             .read(move |view| {
                 let record = view.peer(&name)?;
-                let queued = view.outbox(&name, 0, usize::MAX, false)?;
+                let oldest = view.outbox(&name, after, 1, false)?.pop();
+                let last = view.outbox_counter(&name)?;
                 let dead = view.outbox(&name, 0, usize::MAX, true)?.len();
-                Ok((record, queued, dead))
+                Ok((record, oldest, last, dead))
             })
             .await?;
+        // Seqs are contiguous from the oldest queued entry to the last given out
+        // (dead letters leave from the front), so the depth needs no scan.
+        let depth = oldest
+            .as_ref()
+            .map_or(0, |(first, _)| (last + 1).saturating_sub(*first));
         let record =
             record.ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
         let health = self.fed().health().get(&node).cloned().unwrap_or_default();
@@ -421,8 +431,8 @@ impl Core {
                 .unwrap_or_default(),
             public_keys,
             last_contact: health.last_contact.map(rfc3339),
-            outbox_depth: queued.len(),
-            oldest_queued_age_ms: queued.first().map(|(_, e)| now - e.queued_at),
+            outbox_depth: usize::try_from(depth).unwrap_or(usize::MAX),
+            oldest_queued_age_ms: oldest.map(|(_, e)| now - e.queued_at),
             dead_letters: dead,
             state: if health.failures == 0 {
                 "ok"
@@ -510,8 +520,9 @@ impl Core {
     /// Sends one batch. `Ok(true)` when more may be waiting.
     async fn send_some(&self, node: &NodeName) -> Result<bool, PeerError> {
         let name = node.clone();
+        let after = self.fed().health().get(node).map_or(0, |h| h.delivered);
         let read = self
-            .read(move |view| Ok((view.peer(&name)?, view.outbox(&name, 0, BATCH, false)?)))
+            .read(move |view| Ok((view.peer(&name)?, view.outbox(&name, after, BATCH, false)?)))
             .await;
         let Ok((Some(peer), batch)) = read else {
             return Ok(false);
@@ -532,7 +543,7 @@ impl Core {
                 // it becomes a dead letter on its own.
                 _ if events.is_empty() => {
                     tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
-                    self.outbox_done(node, seq - 1, Some(*seq)).await;
+                    self.outbox_done(node, first, seq - 1, Some(*seq)).await;
                     return Ok(true);
                 }
                 _ => break,
@@ -553,7 +564,7 @@ impl Core {
         match sent {
             Ok(Applied { applied }) => {
                 self.succeeded(node);
-                self.outbox_done(node, applied, None).await;
+                self.outbox_done(node, first, applied, None).await;
                 Ok(batch.len() == BATCH || applied < last)
             }
             Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
@@ -561,21 +572,31 @@ impl Core {
                 let applied = body["applied"].as_u64().unwrap_or(first - 1);
                 tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
                 self.succeeded(node);
-                self.outbox_done(node, applied, Some(applied + 1)).await;
+                self.outbox_done(node, first, applied, Some(applied + 1))
+                    .await;
                 Ok(true)
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn outbox_done(&self, node: &NodeName, delivered: u64, dead: Option<u64>) {
+    async fn outbox_done(&self, node: &NodeName, from: u64, delivered: u64, dead: Option<u64>) {
         let op = Op::OutboxDone {
             node: node.clone(),
+            from,
             delivered,
             dead,
         };
-        if let Err(e) = self.write(op).await {
-            tracing::warn!(peer = %node, error = %e, "could not clear delivered outbox entries");
+        match self.write(op).await {
+            Ok(_) => {
+                let done = dead.unwrap_or(delivered).max(delivered);
+                let mut health = self.fed().health();
+                let h = health.entry(node.clone()).or_default();
+                h.delivered = h.delivered.max(done);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %node, error = %e, "could not clear delivered outbox entries");
+            }
         }
     }
 
@@ -584,6 +605,7 @@ impl Core {
         let mut health = self.fed().health();
         let h = health.entry(node.clone()).or_default();
         *h = Health {
+            delivered: h.delivered,
             last_contact: Some(now),
             ..Health::default()
         };

@@ -397,7 +397,11 @@ impl Session {
                 Some((id, kind, result)) = self.answers.next(), if !self.answers.is_empty() => {
                     self.answer(id, kind, result)
                 }
-                        frame = stream.next() => Box::pin(self.on_frame(frame)).await,
+                        // With `max_in_flight` commands unanswered, the next frame
+                        // waits in the socket (the client feels TCP back-pressure).
+                        frame = stream.next(), if self.answers.len() < ws.max_in_flight => {
+                            Box::pin(self.on_frame(frame)).await
+                        }
                 _ = tick.tick() => Box::pin(self.on_tick()).await,
                 () = tokio::time::sleep_until(self.retry_read_at.unwrap_or_else(Instant::now)),
                     if self.retry_read_at.is_some() => Ok(()),
@@ -549,14 +553,6 @@ impl Session {
                 id,
                 ErrorCode::RateLimited,
                 "sending too fast; slow down".into(),
-            );
-        }
-        if self.answers.len() >= self.gw.ws.max_in_flight {
-            METRICS.command(kind, ErrorCode::RateLimited.as_str());
-            return self.error(
-                id,
-                ErrorCode::RateLimited,
-                "too many commands in flight; wait for their answers".into(),
             );
         }
         // Queued now, in frame order; answered whenever it completes.

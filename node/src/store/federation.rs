@@ -138,8 +138,11 @@ impl Tx<'_> {
         self.tx.insert(&self.ks.fed, key, json(entry));
     }
 
+    /// Weak tombstones, like inbox acks: an outbox is written once and removed
+    /// once, so removals need not pile up for reads to step over.
     pub fn delete_outbox(&mut self, node: &NodeName, seq: u64, dead: bool) {
-        self.tx.remove(&self.ks.fed, keys::outbox(node, seq, dead));
+        self.tx
+            .remove_weak(&self.ks.fed, keys::outbox(node, seq, dead));
     }
 
     pub fn set_outbox_counter(&mut self, node: &NodeName, seq: u64) {

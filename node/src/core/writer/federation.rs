@@ -370,12 +370,15 @@ impl Writer {
         &mut self,
         b: &mut Batch<'_, '_>,
         node: &NodeName,
+        from: u64,
         delivered: u64,
         dead: Option<u64>,
     ) -> Result<Outcome, CoreError> {
         let upto = dead.unwrap_or(delivered).max(delivered);
         let mut moved = 0;
-        for (seq, entry) in b.tx.view().outbox(node, 0, usize::MAX, false)? {
+        let count = usize::try_from(upto.saturating_sub(from) + 1).unwrap_or(usize::MAX);
+        let after = from.saturating_sub(1);
+        for (seq, entry) in b.tx.view().outbox(node, after, count, false)? {
             if seq > upto {
                 break;
             }

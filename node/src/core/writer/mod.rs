@@ -408,9 +408,10 @@ impl Writer {
             Op::ApplyEvents { origin, events } => self.apply_events(b, &origin, events),
             Op::OutboxDone {
                 node,
+                from,
                 delivered,
                 dead,
-            } => self.outbox_done(b, &node, delivered, dead),
+            } => self.outbox_done(b, &node, from, delivered, dead),
             Op::ReplayDead { node } => self.replay_dead(b, &node),
             Op::CreateAttachment { id, record } => {
                 b.tx.put_attachment(id, &record);

@@ -131,6 +131,8 @@ pub(crate) enum Op {
     /// becomes a dead letter (the peer refused it, or it is too old).
     OutboxDone {
         node: NodeName,
+        /// The oldest entry that may still be there (the batch's first).
+        from: u64,
         delivered: u64,
         dead: Option<u64>,
     },
