@@ -4,7 +4,8 @@
 //! either one it spawns (`--natterd target/release/natterd`: a temporary data
 //! folder, open registration, no practical send rate limit; killed at the end),
 //! in the topology `--topology` names (`embedded`, `nats`: over a spawned
-//! nats-server, `split`: a core and two gateways), or one already running
+//! nats-server, `split`: a core and two gateways, `federated`: two peered
+//! nodes, for `fanout`), or one already running
 //! (`--url URL --admin-token TOKEN`). Users and devices are created through the
 //! admin API. Memory and CPU are read from /proc for every natterd process
 //! (summed and each) and for nats-server. Subcommands:
@@ -16,6 +17,7 @@
 //! Progress goes to stderr.
 
 mod fanout;
+mod federation;
 mod idle;
 mod idlers;
 mod node;
