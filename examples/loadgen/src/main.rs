@@ -11,11 +11,14 @@
 //! (summed and each) and for nats-server. Subcommands:
 //! - `fanout`: send throughput, delivery throughput and latency in one big chat;
 //! - `idle`: natterd's memory per idle WebSocket;
-//! - `replay`: how fast an offline device drains a full inbox.
+//! - `replay`: how fast an offline device drains a full inbox;
+//! - `catchup`: how fast a peer node that was down gets what its peer queued
+//!   for it meanwhile (two spawned nodes).
 //!
 //! Each prints human-readable lines, then one JSON line with all its numbers.
 //! Progress goes to stderr.
 
+mod catchup;
 mod fanout;
 mod federation;
 mod idle;
@@ -46,6 +49,8 @@ enum Bench {
     Idle(idle::Args),
     /// An offline device connects to a full inbox; time to drain it.
     Replay(replay::Args),
+    /// A peer node down while its peer queues events for it; time to catch up.
+    Catchup(catchup::Args),
 }
 
 #[tokio::main]
@@ -60,6 +65,7 @@ async fn main() -> Result<()> {
             Bench::Fanout(args) => fanout::run(args, nofile_limit).await,
             Bench::Idle(args) => idle::run(args, nofile_limit).await,
             Bench::Replay(args) => replay::run(args).await,
+            Bench::Catchup(args) => catchup::run(args).await,
         }
     };
     // On SIGINT or SIGTERM the benchmark is dropped rather than the process
