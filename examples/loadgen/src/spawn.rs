@@ -295,7 +295,15 @@ impl Spawner<'_> {
         let watch = LogWatch {
             name: format!("natterd {name}"),
             find: listening_url,
-            alarm: |line| line.contains(" WARN ") || line.contains(" ERROR "),
+            // And a shutdown: a node that stops mid-run says why (natterd logs
+            // the signal it got at INFO).
+            alarm: |line| {
+                line.contains(" WARN ")
+                    || line.contains(" ERROR ")
+                    || line.contains("SIGTERM")
+                    || line.contains("SIGINT")
+                    || line.contains("shutting down")
+            },
         };
         start(command, name, self.dir, watch, self.binary)
     }
