@@ -6,7 +6,8 @@
 //! `events` messages (alpha, the chat's home, stores each and queues it in its
 //! outbox for beta), and beta is started again on the same port and data
 //! folder. Timed from that restart: beta ready (`/readyz`), alpha's outbox for
-//! beta empty (`outboxDepth` of `GET /admin/v1/peers` on alpha, polled), and
+//! beta empty (`outboxDepth` of `GET /admin/v1/peers` on alpha, polled every
+//! `--poll`), and
 //! bob's device (connected as soon as beta is ready) having received all of the
 //! messages, acking as it goes.
 //!
@@ -28,8 +29,6 @@ use crate::report::{self, RssJson};
 use crate::usage::{CpuUse, Reading};
 use crate::ws::Conn;
 
-/// How often alpha's outbox depth is asked for during the catch-up.
-const POLL: Duration = Duration::from_millis(20);
 /// Give up on the catch-up after this long.
 const DEADLINE: Duration = Duration::from_secs(120);
 
@@ -48,6 +47,10 @@ pub(crate) struct Args {
     /// Size of each message's text.
     #[arg(long, default_value_t = 64)]
     message_bytes: usize,
+    /// How often to ask alpha for its outbox depth during the catch-up (0: do
+    /// not watch it). Not free: natterd reads the whole outbox to count it.
+    #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+    poll: Duration,
 }
 
 /// alpha's outbox for beta over the catch-up, from beta's restart.
@@ -56,10 +59,17 @@ struct Outbox {
     depth_before: usize,
     /// alpha's sender state then (`backing-off` …).
     state_before: String,
-    /// When the depth was first seen below `depth_before`.
+    /// How long `GET /admin/v1/peers` took before the outage (an outbox that
+    /// never held more than the chat's creation).
+    list_fresh: Duration,
+    /// How long that `GET /admin/v1/peers` took (with the full outbox).
+    list_took: Duration,
+    /// How long one took after the catch-up, and the depth it reported.
+    list_after: (Duration, usize),
+    /// When the depth was first seen below `depth_before` (not watched: `None`).
     first_progress: Option<Duration>,
-    /// When it was first seen at zero.
-    empty: Duration,
+    /// When it was first seen at zero (not watched: `None`).
+    empty: Option<Duration>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -78,6 +88,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let chat_id = alice.create_chat(&[nodes[1].user_id(&bob_name)]).await?;
     bob.wait_for("chatUpdate").await?;
     drop(bob);
+    let asked = Instant::now();
+    federation::peer_state(&nodes[0], beta_name).await?;
+    let list_fresh = asked.elapsed();
 
     eprintln!("killing {beta_name}");
     nodes[1].kill()?;
@@ -100,7 +113,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     );
     // Idle from here on; closing it keeps the catch-up the only traffic.
     drop(alice);
+    let asked = Instant::now();
     let before = federation::peer_state(&nodes[0], beta_name).await?;
+    let list_took = asked.elapsed();
     let alpha_cpu_before = nodes[0].processes().cpu_time()?;
 
     eprintln!("restarting {beta_name} on its port and data folder");
@@ -109,14 +124,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let ready = restarted.elapsed();
     let (drained, outbox) = tokio::join!(
         replay::drain(nodes[1].ws_url(0), &bob_device.token, sent.accepted),
-        watch_outbox(&nodes[0], beta_name, restarted),
+        watch_outbox(&nodes[0], beta_name, restarted, args.poll),
     );
     let drained = drained?;
-    let outbox = Outbox {
-        depth_before: before.outbox_depth,
-        state_before: before.state,
-        ..outbox?
-    };
+    let (first_progress, empty) = outbox?;
     let caught_up = drained.finished_at - restarted;
     // alpha over the catch-up; beta since its restart (start-up included).
     let cpu = match (alpha_cpu_before, nodes[0].processes().cpu_time()?) {
@@ -128,6 +139,20 @@ pub(crate) async fn run(args: Args) -> Result<()> {
             elapsed: caught_up,
         }),
         _ => None,
+    };
+    // The same admin call with the outbox drained (or draining, when unwatched), after the
+    // CPU readings.
+    let asked = Instant::now();
+    let after = federation::peer_state(&nodes[0], beta_name).await?;
+    let list_after = (asked.elapsed(), after.outbox_depth);
+    let outbox = Outbox {
+        depth_before: before.outbox_depth,
+        state_before: before.state,
+        list_fresh,
+        list_took,
+        list_after,
+        first_progress,
+        empty,
     };
     let rss = Node::processes_of(&nodes).rss_kib()?;
     for node in nodes {
@@ -148,8 +173,18 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Polls `home`'s outbox depth for `peer` until it is zero.
-async fn watch_outbox(home: &Node, peer: &str, since: Instant) -> Result<Outbox> {
+/// Polls `home`'s outbox depth for `peer` every `poll` until it is zero;
+/// returns when it first went down and when it was empty, from `since` (`None`s
+/// when `poll` is zero: not watched).
+async fn watch_outbox(
+    home: &Node,
+    peer: &str,
+    since: Instant,
+    poll: Duration,
+) -> Result<(Option<Duration>, Option<Duration>)> {
+    if poll.is_zero() {
+        return Ok((None, None));
+    }
     let mut depth_at_start = None;
     let mut first_progress = None;
     loop {
@@ -160,17 +195,13 @@ async fn watch_outbox(home: &Node, peer: &str, since: Instant) -> Result<Outbox>
             first_progress = Some(since.elapsed());
         }
         if depth == 0 {
-            return Ok(Outbox {
-                depth_before: start,
-                state_before: String::new(),
-                first_progress: first_progress.or(Some(since.elapsed())),
-                empty: since.elapsed(),
-            });
+            let empty = since.elapsed();
+            return Ok((first_progress.or(Some(empty)), Some(empty)));
         }
         if since.elapsed() > DEADLINE {
             bail!("{peer}'s outbox still holds {depth} events after {DEADLINE:?}");
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(poll).await;
     }
 }
 
@@ -223,16 +254,24 @@ fn print_results(
         ms(*ready)
     );
     println!(
-        "outbox:      first events confirmed by {:.1} ms, empty at {:.1} ms after the restart ({:.1} events/s from the first)",
-        outbox.first_progress.map_or(f64::NAN, ms),
-        ms(outbox.empty),
-        outbox
-            .first_progress
-            .map_or(f64::NAN, |first| report::per_sec(
-                outbox.depth_before as u64,
-                outbox.empty.saturating_sub(first)
-            ))
+        "peer list:   GET /admin/v1/peers on {alpha} took {:.1} ms before the outage, {:.1} ms with {} queued, {:.1} ms with {} after the catch-up",
+        ms(outbox.list_fresh),
+        ms(outbox.list_took),
+        outbox.depth_before,
+        ms(outbox.list_after.0),
+        outbox.list_after.1
     );
+    match (outbox.first_progress, outbox.empty) {
+        (Some(first), Some(empty)) => println!(
+            "outbox:      first events confirmed by {:.1} ms, empty at {:.1} ms after the restart \
+             (polled every {}; {:.1} events/s from the first)",
+            ms(first),
+            ms(empty),
+            humantime::format_duration(args.poll),
+            report::per_sec(outbox.depth_before as u64, empty.saturating_sub(first))
+        ),
+        _ => println!("outbox:      not watched (--poll 0)"),
+    }
     println!(
         "caught up:   all {} at bob's device {:.1} ms after the restart ({:.1} ms after it connected); \
          includes up to one back-off wait ({})",
@@ -269,8 +308,13 @@ fn print_results(
         "outboxDepthBefore": outbox.depth_before,
         "outboxStateBefore": outbox.state_before,
         "readyMs": report::round2(ms(*ready)),
+        "peerListFreshMs": report::round2(ms(outbox.list_fresh)),
+        "peerListMs": report::round2(ms(outbox.list_took)),
+        "peerListAfterMs": report::round2(ms(outbox.list_after.0)),
+        "outboxDepthAfter": outbox.list_after.1,
+        "pollMs": report::round2(ms(args.poll)),
         "outboxFirstProgressMs": outbox.first_progress.map(|d| report::round2(ms(d))),
-        "outboxEmptyMs": report::round2(ms(outbox.empty)),
+        "outboxEmptyMs": outbox.empty.map(|d| report::round2(ms(d))),
         "caughtUpMs": report::round2(ms(*caught_up)),
         "drainAfterConnectMs": report::round2(ms(drained.elapsed)),
         "duplicates": drained.duplicates,
