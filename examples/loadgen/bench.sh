@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run with: examples/loadgen/bench.sh [OUT_DIR]
-# Every measurement of docs/benchmarks.md, one after another (about 10 minutes on
+# Every measurement of docs/benchmarks.md, one after another (about 12 minutes on
 # 2 cores). Each run prints human lines and one JSON line; OUT_DIR keeps them.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +27,14 @@ run replay-embedded replay --messages 10000
 for t in nats split; do
   run fanout-$t-p1 fanout --topology $t --members 100 --senders 10 --pipeline 1 --duration 20s
 done
+
+# Federation: the chat split 50/50 between two peered nodes (alpha, its home,
+# and beta), then a peer catching up on 10,000 events queued while it was down.
+# Twice each: on 2 shared cores one run is noisy.
+for i in 1 2; do
+  run fanout-federated-p1-$i fanout --topology federated --members 100 --senders 10 --pipeline 1 --duration 20s
+done
+for i in 1 2; do run catchup-$i catchup --events 10000; done
 
 # Cost of one delivery with 1,000 and 10,000 connected devices (light load, so
 # the node is not saturated and the cost is the work per delivery). Twice each:

@@ -10,6 +10,16 @@
 //! cost of one delivery. `--idle-devices` keeps that many other devices (not in
 //! the chat) connected meanwhile: comparing runs with few and many shows
 //! whether a delivery gets dearer as more devices are online.
+//!
+//! With `--topology federated` the members are split between two peered nodes
+//! (see `crate::federation`): member `k` is on node `k % 2`, so the creator
+//! (member 0) is on alpha, the chat's home, and the senders (the first
+//! `--senders` members) are half on each node. Every member connects to its own
+//! node. A send from beta is forwarded to alpha over HTTP (natterd keeps one
+//! forwarded action in flight per home node), and alpha's outbox carries every
+//! message to beta, which fans it out to its members. The text also names the
+//! sender's node, so latency is reported per route (sender's node → receiver's
+//! node) besides overall, and sends and deliveries per node.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -116,45 +126,64 @@ impl Window {
     }
 }
 
-/// What one member saw inside the window (errors: the whole run).
+/// What one member (or all members of a node, or all) saw inside the window
+/// (errors: the whole run).
 struct Stats {
     sends: u64,
     deliveries: u64,
-    /// Send → arrival at another member.
-    latency_us: Histogram<u64>,
+    /// Send → arrival at another member, by the sender's node (one histogram
+    /// per node).
+    latency_us: Vec<Histogram<u64>>,
     /// Send → its `result` (the commit, fsync included), for senders.
     result_us: Histogram<u64>,
     errors: Errors,
 }
 
 impl Stats {
-    fn new() -> Self {
+    fn new(nodes: usize) -> Self {
         Self {
             sends: 0,
             deliveries: 0,
-            latency_us: report::latency_histogram(),
+            latency_us: (0..nodes).map(|_| report::latency_histogram()).collect(),
             result_us: report::latency_histogram(),
             errors: Errors::new(),
         }
     }
 
-    fn merge(&mut self, other: Stats) -> Result<()> {
+    fn merge(&mut self, other: &Stats) -> Result<()> {
         self.sends += other.sends;
         self.deliveries += other.deliveries;
-        self.latency_us
-            .add(&other.latency_us)
-            .context("merge latency histograms")?;
+        for (mine, theirs) in self.latency_us.iter_mut().zip(&other.latency_us) {
+            mine.add(theirs).context("merge latency histograms")?;
+        }
         self.result_us
             .add(&other.result_us)
             .context("merge result histograms")?;
-        report::merge_errors(&mut self.errors, other.errors);
+        report::merge_errors(&mut self.errors, other.errors.clone());
         Ok(())
+    }
+
+    /// Send → arrival, whichever node sent.
+    fn latency(&self) -> Result<Histogram<u64>> {
+        let mut all = report::latency_histogram();
+        for h in &self.latency_us {
+            all.add(h).context("merge latency histograms")?;
+        }
+        Ok(all)
     }
 }
 
-/// A member that sends: its chat, its pipeline and the padding of its texts.
+/// Which node member `k` is on, of `nodes`: they take turns.
+fn node_of(k: usize, nodes: usize) -> usize {
+    k % nodes
+}
+
+/// A member that sends: its chat, its node, its pipeline and the padding of
+/// its texts.
 struct Sender {
     chat_id: String,
+    /// Its node's index, after the time stamp in each text.
+    node: usize,
     pipeline: usize,
     message_bytes: usize,
     next_id: u64,
@@ -163,9 +192,10 @@ struct Sender {
 }
 
 impl Sender {
-    fn new(chat_id: String, pipeline: usize, message_bytes: usize) -> Self {
+    fn new(chat_id: String, node: usize, pipeline: usize, message_bytes: usize) -> Self {
         Self {
             chat_id,
+            node,
             pipeline,
             message_bytes,
             next_id: 0,
@@ -173,12 +203,14 @@ impl Sender {
         }
     }
 
-    /// Sends one message whose text starts with the current time.
+    /// Sends one message whose text starts with the current time and the
+    /// sender's node.
     async fn send_next(&mut self, conn: &mut Conn) -> Result<()> {
         self.next_id += 1;
         let id = format!("s{}", self.next_id);
         let sent_at = Instant::now();
-        let text = ws::message_text(&unix_nanos().to_string(), self.message_bytes);
+        let head = format!("{} {}", unix_nanos(), self.node);
+        let text = ws::message_text(&head, self.message_bytes);
         conn.send_text(ws::send_message_frame(&id, &self.chat_id, &text))
             .await?;
         self.in_flight.insert(id, sent_at);
@@ -194,6 +226,8 @@ impl Sender {
 /// What the whole run measured.
 struct Results {
     total: Stats,
+    /// Per node, what its members saw (one entry unless federated).
+    by_node: Vec<NodeStats>,
     /// The node's CPU time over the window; `None` when its processes are
     /// unknown.
     cpu: Option<CpuUse>,
@@ -204,29 +238,62 @@ struct Results {
     idle_lost: usize,
 }
 
+/// The members of one node and what they saw.
+struct NodeStats {
+    name: String,
+    members: usize,
+    senders: usize,
+    stats: Stats,
+}
+
 pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
     args.check()?;
     args.check_open_files(nofile_limit)?;
-    let node = Node::start(&args.target).await?;
-    let names: Vec<String> = (1..=args.members)
-        .map(|i| node.username(&format!("u{i:04}")))
+    let nodes = Node::start_all(&args.target).await?;
+    let n = nodes.len();
+    let names: Vec<String> = (0..args.members)
+        .map(|k| nodes[node_of(k, n)].username(&format!("u{:04}", k + 1)))
         .collect();
-    eprintln!("creating {} users with one device each", names.len());
-    node.create_users(&names).await?;
-    let owners: Vec<&str> = names.iter().map(String::as_str).collect();
-    let devices = node.create_devices(&owners).await?;
-    let idlers = connect_idle(&node, args.idle_devices).await?;
-    eprintln!("connecting {} members", devices.len());
+    eprintln!(
+        "creating {} users with one device each, on {n} node(s)",
+        names.len()
+    );
+    let mut tokens = vec![String::new(); args.members];
+    for (i, node) in nodes.iter().enumerate() {
+        let here: Vec<usize> = (0..args.members).filter(|&k| node_of(k, n) == i).collect();
+        let names_here: Vec<String> = here.iter().map(|&k| names[k].clone()).collect();
+        node.create_users(&names_here).await?;
+        let owners: Vec<&str> = names_here.iter().map(String::as_str).collect();
+        for (&k, device) in here.iter().zip(node.create_devices(&owners).await?) {
+            tokens[k] = device.token;
+        }
+    }
+    let idlers = connect_idle(&nodes[0], args.idle_devices).await?;
+    eprintln!("connecting {} members", tokens.len());
+    // Each member to its own node (round robin over its gateways in split).
     let mut conns = ws::connect_all(
-        devices
+        tokens
             .iter()
             .enumerate()
-            .map(|(k, d)| (node.ws_url(k), d.token.as_str())),
+            .map(|(k, token)| (nodes[node_of(k, n)].ws_url(k / n), token.as_str())),
         CONNECT_CONCURRENCY,
     )
     .await?;
-    // The first member creates the chat; the others are its participants.
-    let chat_id = conns[0].create_chat(&names[1..]).await?;
+    // The first member creates the chat (on the first node: its home); the
+    // others are its participants, as `name@node` when on another node.
+    let participants: Vec<String> = (1..args.members)
+        .map(|k| match node_of(k, n) {
+            0 => names[k].clone(),
+            i => nodes[i].user_id(&names[k]),
+        })
+        .collect();
+    let chat_id = conns[0].create_chat(&participants).await?;
+    // Nobody sends before every member has the chat (on another node it
+    // arrives through the home's outbox).
+    for conn in &mut conns[1..] {
+        conn.wait_for("chatUpdate").await?;
+    }
+    let processes = Node::processes_of(&nodes);
     // What holding the connections costs, with no traffic: subtracted from the
     // run's CPU, it leaves the cost of the deliveries themselves.
     let idle_cpu = if args.baseline.is_zero() {
@@ -235,7 +302,7 @@ pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
         eprintln!("measuring idle CPU for {:?}", args.baseline);
         let now = Instant::now();
         measure_cpu(
-            node.processes().clone(),
+            processes.clone(),
             Window {
                 start: now,
                 end: now + args.baseline,
@@ -253,19 +320,37 @@ pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
         "running: {:?} warm-up, then {:?} measured",
         args.warmup, args.duration
     );
-    let cpu = tokio::spawn(measure_cpu(node.processes().clone(), window));
+    let cpu = tokio::spawn(measure_cpu(processes.clone(), window));
     let tasks: Vec<_> = conns
         .into_iter()
         .enumerate()
-        .map(|(i, conn)| {
-            let sender = (i < args.senders)
-                .then(|| Sender::new(chat_id.clone(), args.pipeline, args.message_bytes));
-            tokio::spawn(run_member(conn, sender, window))
+        .map(|(k, conn)| {
+            let node = node_of(k, n);
+            let sender = (k < args.senders)
+                .then(|| Sender::new(chat_id.clone(), node, args.pipeline, args.message_bytes));
+            tokio::spawn(run_member(conn, sender, window, n))
         })
         .collect();
-    let mut total = Stats::new();
-    for task in tasks {
-        total.merge(task.await.context("a member task panicked")?)?;
+    let mut by_node: Vec<NodeStats> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let here = (0..args.members).filter(|&k| node_of(k, n) == i);
+            NodeStats {
+                name: node.name().unwrap_or("node").to_owned(),
+                members: here.clone().count(),
+                senders: here.filter(|&k| k < args.senders).count(),
+                stats: Stats::new(n),
+            }
+        })
+        .collect();
+    for (k, task) in tasks.into_iter().enumerate() {
+        let stats = task.await.context("a member task panicked")?;
+        by_node[node_of(k, n)].stats.merge(&stats)?;
+    }
+    let mut total = Stats::new(n);
+    for node in &by_node {
+        total.merge(&node.stats)?;
     }
     let cpu = cpu.await.context("the CPU measuring task panicked")??;
     let idle_lost = match idlers {
@@ -276,17 +361,19 @@ pub(crate) async fn run(args: Args, nofile_limit: u64) -> Result<()> {
         }
         None => 0,
     };
-    let rss = node.processes().rss_kib()?;
-    node.stop();
+    let rss = processes.rss_kib()?;
+    for node in nodes {
+        node.stop();
+    }
     let results = Results {
         total,
+        by_node,
         cpu,
         idle_cpu,
         rss,
         idle_lost,
     };
-    print_results(&args, &results);
-    Ok(())
+    print_results(&args, &results)
 }
 
 /// Creates `count` devices outside the chat and connects them, to stay idle
@@ -333,8 +420,13 @@ async fn measure_cpu(processes: Processes, window: Window) -> Result<Option<CpuU
 
 /// Drives one member until the window ends. A lost connection ends it early and
 /// is counted as an error, so the run still reports what the others measured.
-async fn run_member(mut conn: Conn, mut sender: Option<Sender>, window: Window) -> Stats {
-    let mut stats = Stats::new();
+async fn run_member(
+    mut conn: Conn,
+    mut sender: Option<Sender>,
+    window: Window,
+    nodes: usize,
+) -> Stats {
+    let mut stats = Stats::new(nodes);
     if let Err(e) = drive(&mut conn, sender.as_mut(), window, &mut stats).await {
         eprintln!("a member lost its connection: {e:#}");
         *stats
@@ -413,12 +505,15 @@ async fn on_frame(
     Ok(())
 }
 
-/// Records now − the send time at the start of `message`, in microseconds.
-fn record_latency(histogram: &mut Histogram<u64>, message: Option<&str>) {
-    let sent_ns = message
-        .and_then(|m| m.split(' ').next())
-        .and_then(|stamp| stamp.parse::<u64>().ok());
-    if let Some(sent_ns) = sent_ns {
+/// Records now − the send time at the start of `message`, in microseconds, in
+/// the histogram of the sender's node (named after the time).
+fn record_latency(by_node: &mut [Histogram<u64>], message: Option<&str>) {
+    let mut words = message.unwrap_or_default().split(' ');
+    let Some(sent_ns) = words.next().and_then(|stamp| stamp.parse::<u64>().ok()) else {
+        return;
+    };
+    let node = words.next().and_then(|n| n.parse::<usize>().ok());
+    if let Some(histogram) = by_node.get_mut(node.unwrap_or(0)) {
         let micros = unix_nanos().saturating_sub(sent_ns) / 1_000;
         histogram.saturating_record(micros);
     }
@@ -432,11 +527,11 @@ fn unix_nanos() -> u64 {
         .unwrap_or_default()
 }
 
-fn print_results(args: &Args, results: &Results) {
+fn print_results(args: &Args, results: &Results) -> Result<()> {
     let total = &results.total;
     let sends_per_sec = report::per_sec(total.sends, args.duration);
     let deliveries_per_sec = report::per_sec(total.deliveries, args.duration);
-    let latency = Latency::of(&total.latency_us);
+    let latency = Latency::of(&total.latency()?);
     let result_latency = Latency::of(&total.result_us);
     let cpu = results.cpu.as_ref();
     // Every other member gets each message: the sending device gets only its result.
@@ -473,6 +568,10 @@ fn print_results(args: &Args, results: &Results) {
         result_latency.line()
     );
     println!("errors:      {}", report::errors_line(&total.errors));
+    let federated = results.by_node.len() > 1;
+    if federated {
+        print_nodes(args, &results.by_node);
+    }
     if fanout < expected_fanout as f64 * BEHIND_RATIO {
         println!(
             "warning:     deliveries fell behind the sends: the node is overloaded, latency \
@@ -522,7 +621,69 @@ fn print_results(args: &Args, results: &Results) {
         "natterdRssKib": rss.total,
         "natterdRssKibByProcess": rss.by_process,
         "natsServerRssKib": rss.nats,
+        "nodes": federated.then(|| nodes_json(args, &results.by_node)),
+        "maxBackoffS": federated.then(|| crate::federation::MAX_BACKOFF.as_secs_f64()),
     }));
+    Ok(())
+}
+
+/// Per node: its senders' sends and their results, what its members received,
+/// and latency by route (sender's node -> receiver's node).
+fn print_nodes(args: &Args, by_node: &[NodeStats]) {
+    for (i, node) in by_node.iter().enumerate() {
+        let s = &node.stats;
+        let role = if i == 0 { " (home)" } else { "" };
+        println!(
+            "node {}{role}: {} members, {} senders: sends {} ({:.1}/s), result {}; received {} ({:.1}/s)",
+            node.name,
+            node.members,
+            node.senders,
+            s.sends,
+            report::per_sec(s.sends, args.duration),
+            Latency::of(&s.result_us).short(),
+            s.deliveries,
+            report::per_sec(s.deliveries, args.duration),
+        );
+    }
+    for to in by_node {
+        for (from, h) in by_node.iter().zip(&to.stats.latency_us) {
+            println!(
+                "route {} -> {}: {}",
+                from.name,
+                to.name,
+                Latency::of(h).line()
+            );
+        }
+    }
+}
+
+fn nodes_json(args: &Args, by_node: &[NodeStats]) -> serde_json::Value {
+    let nodes: Vec<_> = by_node
+        .iter()
+        .enumerate()
+        .map(|(i, node)| {
+            let s = &node.stats;
+            let from: serde_json::Map<_, _> = by_node
+                .iter()
+                .zip(&s.latency_us)
+                .map(|(from, h)| (from.name.clone(), Latency::of(h).json()))
+                .collect();
+            json!({
+                "node": node.name,
+                "home": i == 0,
+                "members": node.members,
+                "senders": node.senders,
+                "sends": s.sends,
+                "sendsPerSec": report::round2(report::per_sec(s.sends, args.duration)),
+                "resultLatencyMs": Latency::of(&s.result_us).json(),
+                "deliveries": s.deliveries,
+                "deliveriesPerSec": report::round2(report::per_sec(s.deliveries, args.duration)),
+                "latencyFromMs": from,
+                "errors": s.errors,
+            })
+        })
+        .collect();
+    json!(nodes)
 }
 
 #[cfg(test)]
@@ -531,12 +692,22 @@ mod tests {
 
     #[test]
     fn latency_comes_from_the_stamp_at_the_start_of_the_text() {
-        let mut h = report::latency_histogram();
+        let mut h = [report::latency_histogram(), report::latency_histogram()];
         let sent = unix_nanos() - 5_000_000;
+        record_latency(&mut h, Some(&ws::message_text(&format!("{sent} 1"), 64)));
+        record_latency(&mut h, Some(&ws::message_text(&format!("{sent} 0"), 64)));
         record_latency(&mut h, Some(&ws::message_text(&sent.to_string(), 64)));
         record_latency(&mut h, Some("not a stamp"));
         record_latency(&mut h, None);
-        assert_eq!(h.len(), 1);
-        assert!(h.max() >= 5_000, "{}", h.max());
+        assert_eq!(h[0].len(), 2, "no node named: the first");
+        assert_eq!(h[1].len(), 1);
+        assert!(h[1].max() >= 5_000, "{}", h[1].max());
+    }
+
+    #[test]
+    fn members_alternate_between_nodes() {
+        let on: Vec<usize> = (0..6).map(|k| node_of(k, 2)).collect();
+        assert_eq!(on, [0, 1, 0, 1, 0, 1]);
+        assert!((0..6).all(|k| node_of(k, 1) == 0));
     }
 }

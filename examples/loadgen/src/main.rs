@@ -4,18 +4,23 @@
 //! either one it spawns (`--natterd target/release/natterd`: a temporary data
 //! folder, open registration, no practical send rate limit; killed at the end),
 //! in the topology `--topology` names (`embedded`, `nats`: over a spawned
-//! nats-server, `split`: a core and two gateways), or one already running
+//! nats-server, `split`: a core and two gateways, `federated`: two peered
+//! nodes, for `fanout`), or one already running
 //! (`--url URL --admin-token TOKEN`). Users and devices are created through the
 //! admin API. Memory and CPU are read from /proc for every natterd process
 //! (summed and each) and for nats-server. Subcommands:
 //! - `fanout`: send throughput, delivery throughput and latency in one big chat;
 //! - `idle`: natterd's memory per idle WebSocket;
-//! - `replay`: how fast an offline device drains a full inbox.
+//! - `replay`: how fast an offline device drains a full inbox;
+//! - `catchup`: how fast a peer node that was down gets what its peer queued
+//!   for it meanwhile (two spawned nodes).
 //!
 //! Each prints human-readable lines, then one JSON line with all its numbers.
 //! Progress goes to stderr.
 
+mod catchup;
 mod fanout;
+mod federation;
 mod idle;
 mod idlers;
 mod node;
@@ -44,6 +49,8 @@ enum Bench {
     Idle(idle::Args),
     /// An offline device connects to a full inbox; time to drain it.
     Replay(replay::Args),
+    /// A peer node down while its peer queues events for it; time to catch up.
+    Catchup(catchup::Args),
 }
 
 #[tokio::main]
@@ -58,6 +65,7 @@ async fn main() -> Result<()> {
             Bench::Fanout(args) => fanout::run(args, nofile_limit).await,
             Bench::Idle(args) => idle::run(args, nofile_limit).await,
             Bench::Replay(args) => replay::run(args).await,
+            Bench::Catchup(args) => catchup::run(args).await,
         }
     };
     // On SIGINT or SIGTERM the benchmark is dropped rather than the process

@@ -7,12 +7,12 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures_util::{StreamExt, TryStreamExt, stream};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::spawn::{Cluster, Topology};
+use crate::spawn::{Cluster, NodeSetup, Topology};
 use crate::usage::{Processes, Watched};
 
 /// How natterd is reached; every subcommand takes these.
@@ -29,7 +29,8 @@ pub(crate) struct TargetArgs {
     )]
     natterd: Option<PathBuf>,
     /// With --natterd: which processes to run. In split, admin calls go to the
-    /// core and client connections round robin to the two gateways.
+    /// core and client connections round robin to the two gateways. federated
+    /// (fanout only): two peered nodes, the members split between them.
     #[arg(long, value_enum, default_value_t = Topology::Embedded, conflicts_with = "url")]
     topology: Topology,
     /// With --topology nats or split: the nats-server binary to spawn.
@@ -67,6 +68,7 @@ impl TargetArgs {
             Topology::Embedded => "embedded",
             Topology::Nats => "nats",
             Topology::Split => "split",
+            Topology::Federated => "federated",
         }
     }
 }
@@ -84,6 +86,9 @@ pub(crate) struct Device {
 }
 
 pub(crate) struct Node {
+    /// The node's name when the load generator set one (federation), else
+    /// `None` (natterd's default).
+    name: Option<String>,
     /// Base URL of the admin API.
     admin_url: String,
     /// `ws://…/v1/ws` of every process that serves clients.
@@ -98,21 +103,18 @@ pub(crate) struct Node {
 
 impl Node {
     /// Spawns natterd or connects to the running node, as the arguments say.
+    /// One node: `--topology federated` is [`Self::start_all`]'s.
     pub(crate) async fn start(args: &TargetArgs) -> Result<Self> {
-        let http = reqwest::Client::new();
         if let Some(path) = args.natterd.clone() {
-            let cluster =
-                Cluster::start(path, args.nats_server.clone(), args.topology, &http).await?;
-            return Ok(Self {
-                admin_url: cluster.admin_url.clone(),
-                ws_urls: cluster.client_urls.iter().map(|u| ws_url(u)).collect(),
-                admin_token: cluster.admin_token.clone(),
-                user_prefix: args.user_prefix.clone().unwrap_or_default(),
-                processes: cluster.processes(),
-                http,
-                cluster: Some(cluster),
-            });
+            ensure!(
+                args.topology != Topology::Federated,
+                "--topology federated is for fanout (and catchup is always federated)"
+            );
+            let prefix = args.user_prefix.clone().unwrap_or_default();
+            let (nats, topology) = (args.nats_server.clone(), args.topology);
+            return Self::spawn(path, nats, topology, NodeSetup::default(), prefix).await;
         }
+        let http = reqwest::Client::new();
         let (Some(url), Some(token)) = (&args.url, &args.admin_token) else {
             bail!("give --natterd PATH, or --url URL with --admin-token TOKEN");
         };
@@ -122,6 +124,7 @@ impl Node {
             pid,
         });
         Ok(Self {
+            name: None,
             ws_urls: vec![ws_url(&url)],
             admin_url: url,
             admin_token: token.clone(),
@@ -133,6 +136,85 @@ impl Node {
             http,
             cluster: None,
         })
+    }
+
+    /// The nodes the arguments name: the two peered ones of `--topology
+    /// federated` (the first is the home of the benchmark's chat), else one.
+    pub(crate) async fn start_all(args: &TargetArgs) -> Result<Vec<Self>> {
+        match (&args.natterd, args.topology) {
+            (Some(path), Topology::Federated) => {
+                let prefix = args.user_prefix.clone().unwrap_or_default();
+                crate::federation::start_pair(path, &prefix).await
+            }
+            _ => Ok(vec![Self::start(args).await?]),
+        }
+    }
+
+    /// Spawns `path` in `topology`, set up as `setup` says.
+    pub(crate) async fn spawn(
+        path: PathBuf,
+        nats_server: PathBuf,
+        topology: Topology,
+        setup: NodeSetup,
+        user_prefix: String,
+    ) -> Result<Self> {
+        let http = reqwest::Client::new();
+        let name = setup.name.clone();
+        let cluster = Cluster::start(path, nats_server, topology, setup, &http).await?;
+        Ok(Self {
+            name,
+            admin_url: cluster.admin_url.clone(),
+            ws_urls: cluster.client_urls.iter().map(|u| ws_url(u)).collect(),
+            admin_token: cluster.admin_token.clone(),
+            user_prefix,
+            processes: cluster.processes(),
+            http,
+            cluster: Some(cluster),
+        })
+    }
+
+    /// The node's name, when the load generator named it.
+    pub(crate) fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Base URL of the (one-process) node: its clients', admin and federation
+    /// endpoints.
+    pub(crate) fn base_url(&self) -> &str {
+        &self.admin_url
+    }
+
+    pub(crate) fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// How users of other nodes name `username` of this one: `username@node`
+    /// (just `username` when the node has no name set here).
+    pub(crate) fn user_id(&self, username: &str) -> String {
+        match &self.name {
+            Some(node) => format!("{username}@{node}"),
+            None => username.to_owned(),
+        }
+    }
+
+    /// `kill -9` of the spawned node (its data folder stays), for an outage.
+    pub(crate) fn kill(&mut self) -> Result<()> {
+        self.cluster
+            .as_mut()
+            .context("only a spawned node can be stopped")?
+            .kill_main()
+    }
+
+    /// Starts the killed node again on its port and data folder; returns once
+    /// it is ready.
+    pub(crate) async fn restart(&mut self) -> Result<()> {
+        let cluster = self
+            .cluster
+            .as_mut()
+            .context("only a spawned node can be restarted")?;
+        cluster.restart_main(&self.http).await?;
+        self.processes = cluster.processes();
+        Ok(())
     }
 
     /// The WebSocket URL for connection number `k`: connections are spread
@@ -150,6 +232,18 @@ impl Node {
     /// spawned nats-server.
     pub(crate) fn processes(&self) -> &Processes {
         &self.processes
+    }
+
+    /// The processes of all of `nodes`, as one set (their CPU and memory are
+    /// summed, and listed per process).
+    pub(crate) fn processes_of(nodes: &[Self]) -> Processes {
+        Processes {
+            natterd: nodes
+                .iter()
+                .flat_map(|n| n.processes.natterd.iter().cloned())
+                .collect(),
+            nats: nodes.iter().find_map(|n| n.processes.nats.clone()),
+        }
     }
 
     /// Kills the spawned processes (a running node is left alone).
@@ -214,8 +308,30 @@ impl Node {
         Ok(created.into_iter().map(|d| d.token).collect())
     }
 
+    /// GETs `path` of the admin API with the admin token; any status but 200
+    /// is an error.
+    pub(crate) async fn admin_get(&self, path: &str) -> Result<String> {
+        let url = format!("{}{path}", self.admin_url);
+        let response = self
+            .http
+            .get(&url)
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .with_context(|| format!("read the answer to GET {url}"))?;
+        if status != reqwest::StatusCode::OK {
+            bail!("GET {url}: {status}: {text}");
+        }
+        Ok(text)
+    }
+
     /// POSTs JSON with the admin token; any status but 201 is an error.
-    async fn admin_post(&self, path: &str, body: serde_json::Value) -> Result<String> {
+    pub(crate) async fn admin_post(&self, path: &str, body: serde_json::Value) -> Result<String> {
         let url = format!("{}{path}", self.admin_url);
         let response = self
             .http

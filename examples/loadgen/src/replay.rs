@@ -38,17 +38,21 @@ pub(crate) struct Args {
 }
 
 /// How the sender's phase went.
-struct Sent {
-    accepted: usize,
-    errors: Errors,
-    elapsed: Duration,
+pub(crate) struct Sent {
+    pub accepted: usize,
+    pub errors: Errors,
+    pub elapsed: Duration,
 }
 
 /// How the receiver's drain went.
-struct Drained {
-    elapsed: Duration,
+pub(crate) struct Drained {
+    pub elapsed: Duration,
+    /// When the last message arrived.
+    pub finished_at: Instant,
     /// `newMessage` frames for a seq already seen (resends).
-    duplicates: u64,
+    pub duplicates: u64,
+    /// `newMessage` frames whose seq was below one seen before.
+    pub out_of_order: u64,
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -65,7 +69,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         "sending {} messages, {} in flight",
         args.messages, args.pipeline
     );
-    let sent = send_all(&mut sender, &chat_id, &args).await?;
+    let sent = send_all(
+        &mut sender,
+        &chat_id,
+        args.messages,
+        args.pipeline,
+        args.message_bytes,
+    )
+    .await?;
     ensure!(
         sent.accepted > 0,
         "the node refused every message: {:?}",
@@ -87,19 +98,25 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// Sends `args.messages` messages, keeping `args.pipeline` in flight, until each
-/// has its answer.
-async fn send_all(conn: &mut Conn, chat_id: &str, args: &Args) -> Result<Sent> {
+/// Sends `messages` messages (texts `m0`, `m1`, … padded to `message_bytes`),
+/// keeping `pipeline` in flight, until each has its answer.
+pub(crate) async fn send_all(
+    conn: &mut Conn,
+    chat_id: &str,
+    messages: usize,
+    pipeline: usize,
+    message_bytes: usize,
+) -> Result<Sent> {
     let started = Instant::now();
     let mut sent = 0;
     let mut answered = 0;
     let mut accepted = 0;
     let mut errors = Errors::new();
-    while sent < args.pipeline.min(args.messages) {
-        send_one(conn, chat_id, sent, args.message_bytes).await?;
+    while sent < pipeline.min(messages) {
+        send_one(conn, chat_id, sent, message_bytes).await?;
         sent += 1;
     }
-    while answered < args.messages {
+    while answered < messages {
         let text = tokio::time::timeout(ANSWER_TIMEOUT, conn.next_text())
             .await
             .with_context(|| {
@@ -115,8 +132,8 @@ async fn send_all(conn: &mut Conn, chat_id: &str, args: &Args) -> Result<Sent> {
             _ => continue,
         }
         answered += 1;
-        if sent < args.messages {
-            send_one(conn, chat_id, sent, args.message_bytes).await?;
+        if sent < messages {
+            send_one(conn, chat_id, sent, message_bytes).await?;
             sent += 1;
         }
     }
@@ -134,11 +151,13 @@ async fn send_one(conn: &mut Conn, chat_id: &str, n: usize, message_bytes: usize
 }
 
 /// Connects the receiver and reads until `expected` distinct messages arrived.
-async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
+pub(crate) async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
     let started = Instant::now();
     let mut conn = Conn::connect(ws_url, token).await?;
     let mut seen = HashSet::with_capacity(expected);
     let mut duplicates = 0;
+    let mut out_of_order = 0;
+    let mut last_seq = 0;
     let mut last_progress = Instant::now();
     let mut ack_tick = tokio::time::interval(ACK_INTERVAL);
     ack_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -152,6 +171,10 @@ async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
                     if !seen.insert(seq) {
                         duplicates += 1;
                     }
+                    if seq < last_seq {
+                        out_of_order += 1;
+                    }
+                    last_seq = seq;
                     last_progress = Instant::now();
                 }
                 if let Some(delivery_id) = &frame.delivery_id {
@@ -166,12 +189,14 @@ async fn drain(ws_url: &str, token: &str, expected: usize) -> Result<Drained> {
             }
         }
     }
-    let elapsed = started.elapsed();
+    let finished_at = Instant::now();
     // Not timed: leaves the inbox empty, as a real client would.
     conn.flush_acks().await?;
     Ok(Drained {
-        elapsed,
+        elapsed: finished_at - started,
+        finished_at,
         duplicates,
+        out_of_order,
     })
 }
 
@@ -201,6 +226,9 @@ fn print_results(
     if drained.duplicates > 0 {
         println!("duplicates:  {}", drained.duplicates);
     }
+    if drained.out_of_order > 0 {
+        println!("out of order: {}", drained.out_of_order);
+    }
     let events = sent.accepted as u64;
     println!("drain CPU:   {}", report::cpu_line(cpu));
     println!("CPU/event:   {}", report::per_unit_line(cpu, events));
@@ -219,6 +247,7 @@ fn print_results(
         "drainMs": report::round2(drain_ms),
         "eventsPerSec": report::round2(events_per_sec),
         "duplicates": drained.duplicates,
+        "outOfOrder": drained.out_of_order,
         "drainCpu": report::cpu_json(cpu),
         "cpuPerEventUs": report::per_unit_json(cpu, events),
         "natterdRssKib": rss.total,

@@ -64,6 +64,11 @@ impl Latency {
         )
     }
 
+    /// "p50 4.5 / p99 40.8 ms".
+    pub(crate) fn short(&self) -> String {
+        format!("p50 {:.1} / p99 {:.1} ms", self.p50, self.p99)
+    }
+
     pub(crate) fn json(&self) -> Value {
         json!({
             "samples": self.count,

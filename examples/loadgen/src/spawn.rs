@@ -3,7 +3,9 @@
 //! - `embedded`: one `natterd serve` (the live hop is in-process);
 //! - `nats`: `nats-server` and `natterd serve --nats` (deliveries over JetStream);
 //! - `split`: `nats-server`, `natterd core` (the store and the admin API) and two
-//!   `natterd gateway`s (the client connections), as a scaled-out node runs.
+//!   `natterd gateway`s (the client connections), as a scaled-out node runs;
+//! - `federated`: two nodes, each one `natterd serve` (a cluster each), named
+//!   and peered by `crate::federation`.
 //!
 //! Every process is killed when the [`Cluster`] is dropped, so an error anywhere
 //! in a benchmark leaves nothing running.
@@ -16,7 +18,7 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use tokio::time::Instant;
 
 use crate::usage::{Processes, Watched};
@@ -30,6 +32,31 @@ pub(crate) enum Topology {
     Nats,
     /// nats-server, `natterd core` and two `natterd gateway`s.
     Split,
+    /// Two peered nodes (alpha.bench, beta.bench), each one `natterd serve`;
+    /// the chat's home is alpha.
+    Federated,
+}
+
+/// What sets one spawned node apart: its name (peers know it by that) and
+/// settings appended to [`SPAWN_CONFIG`].
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeSetup {
+    /// `name = "..."`; natterd's default (`localhost`) when `None`.
+    pub name: Option<String>,
+    /// TOML appended to the config (e.g. a `[federation]` table).
+    pub extra_config: String,
+}
+
+impl NodeSetup {
+    fn config(&self) -> String {
+        // Top-level keys must come before the first table.
+        let name = self
+            .name
+            .as_ref()
+            .map(|n| format!("name = \"{n}\"\n"))
+            .unwrap_or_default();
+        format!("{name}{SPAWN_CONFIG}{}", self.extra_config)
+    }
 }
 
 /// The settings every spawned natterd runs with: anyone may register, and the
@@ -42,6 +69,8 @@ send_rate = 1000000.0
 send_burst = 1000000
 "#;
 
+/// A free loopback port, chosen by the kernel.
+const ANY_PORT: &str = "127.0.0.1:0";
 /// The gateways of the split topology, by `--gateway-id`.
 const GATEWAY_IDS: [&str; 2] = ["gw1", "gw2"];
 /// How long a process may take to print its address, and then to be ready.
@@ -63,7 +92,21 @@ pub(crate) struct Cluster {
     /// Base URLs clients connect to (the gateways in split, else the one node).
     pub client_urls: Vec<String>,
     pub admin_token: String,
+    /// How the process with the store was started, to start it again.
+    relaunch: Relaunch,
     _dir: tempfile::TempDir,
+}
+
+/// What starting the process with the store again needs.
+#[derive(Clone)]
+struct Relaunch {
+    binary: PathBuf,
+    dir: PathBuf,
+    config: PathBuf,
+    nats_url: Option<String>,
+    name: String,
+    role: &'static str,
+    args: Vec<OsString>,
 }
 
 impl Cluster {
@@ -72,12 +115,14 @@ impl Cluster {
         natterd: PathBuf,
         nats_server: PathBuf,
         topology: Topology,
+        setup: NodeSetup,
         http: &reqwest::Client,
     ) -> Result<Self> {
         // Starting blocks on the processes' logs until they listen.
-        let cluster = tokio::task::spawn_blocking(move || launch(&natterd, &nats_server, topology))
-            .await
-            .context("the start task panicked")??;
+        let cluster =
+            tokio::task::spawn_blocking(move || launch(&natterd, &nats_server, topology, &setup))
+                .await
+                .context("the start task panicked")??;
         for process in &cluster.natterd {
             wait_ready(http, &process.name, &process.url).await?;
         }
@@ -94,16 +139,60 @@ impl Cluster {
             nats: self.nats.as_ref().map(watched),
         }
     }
+
+    /// `kill -9` of the process with the store (the one `serve`): an outage,
+    /// not a shutdown. Its data folder stays.
+    pub(crate) fn kill_main(&mut self) -> Result<()> {
+        ensure!(
+            self.natterd.len() == 1,
+            "only a one-process node is stopped and restarted"
+        );
+        let main = &mut self.natterd[0];
+        main.child.kill().context("kill natterd")?;
+        main.child.wait().context("reap natterd")?;
+        Ok(())
+    }
+
+    /// Starts the process with the store again, on the port and data folder it
+    /// had (peers know a node by its URL), and waits until it is ready. Its pid
+    /// changes: take [`Self::processes`] again.
+    pub(crate) async fn restart_main(&mut self, http: &reqwest::Client) -> Result<()> {
+        let addr = self.natterd[0]
+            .url
+            .strip_prefix("http://")
+            .context("natterd's URL")?
+            .to_owned();
+        let relaunch = self.relaunch.clone();
+        let process = tokio::task::spawn_blocking(move || {
+            let spawner = Spawner {
+                binary: &relaunch.binary,
+                dir: &relaunch.dir,
+                config: &relaunch.config,
+                nats_url: relaunch.nats_url.as_deref(),
+            };
+            spawner.natterd(&relaunch.name, relaunch.role, &addr, &relaunch.args)
+        })
+        .await
+        .context("the restart task panicked")??;
+        // The old one was killed; replacing it only reaps it again.
+        self.natterd[0] = process;
+        wait_ready(http, &self.natterd[0].name, &self.natterd[0].url).await
+    }
 }
 
 /// Spawns the processes one after the other, each once the one it needs
 /// listens. An early return drops (kills) those already started.
-fn launch(natterd: &Path, nats_server: &Path, topology: Topology) -> Result<Cluster> {
+fn launch(
+    natterd: &Path,
+    nats_server: &Path,
+    topology: Topology,
+    setup: &NodeSetup,
+) -> Result<Cluster> {
     let dir = tempfile::tempdir().context("make a temporary folder for the node")?;
     let config = dir.path().join("natter.toml");
-    std::fs::write(&config, SPAWN_CONFIG).context("write natterd's config")?;
+    std::fs::write(&config, setup.config()).context("write natterd's config")?;
     let nats = match topology {
-        Topology::Embedded => None,
+        Topology::Embedded | Topology::Federated => None,
         Topology::Nats | Topology::Split => Some(spawn_nats(nats_server, dir.path())?),
     };
     let nats_url = nats.as_ref().map(|n| n.url.clone());
@@ -114,17 +203,19 @@ fn launch(natterd: &Path, nats_server: &Path, topology: Topology) -> Result<Clus
         nats_url: nats_url.as_deref(),
     };
     let data = dir.path().join("data");
-    // Each process is named after its role, the gateways after their ids.
+    // Each process is named after its role (a named node after its name), the
+    // gateways after their ids.
     let main_role = match topology {
         Topology::Split => "core",
-        Topology::Embedded | Topology::Nats => "serve",
+        Topology::Embedded | Topology::Nats | Topology::Federated => "serve",
     };
-    let data_args = [OsString::from("--data"), data.clone().into_os_string()];
-    let mut processes = vec![spawner.natterd(main_role, main_role, &data_args)?];
+    let main_name = setup.name.as_deref().unwrap_or(main_role);
+    let data_args = vec![OsString::from("--data"), data.clone().into_os_string()];
+    let mut processes = vec![spawner.natterd(main_name, main_role, ANY_PORT, &data_args)?];
     if topology == Topology::Split {
         for id in GATEWAY_IDS {
             let args = [OsString::from("--gateway-id"), OsString::from(id)];
-            processes.push(spawner.natterd(id, "gateway", &args)?);
+            processes.push(spawner.natterd(id, "gateway", ANY_PORT, &args)?);
         }
     }
     let token_file = data.join("admin.token");
@@ -135,12 +226,22 @@ fn launch(natterd: &Path, nats_server: &Path, topology: Topology) -> Result<Clus
     // Clients go to the gateways in split, else to the one process.
     let clients = match topology {
         Topology::Split => &processes[1..],
-        Topology::Embedded | Topology::Nats => &processes[..],
+        Topology::Embedded | Topology::Nats | Topology::Federated => &processes[..],
+    };
+    let relaunch = Relaunch {
+        binary: natterd.to_owned(),
+        dir: dir.path().to_owned(),
+        config,
+        nats_url,
+        name: main_name.to_owned(),
+        role: main_role,
+        args: data_args,
     };
     Ok(Cluster {
         admin_url: processes[0].url.clone(),
         client_urls: clients.iter().map(|p| p.url.clone()).collect(),
         admin_token,
+        relaunch,
         natterd: processes,
         nats,
         _dir: dir,
@@ -174,15 +275,15 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
-    /// Starts `natterd ROLE` with the shared flags and `extra`; returns once it
-    /// prints the address it listens on.
-    fn natterd(&self, name: &str, role: &str, extra: &[OsString]) -> Result<Process> {
+    /// Starts `natterd ROLE` listening on `listen` with the shared flags and
+    /// `extra`; returns once it prints the address it listens on.
+    fn natterd(&self, name: &str, role: &str, listen: &str, extra: &[OsString]) -> Result<Process> {
         let mut command = Command::new(self.binary);
         command
             .arg(role)
             .arg("--config")
             .arg(self.config)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(extra);
         if let Some(url) = self.nats_url {
             command.args(["--nats", url]);
@@ -194,7 +295,15 @@ impl Spawner<'_> {
         let watch = LogWatch {
             name: format!("natterd {name}"),
             find: listening_url,
-            alarm: |line| line.contains(" WARN ") || line.contains(" ERROR "),
+            // And a shutdown: a node that stops mid-run says why (natterd logs
+            // the signal it got at INFO).
+            alarm: |line| {
+                line.contains(" WARN ")
+                    || line.contains(" ERROR ")
+                    || line.contains("SIGTERM")
+                    || line.contains("SIGINT")
+                    || line.contains("shutting down")
+            },
         };
         start(command, name, self.dir, watch, self.binary)
     }

@@ -176,6 +176,27 @@ impl Conn {
         Ok(answer)
     }
 
+    /// Reads until an event of `kind` arrives (acking it and any before it);
+    /// within [`ANSWER_TIMEOUT`].
+    pub(crate) async fn wait_for(&mut self, kind: &str) -> Result<()> {
+        let wait = async {
+            loop {
+                let text = self.next_text().await?;
+                let frame = Frame::parse(&text)?;
+                if let Some(delivery_id) = &frame.delivery_id {
+                    self.ack_later(delivery_id).await?;
+                }
+                if frame.kind == kind {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        };
+        tokio::time::timeout(ANSWER_TIMEOUT, wait)
+            .await
+            .with_context(|| format!("no {kind} event in {ANSWER_TIMEOUT:?}"))??;
+        self.flush_acks().await
+    }
+
     /// Creates a chat of this device's user and `participants`; returns its id.
     pub(crate) async fn create_chat(&mut self, participants: &[String]) -> Result<String> {
         let answer = self
