@@ -156,7 +156,7 @@ async fn a_chat_keeps_working_across_a_key_rotation() {
 
 #[tokio::test]
 async fn the_old_key_verifies_during_the_overlap_only() {
-    let (a, b) = two_nodes(Topology::Embedded).await;
+    let (mut a, b) = two_nodes(Topology::Embedded).await;
     let old_key = node_key(&a);
     let rotated = rotate(&a).await;
     let new_key = node_key(&a);
@@ -170,6 +170,12 @@ async fn the_old_key_verifies_during_the_overlap_only() {
         .collect();
     assert!(previous.contains(&hex));
     wait_for_peer_key(&b, "alpha.test", rotated["fingerprint"].as_str().unwrap()).await;
+    // A restart keeps both keys.
+    a.kill9();
+    a.restart_same_port().await;
+    let (_, shown) = a.admin(Method::GET, "/key", None).await;
+    assert_eq!(shown["fingerprint"], rotated["fingerprint"]);
+    assert_eq!(shown["previousKeys"], rotated["previousKeys"], "{shown}");
 
     let names = ("alpha.test", "beta.test");
     let empty = ("/federation/v1/events", &json!({"events": []}));
