@@ -9,7 +9,9 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use natter::core::federation::{NodeDocument, NodeIdentity, PeerInfo, parse_public_key};
+use natter::core::federation::{
+    DocumentKey, NodeDocument, NodeIdentity, PeerInfo, parse_public_key,
+};
 use natter::federation::keys::key_id;
 use natter::gateway::peers::{AddPeer, DeadLetters, PeerList};
 use natter::ids::NodeName;
@@ -22,6 +24,9 @@ use crate::{Admin, parse};
 pub(crate) enum KeyCommand {
     /// This node's name, public key, fingerprint and URL (what peers need).
     Show,
+    /// A new key, signed with from now on; the old one keeps verifying for
+    /// `federation.key_overlap` (7 days by default) and peers are told.
+    Rotate,
 }
 
 /// A peer's name is `peer` in code: `node` is taken by the global `--node`.
@@ -75,13 +80,32 @@ pub(crate) async fn key(admin: &Admin, command: &KeyCommand) -> anyhow::Result<(
         KeyCommand::Show => {
             let v = admin.call(Method::GET, "/key", None).await?;
             let id: NodeIdentity = parse(&v)?;
-            let text = format!(
+            let mut text = format!(
                 "node:        {}\npublic key:  {}\nfingerprint: {}\nurl:         {}",
                 id.node, id.public_key, id.fingerprint, id.url
             );
+            for old in &id.previous_keys {
+                text.push_str(&format!("\nprevious:    {}", until(old)));
+            }
+            Ok((v, text))
+        }
+        KeyCommand::Rotate => {
+            let v = admin.call(Method::POST, "/key/rotate", None).await?;
+            let id: NodeIdentity = parse(&v)?;
+            let mut text = format!("new key {} ({})", id.fingerprint, id.public_key);
+            if let Some(old) = id.previous_keys.first() {
+                text.push_str(&format!("\nthe old key {}", until(old)));
+            }
+            text.push_str("\npeers are told the new key as they are reached (natter peer list)");
             Ok((v, text))
         }
     }
+}
+
+/// `<key id> verifies until <time>`.
+fn until(key: &DocumentKey) -> String {
+    let until = key.not_after.as_deref().unwrap_or("further notice");
+    format!("{} verifies until {until}", key.key_id)
 }
 
 /// `natter peer ...`: the node's answer and its text.

@@ -293,3 +293,36 @@ async fn keys_and_peers_through_the_cli() {
     alpha.stop().await;
     beta.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotate_through_the_cli() {
+    let node = Node::start_named("alpha").await;
+    let before = json_out(&node.cli(&["--json", "key", "show"]).await);
+    assert!(before.get("previousKeys").is_none(), "{before}");
+
+    let rotated = json_out(&node.cli(&["key", "rotate", "--json"]).await);
+    assert_eq!(rotated["node"], "alpha");
+    assert_ne!(rotated["fingerprint"], before["fingerprint"]);
+    assert_ne!(rotated["publicKey"], before["publicKey"]);
+    let previous = rotated["previousKeys"].as_array().unwrap();
+    assert_eq!(previous.len(), 1, "{rotated}");
+    assert_eq!(previous[0]["keyId"], before["fingerprint"]);
+    let until = previous[0]["notAfter"].as_str().unwrap();
+    assert!(until.ends_with('Z'), "RFC 3339: {until}");
+
+    // The node signs with and shows the new key; the file on disk is it too.
+    let after = json_out(&node.cli(&["--json", "key", "show"]).await);
+    assert_eq!(after["fingerprint"], rotated["fingerprint"]);
+    assert!(node.data().join("node.key.previous").is_file());
+
+    let text = stdout(&node.cli(&["key", "rotate"]).await);
+    assert!(text.contains("new key ed25519-"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the old key {} verifies until",
+            rotated["fingerprint"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    node.stop().await;
+}

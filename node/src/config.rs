@@ -154,6 +154,8 @@ struct FileFederation {
     dead_letter_after: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     max_backoff: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    key_overlap: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -470,6 +472,7 @@ fn federation_config(file: FileFederation) -> FederationConfig {
         request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
+        key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
     }
 }
 

@@ -192,9 +192,9 @@ async fn run_with_store(
 /// token, and says where they are.
 fn prepare_identity(
     config: &Config,
-) -> Result<(ed25519_dalek::SigningKey, identity::AdminToken), NodeError> {
+) -> Result<(identity::NodeKeys, identity::AdminToken), NodeError> {
     let new = identity::prepare_data_dir(&config.data)?;
-    let key = identity::load_or_create_key(&config.data)?;
+    let (keys, key) = identity::NodeKeys::load(&config.data)?;
     let admin = identity::load_or_create_admin_token(&config.data)?;
     if new {
         tracing::info!(data = %config.data.display(), "created the data folder");
@@ -203,6 +203,7 @@ fn prepare_identity(
         key = %key.key_path.display(),
         public_key = %key.public_key(),
         created = key.created,
+        previous_keys = keys.previous.len(),
         "node identity"
     );
     tracing::info!(
@@ -210,7 +211,7 @@ fn prepare_identity(
         created = admin.created,
         "admin token (for the natter CLI)"
     );
-    Ok((key.key, admin))
+    Ok((keys, admin))
 }
 
 fn core_config(config: &Config, public_url: String) -> CoreConfig {

@@ -8,6 +8,11 @@
 //! jitter while it is away, woken at once by a new event or by the peer
 //! contacting us. An entry older than `dead_letter_after`, or one the peer
 //! refuses, becomes a dead letter an admin can see and replay.
+//!
+//! [`rotation`] is this node's own keys: `natter key rotate`, and telling
+//! peers about a new key (and taking in theirs).
+
+mod rotation;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +37,7 @@ use crate::federation::events::{
     Action, ActionRequest, Applied, AttachmentUrlRequest, EventBatch, Numbered,
 };
 use crate::federation::keys::{KeyLookup, PeerKey, PeerKeys, key_id};
+use crate::identity::NodeKeys;
 use crate::ids::{ChatId, NodeName};
 use crate::protocol::{self, Command, CommandResult, ErrorCode};
 use crate::store::{PeerKeyRecord, PeerRecord};
@@ -48,6 +54,8 @@ pub struct FederationConfig {
     pub dead_letter_after: Duration,
     /// The longest wait between retries of an unreachable peer.
     pub max_backoff: Duration,
+    /// How long a key keeps verifying after `natter key rotate` replaced it.
+    pub key_overlap: Duration,
 }
 
 impl Default for FederationConfig {
@@ -56,6 +64,7 @@ impl Default for FederationConfig {
             request_timeout: Duration::from_secs(5),
             dead_letter_after: Duration::from_secs(7 * 24 * 3600),
             max_backoff: Duration::from_secs(60),
+            key_overlap: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -98,8 +107,18 @@ type Keys = Arc<RwLock<HashMap<NodeName, Vec<PeerKey>>>>;
 pub(super) struct Federation {
     client: PeerClient,
     config: FederationConfig,
-    /// This node's public key, and the URL peers reach it at.
-    identity: NodeIdentity,
+    node: NodeName,
+    /// The URL peers reach this node at.
+    url: String,
+    /// This node's keys: the one it signs with, and those it rotated away
+    /// from that still verify.
+    own: RwLock<NodeKeys>,
+    /// Serializes rotations.
+    rotating: tokio::sync::Mutex<()>,
+    /// Per peer, the key id it was last told about successfully.
+    announced: Mutex<HashMap<NodeName, String>>,
+    /// Serializes the read-modify-write of peer records (add, key announced).
+    peer_updates: tokio::sync::Mutex<()>,
     /// Peer → keys, for verifying requests (refreshed on every peer change).
     keys: Keys,
     verifier: Verifier<PeerKeyring>,
@@ -130,6 +149,9 @@ pub struct NodeIdentity {
     /// The node's base URL (what its clients use); federation is under
     /// `/federation/v1/` there.
     pub url: String,
+    /// Keys it rotated away from that still verify, each with its `notAfter`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub previous_keys: Vec<DocumentKey>,
 }
 
 /// A node's well-known document (`GET /.well-known/natter/node`, public and
@@ -162,16 +184,20 @@ pub struct DocumentKey {
 }
 
 impl NodeIdentity {
-    /// The well-known document of this node (one key, valid without bounds).
+    /// The well-known document of this node: the current key (valid without
+    /// bounds), then every previous key still valid, with its `notAfter`.
     pub fn document(&self) -> NodeDocument {
+        let current = DocumentKey {
+            key_id: self.fingerprint.clone(),
+            public_key: self.public_key.clone(),
+            not_before: None,
+            not_after: None,
+        };
         NodeDocument {
             node: self.node.clone(),
-            keys: vec![DocumentKey {
-                key_id: self.fingerprint.clone(),
-                public_key: self.public_key.clone(),
-                not_before: None,
-                not_after: None,
-            }],
+            keys: std::iter::once(current)
+                .chain(self.previous_keys.iter().cloned())
+                .collect(),
             url: self.url.clone(),
             federation_url: format!("{}/federation/v1/", self.url),
         }
@@ -181,26 +207,24 @@ impl NodeIdentity {
 impl Federation {
     pub(super) fn new(
         node: NodeName,
-        key: SigningKey,
+        own: NodeKeys,
         public_url: String,
         config: FederationConfig,
     ) -> Self {
-        let verifying = key.verifying_key();
-        let identity = NodeIdentity {
-            node: node.to_string(),
-            public_key: base64::engine::general_purpose::STANDARD.encode(verifying.as_bytes()),
-            fingerprint: key_id(&verifying),
-            url: public_url,
-        };
         let keys = Keys::default();
         let verifier = Verifier::new(
             VerifierConfig::new(node.as_str()),
             PeerKeyring(keys.clone()),
         );
         Self {
-            client: PeerClient::new(node, key, config.request_timeout),
+            client: PeerClient::new(node.clone(), config.request_timeout),
             config,
-            identity,
+            node,
+            url: public_url,
+            own: RwLock::new(own),
+            rotating: tokio::sync::Mutex::default(),
+            announced: Mutex::default(),
+            peer_updates: tokio::sync::Mutex::default(),
             keys,
             verifier,
             health: Mutex::default(),
@@ -221,6 +245,22 @@ impl Federation {
     fn health(&self) -> std::sync::MutexGuard<'_, HashMap<NodeName, Health>> {
         self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The key this node signs with now.
+    fn signing_key(&self) -> SigningKey {
+        self.own
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone()
+    }
+}
+
+/// A peer's request that passed verification: who sent it, with which key.
+#[derive(Clone, Debug)]
+pub struct PeerRequest {
+    pub origin: NodeName,
+    pub key_id: String,
 }
 
 /// The verifier's view of the peers' keys.
@@ -280,6 +320,20 @@ fn refusal_or_unavailable(e: PeerError) -> CoreError {
     }
 }
 
+/// The fingerprint of the key a peer signs with now: its newest key valid
+/// now (keys are kept oldest first), else its newest.
+fn current_fingerprint(record: &PeerRecord, now_ms: i64) -> String {
+    let valid = |k: &&PeerKeyRecord| k.not_after.is_none_or(|t| now_ms < t);
+    let key = record.keys.iter().rev().find(valid).or(record.keys.last());
+    key.and_then(|k| parse_public_key(&k.public_key))
+        .map(|k| key_id(&k))
+        .unwrap_or_default()
+}
+
+fn peer_unreachable(e: &PeerError) -> CoreError {
+    CoreError::Unavailable(format!("{e}; retry shortly"))
+}
+
 impl Core {
     /// Loads the peers and starts one outbox sender per peer; senders of peers
     /// added later start with them. Stops with `cancel`.
@@ -300,37 +354,42 @@ impl Core {
         &self.inner.federation
     }
 
-    /// This node as peers see it.
-    pub fn identity(&self) -> &NodeIdentity {
-        &self.fed().identity
-    }
-
     /// Checks a peer's signed request (every check of docs/federation.md, in
     /// its order); the peer it came from when it passes.
     pub fn verify_peer_request(
         &self,
         msg: &Message<'_>,
         body: &[u8],
-    ) -> Result<NodeName, VerifyError> {
+    ) -> Result<PeerRequest, VerifyError> {
         let verified = self
             .fed()
             .verifier
             .verify_request(msg, body, self.inner.clock.now_ms())?;
-        NodeName::parse(&verified.origin.to_ascii_lowercase()).ok_or(VerifyError::UnknownOrigin {
-            origin: verified.origin,
+        let origin = NodeName::parse(&verified.origin.to_ascii_lowercase()).ok_or(
+            VerifyError::UnknownOrigin {
+                origin: verified.origin,
+            },
+        )?;
+        Ok(PeerRequest {
+            origin,
+            key_id: verified.key_id,
         })
+    }
+
+    /// Gives the verifier a peer's keys as `record` has them (none: not a peer).
+    fn refresh_keys(&self, node: &NodeName, record: Option<&PeerRecord>) {
+        let mut keys = self.fed().keys.write().unwrap_or_else(|e| e.into_inner());
+        match record {
+            Some(record) => keys.insert(node.clone(), peer_keys(record)),
+            None => keys.remove(node),
+        };
     }
 
     /// A peer was added, changed or removed: refresh its keys, and start or
     /// stop its outbox sender.
     fn peer_changed(&self, node: &NodeName, record: Option<&PeerRecord>) {
         let fed = self.fed();
-        let mut keys = fed.keys.write().unwrap_or_else(|e| e.into_inner());
-        match record {
-            Some(record) => keys.insert(node.clone(), peer_keys(record)),
-            None => keys.remove(node),
-        };
-        drop(keys);
+        self.refresh_keys(node, record);
         let mut senders = fed.senders.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(stop) = senders.remove(node) {
             stop.cancel();
@@ -343,8 +402,7 @@ impl Core {
         }
     }
 
-    /// Adds a peer, or replaces its URL and key (the old key stays valid for
-    /// `overlap_ms` when it changes).
+    /// Adds a peer, or replaces its URL and keys (with the one given).
     pub async fn add_peer(
         &self,
         node: &str,
@@ -371,6 +429,7 @@ impl Core {
             }],
             added_at: now,
         };
+        let _update = self.fed().peer_updates.lock().await;
         self.write(Op::PutPeer {
             node: node.clone(),
             record: record.clone(),
@@ -420,15 +479,11 @@ impl Core {
             record.ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
         let health = self.fed().health().get(&node).cloned().unwrap_or_default();
         let public_keys: Vec<String> = record.keys.iter().map(|k| k.public_key.clone()).collect();
+        let fingerprint = current_fingerprint(&record, now);
         Ok(PeerInfo {
             node: node.to_string(),
             url: record.url,
-            fingerprint: record
-                .keys
-                .first()
-                .and_then(|k| parse_public_key(&k.public_key))
-                .map(|k| key_id(&k))
-                .unwrap_or_default(),
+            fingerprint,
             public_keys,
             last_contact: health.last_contact.map(rfc3339),
             outbox_depth: usize::try_from(depth).unwrap_or(usize::MAX),
@@ -527,6 +582,7 @@ impl Core {
         let Ok((Some(peer), batch)) = read else {
             return Ok(false);
         };
+        self.announce_key(node, &peer.url).await?;
         let Some((first, _)) = batch.first() else {
             return Ok(false);
         };
@@ -554,6 +610,7 @@ impl Core {
             .fed()
             .client
             .post(
+                &self.fed().signing_key(),
                 node,
                 &peer.url,
                 "/federation/v1/events",
@@ -724,7 +781,14 @@ impl Core {
         match self
             .fed()
             .client
-            .post(&home, &peer.url, path, &request, now)
+            .post(
+                &self.fed().signing_key(),
+                &home,
+                &peer.url,
+                path,
+                &request,
+                now,
+            )
             .await
         {
             Ok(result) => Ok(result),
@@ -814,9 +878,21 @@ impl Core {
                 "this chat's home {home} is unreachable; retry shortly"
             )));
         }
+        if let Err(e) = self.announce_key(home, &peer.url).await {
+            self.failed(home, &e);
+            return Err(peer_unreachable(&e));
+        }
         let client = &self.fed().client;
+        let key = self.fed().signing_key();
         match client
-            .post(home, &peer.url, "/federation/v1/actions", request, now)
+            .post(
+                &key,
+                home,
+                &peer.url,
+                "/federation/v1/actions",
+                request,
+                now,
+            )
             .await
         {
             Ok(result) => {

@@ -72,6 +72,9 @@ pub enum CoreError {
     Encode(#[source] serde_json::Error),
     #[error("decoding the core's reply")]
     Decode(#[source] serde_json::Error),
+    /// The node key files (a rotation could not write them).
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     #[error("the writer thread could not start")]
     WriterThread(#[source] std::io::Error),
     /// The commit group this operation was in failed because of another
@@ -198,11 +201,11 @@ impl Core {
         media: Media,
         clock: Clock,
         config: CoreConfig,
-        key: ed25519_dalek::SigningKey,
+        keys: crate::identity::NodeKeys,
     ) -> Result<(Self, WriterThread), CoreError> {
         let federation = federation::Federation::new(
             config.node.clone(),
-            key,
+            keys,
             config.public_url.clone(),
             config.federation.clone(),
         );

@@ -46,34 +46,30 @@ pub enum PeerError {
     Encode(#[from] serde_json::Error),
 }
 
-/// This node's client for its peers. Cheap to clone.
+/// This node's client for its peers. Cheap to clone. The caller names the
+/// key each request is signed with (the current one, or during a rotation the
+/// one a peer still trusts).
 #[derive(Clone)]
 pub struct PeerClient {
     http: reqwest::Client,
-    key: SigningKey,
-    key_id: String,
     node: NodeName,
 }
 
 impl PeerClient {
-    pub fn new(node: NodeName, key: SigningKey, timeout: Duration) -> Self {
+    pub fn new(node: NodeName, timeout: Duration) -> Self {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
             .build()
             .unwrap_or_default();
-        Self {
-            key_id: key_id(&key.verifying_key()),
-            http,
-            key,
-            node,
-        }
+        Self { http, node }
     }
 
-    /// POSTs `body` as JSON to `base_url` + `path` at `peer`, signed at
-    /// `now_ms`, and decodes a 2xx answer.
+    /// POSTs `body` as JSON to `base_url` + `path` at `peer`, signed with
+    /// `key` at `now_ms`, and decodes a 2xx answer.
     pub async fn post<T: Serialize, R: DeserializeOwned>(
         &self,
+        key: &SigningKey,
         peer: &NodeName,
         base_url: &str,
         path: &str,
@@ -101,7 +97,8 @@ impl PeerClient {
             query: url.query(),
             body: &bytes,
         };
-        let signed = sign_request(&self.key, &self.key_id, &request, now_ms / 1000, &nonce)?;
+        let id = key_id(&key.verifying_key());
+        let signed = sign_request(key, &id, &request, now_ms / 1000, &nonce)?;
         let mut builder = self
             .http
             .post(url.clone())

@@ -162,3 +162,40 @@ pub struct AttachmentUrlRequest {
     pub user: UserRef,
     pub attachment_id: crate::ids::AttachmentId,
 }
+
+/// `POST /federation/v1/keys`: a node tells a peer its new key, signed with
+/// the key it retires (the one the peer still trusts).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAnnouncement {
+    /// The announcing node: the request's origin, and no other.
+    pub node: String,
+    pub new_key: NewKey,
+    pub old_key: OldKey,
+}
+
+/// The key a node signs with from now on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewKey {
+    /// `ed25519-` and 16 hex digits of its SHA-256 (checked by the receiver).
+    pub key_id: String,
+    /// base64 of the 32-byte ed25519 public key.
+    pub public_key: String,
+}
+
+/// The key the announcement is signed with, and when it stops verifying.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OldKey {
+    pub key_id: String,
+    /// Unix ms.
+    pub not_after: i64,
+}
+
+/// The answer to a [`KeyAnnouncement`]: the key now trusted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAccepted {
+    pub key_id: String,
+}

@@ -18,18 +18,18 @@ use serde::Serialize;
 
 use super::{ApiError, Gateway, local, status_for};
 use crate::core::CoreError;
-use crate::federation::events::{ActionRequest, AttachmentUrlRequest, EventBatch};
+use crate::core::federation::PeerRequest;
+use crate::federation::events::{ActionRequest, AttachmentUrlRequest, EventBatch, KeyAnnouncement};
 use crate::federation::rfc9421::Message;
-use crate::ids::NodeName;
 use crate::protocol::ErrorCode;
 
 /// The largest body a peer may send (a batch of events).
 pub(super) const MAX_BODY: usize = 8 << 20;
 
-/// The peer a verified request came from, and its body.
+/// The peer a verified request came from (and its key), and its body.
 #[derive(Clone)]
 struct Verified {
-    origin: NodeName,
+    from: PeerRequest,
     body: Bytes,
 }
 
@@ -74,6 +74,7 @@ pub(super) fn router(gw: &Gateway) -> Router<Gateway> {
         .route("/federation/v1/events", post(events))
         .route("/federation/v1/actions", post(actions))
         .route("/federation/v1/attachment-url", post(attachment_url))
+        .route("/federation/v1/keys", post(keys))
         // `{*rest}` needs a segment: `/federation/v1/` itself is verified too.
         .route("/federation/v1/", any(no_such_endpoint))
         .route("/federation/v1/{*rest}", any(no_such_endpoint))
@@ -124,9 +125,9 @@ async fn verified(
         headers: &headers,
     };
     match core.verify_peer_request(&message, &body) {
-        Ok(origin) => {
-            core.peer_contacted(&origin);
-            parts.extensions.insert(Verified { origin, body });
+        Ok(from) => {
+            core.peer_contacted(&from.origin);
+            parts.extensions.insert(Verified { from, body });
             next.run(Request::from_parts(parts, Body::empty())).await
         }
         Err(e) => {
@@ -155,7 +156,7 @@ async fn events(
 ) -> Result<Response, Refused> {
     let batch: EventBatch = parse(&v.body)?;
     let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
-    match core.apply_events(v.origin, batch).await {
+    match core.apply_events(v.from.origin, batch).await {
         Ok(applied) => Ok(axum::Json(applied).into_response()),
         Err((e, applied)) => Err(refuse_core(&e, Some(applied))),
     }
@@ -168,8 +169,21 @@ async fn actions(
 ) -> Result<Response, Refused> {
     let request: ActionRequest = parse(&v.body)?;
     let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
-    match core.act(&v.origin, request).await {
+    match core.act(&v.from.origin, request).await {
         Ok(result) => Ok(axum::Json(result).into_response()),
+        Err(e) => Err(refuse_core(&e, None)),
+    }
+}
+
+/// A peer's new key, announced with the key it retires.
+async fn keys(
+    State(gw): State<Gateway>,
+    axum::Extension(v): axum::Extension<Verified>,
+) -> Result<Response, Refused> {
+    let announcement: KeyAnnouncement = parse(&v.body)?;
+    let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
+    match core.accept_peer_key(&v.from, announcement).await {
+        Ok(accepted) => Ok(axum::Json(accepted).into_response()),
         Err(e) => Err(refuse_core(&e, None)),
     }
 }
@@ -187,7 +201,7 @@ async fn attachment_url(
 ) -> Result<Response, Refused> {
     let request: AttachmentUrlRequest = parse(&v.body)?;
     let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
-    match core.attachment_url_for_peer(&v.origin, request).await {
+    match core.attachment_url_for_peer(&v.from.origin, request).await {
         Ok(result) => Ok(axum::Json(result).into_response()),
         Err(e) => Err(refuse_core(&e, None)),
     }

@@ -1,6 +1,7 @@
-//! The admin API's federation part (`/admin/v1/key`, `/admin/v1/peers...`),
-//! behind the admin token like the rest of [`super::admin`]: this node's key,
-//! and its peers, their outboxes and dead letters.
+//! The admin API's federation part (`/admin/v1/key`, `/admin/v1/key/rotate`,
+//! `/admin/v1/peers...`), behind the admin token like the rest of
+//! [`super::admin`]: this node's key and its rotation, and its peers, their
+//! outboxes and dead letters.
 //!
 //! **Boundary**: the CLI parses these answers (`PeerList`, the core's
 //! `PeerInfo` and `NodeIdentity`); extend them, never break them.
@@ -19,6 +20,7 @@ use crate::core::federation::PeerInfo;
 pub(super) fn routes() -> Router<Gateway> {
     Router::new()
         .route("/key", get(key))
+        .route("/key/rotate", post(rotate))
         .route("/peers", get(list).post(add))
         .route("/peers/{node}", delete(remove))
         .route("/peers/{node}/outbox", get(outbox))
@@ -54,7 +56,12 @@ pub struct DeadLetters {
 }
 
 async fn key(State(gw): State<Gateway>) -> Result<Response, ApiError> {
-    Ok(axum::Json(local(&gw)?.identity().clone()).into_response())
+    Ok(axum::Json(local(&gw)?.identity()).into_response())
+}
+
+/// A new key; the old one verifies for `federation.key_overlap` more.
+async fn rotate(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    Ok(axum::Json(local(&gw)?.rotate_key().await?).into_response())
 }
 
 async fn list(State(gw): State<Gateway>) -> Result<Response, ApiError> {

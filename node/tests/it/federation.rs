@@ -15,7 +15,7 @@ async fn node_named(name: &str, t: Topology) -> TestNode {
 }
 
 /// Two nodes, each a peer of the other.
-async fn two_nodes(t: Topology) -> (TestNode, TestNode) {
+pub(crate) async fn two_nodes(t: Topology) -> (TestNode, TestNode) {
     let a = node_named("alpha.test", t).await;
     let b = node_named("beta.test", t).await;
     a.add_peer(&b).await;
@@ -32,7 +32,7 @@ fn texts(events: &[Value]) -> Vec<String> {
 }
 
 /// Waits for the next event of `kind` on `client`, acks it, and returns it.
-async fn next(client: &mut WsClient, kind: &str) -> Value {
+pub(crate) async fn next(client: &mut WsClient, kind: &str) -> Value {
     let event = client.event().await;
     assert_eq!(event["type"], kind, "{event}");
     client.ack_events(std::slice::from_ref(&event)).await;
@@ -161,15 +161,15 @@ async fn a_chat_spans_two_nodes(t: Topology) {
 }
 
 /// alice@alpha (the home) and bob@beta in one chat, both connected.
-struct Pair {
-    alice: WsClient,
-    bob: WsClient,
-    chat: String,
-    alice_creds: Creds,
-    bob_creds: Creds,
+pub(crate) struct Pair {
+    pub alice: WsClient,
+    pub bob: WsClient,
+    pub chat: String,
+    pub alice_creds: Creds,
+    pub bob_creds: Creds,
 }
 
-async fn chat_of_two(a: &TestNode, b: &TestNode) -> Pair {
+pub(crate) async fn chat_of_two(a: &TestNode, b: &TestNode) -> Pair {
     let alice_creds = a.user("alice").await;
     let bob_creds = b.user("bob").await;
     let mut alice = a.connect(&alice_creds).await;
@@ -190,7 +190,7 @@ async fn chat_of_two(a: &TestNode, b: &TestNode) -> Pair {
 }
 
 /// Receives `n` messages, acking as it goes; returns their texts.
-async fn receive(client: &mut WsClient, n: usize) -> Vec<String> {
+pub(crate) async fn receive(client: &mut WsClient, n: usize) -> Vec<String> {
     let mut got = Vec::with_capacity(n);
     while got.len() < n {
         let event = client.event().await;

@@ -10,6 +10,7 @@ mod errors;
 mod federation;
 mod federation_trust;
 mod http;
+mod key_rotation;
 mod lifecycle;
 mod media;
 mod nats_faults;
