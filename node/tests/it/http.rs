@@ -106,19 +106,9 @@ async fn register_and_login_errors(t: Topology) {
 
 /// How many argon2 hashes the process that owns the store has done.
 async fn password_hashes(node: &TestNode) -> u64 {
-    let text = node
-        .http()
-        .get(format!("{}/metrics", node.main_url()))
-        .send()
+    node.metric(node.main_url(), "natter_password_hashes_total")
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("natter_password_hashes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no password hash counter in:\n{text}"))
+        .expect("the password hash counter") as u64
 }
 
 async fn registration_modes(t: Topology) {

@@ -269,50 +269,30 @@ async fn metrics_count_what_happened(t: Topology) {
     );
     let events = b.drain().await;
     assert_eq!(events.len(), 2);
-    let text = node
-        .http()
-        .get(format!("{}/metrics", node.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+    let value = async |name: &str| -> f64 {
+        let v = node.metric(&node.url, name).await;
+        v.unwrap_or_else(|| panic!("no {name} in /metrics"))
     };
     assert_eq!(
-        value("natter_commands_total{command=\"sendMessage\",outcome=\"ok\"}"),
+        value("natter_commands_total{command=\"sendMessage\",outcome=\"ok\"}").await,
         1.0
     );
     assert_eq!(
-        value("natter_commands_total{command=\"invalid\",outcome=\"unknown_chat\"}"),
+        value("natter_commands_total{command=\"invalid\",outcome=\"unknown_chat\"}").await,
         1.0
     );
-    assert_eq!(value("natter_online_devices"), 2.0);
-    assert!(value("natter_events_sent_total") >= 3.0, "{text}");
+    assert_eq!(value("natter_online_devices").await, 2.0);
+    assert!(value("natter_events_sent_total").await >= 3.0);
     // Delivery latency is measured on the live hop only. Right after connecting
     // (and with JetStream, while a gateway's consumer starts) events may come
     // through the inbox instead, so send until one is delivered live.
-    let http = node.http().clone();
-    let url = format!("{}/metrics", node.url);
     let mut live = 0.0;
     for i in 0..200 {
         a.ok(json!({"type":"sendMessage","chatId":chat,"message": format!("live {i}")}))
             .await;
         let event = b.event().await;
         b.ack_events(&[event]).await;
-        let text = http.get(&url).send().await.unwrap().text().await.unwrap();
-        live = text
-            .lines()
-            .find(|l| l.starts_with("natter_delivery_latency_seconds_count"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0);
+        live = value("natter_delivery_latency_seconds_count").await;
         if live >= 1.0 {
             break;
         }

@@ -265,6 +265,17 @@ impl TestNode {
         &self.http
     }
 
+    /// A sample of the Prometheus `/metrics` at `base` (a process's URL), by the
+    /// start of its line (`name` or `name{labels}`).
+    pub(crate) async fn metric(&self, base: &str, name: &str) -> Option<f64> {
+        let url = format!("{base}/metrics");
+        let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
     /// The base URL of the process that owns the store (and speaks federation).
     pub(crate) fn main_url(&self) -> &str {
         &self.main.url
