@@ -176,6 +176,7 @@ struct FileRetention {
     sweep_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     invite_ttl: Option<Duration>,
+    sweep_step_rows: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -306,6 +307,8 @@ pub struct RetentionConfig {
     pub device_ttl: Duration,
     pub sweep_interval: Duration,
     pub invite_ttl: Duration,
+    /// Inbox entries, chat updates or idempotency keys one sweep step handles.
+    pub sweep_step_rows: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -525,7 +528,11 @@ fn retention_config(
             .unwrap_or(Duration::from_secs(90 * DAY)),
         sweep_interval: file.sweep_interval.unwrap_or(Duration::from_secs(3600)),
         invite_ttl: file.invite_ttl.unwrap_or(Duration::from_secs(7 * DAY)),
+        sweep_step_rows: file.sweep_step_rows.unwrap_or(10_000),
     };
+    if retention.sweep_step_rows == 0 {
+        return Err(invalid("retention.sweep_step_rows", "must not be zero"));
+    }
     if retention.sweep_interval.is_zero() {
         return Err(invalid("retention.sweep_interval", "must not be zero"));
     }

@@ -220,6 +220,7 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         registration: config.registration,
         retention_ms: millis(config.retention.inbox),
         device_ttl_ms: millis(config.retention.device_ttl),
+        sweep_step_rows: config.retention.sweep_step_rows,
         invite_ttl_ms: millis(config.retention.invite_ttl),
         max_group: config.store.max_group,
         federation: config.federation.clone(),

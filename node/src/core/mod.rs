@@ -40,7 +40,7 @@ use crate::store::{Store, StoreError};
 use rpc::{Answer, answered};
 
 pub use writer::SweepReport;
-use writer::{Actor, Op, Outcome, WriteCommand, WriteRequest, Writer};
+use writer::{Actor, Op, Outcome, SweepCursor, WriteCommand, WriteRequest, Writer};
 
 /// Who is acting: one authenticated device of a local user.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +153,9 @@ pub struct CoreConfig {
     pub retention_ms: i64,
     /// Devices not seen for this long are deactivated.
     pub device_ttl_ms: i64,
+    /// Inbox entries, chat updates or idempotency keys one sweep step (one
+    /// commit) handles.
+    pub sweep_step_rows: usize,
     /// How long an invite is valid unless the admin says otherwise.
     pub invite_ttl_ms: i64,
     /// Most commands applied in one commit.
@@ -306,13 +309,13 @@ impl Core {
     /// orphaned and expired uploads.
     pub async fn sweep(&self) -> Result<SweepReport, CoreError> {
         let mut total = SweepReport::default();
-        let mut after = None;
+        let mut at = SweepCursor::Start;
         loop {
-            match self.write(Op::Sweep { after }).await? {
+            match self.write(Op::Sweep { at }).await? {
                 Outcome::Swept { report, next } => {
                     total.add(&report);
                     match next {
-                        Some(next) => after = Some(next),
+                        Some(next) => at = next,
                         None => break,
                     }
                 }

@@ -60,6 +60,46 @@ async fn retention_drops_old_events_and_tells_the_device(t: Topology) {
     assert_eq!(history["messages"].as_array().unwrap().len(), 4);
 }
 
+async fn the_sweep_pages_through_every_old_key(t: Topology) {
+    // Four rows per step: eleven idempotency keys, six updates and bob's
+    // seventeen queued events take several steps, and every one is looked at.
+    let config = format!("{BASE_CONFIG}\n[retention]\ninbox = \"1h\"\nsweep_step_rows = 4\n");
+    let node = TestNode::with_config(t, &config).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await["chatId"]
+        .clone();
+    for i in 0..5 {
+        a.ok(json!({"type":"renameChat","chatId":chat,"name":format!("name {i}")}))
+            .await;
+    }
+    let send = |i: usize| json!({"type":"sendMessage","chatId":chat,"message":"x","clientMsgId":format!("k{i}")});
+    for i in 0..11 {
+        a.ok(send(i)).await;
+    }
+    let events = a.drain().await;
+    a.ack_events(&events).await;
+    node.advance_clock(2 * HOUR).await;
+    let report = node.sweep().await;
+    assert_eq!(report["idempotencyKeysRemoved"], 11, "{report}");
+    assert_eq!(report["updatesRemoved"], 6, "{report}");
+    assert_eq!(report["entriesExpired"], 17, "{report}");
+    assert_eq!(report["devicesNotified"], 1, "{report}");
+    // Bob's device gets one notice for all of them.
+    let mut b = node.connect(&bob).await;
+    let events = b.drain().await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0]["type"], "expired");
+    assert_eq!(events[0]["count"], 17);
+    // The key is gone: the same clientMsgId is a new message now.
+    assert_eq!(a.ok(send(0)).await["seq"], 12);
+    let report = node.sweep().await;
+    assert_eq!(report["idempotencyKeysRemoved"], 0, "{report}");
+}
+
 async fn unused_devices_are_deactivated(t: Topology) {
     let node = TestNode::with_config(
         t,
@@ -304,6 +344,7 @@ crate::in_every_topology!(metrics_count_what_happened);
 
 crate::in_every_topology!(
     retention_drops_old_events_and_tells_the_device,
+    the_sweep_pages_through_every_old_key,
     unused_devices_are_deactivated,
     a_second_connection_of_a_device_displaces_the_first,
     a_silent_client_is_dropped_after_the_ping_timeout,

@@ -28,6 +28,7 @@ mod ops;
 mod sweep;
 
 pub(crate) use ops::{Actor, Op, Outcome, WriteCommand, WriteRequest};
+pub(crate) use sweep::SweepCursor;
 pub use sweep::SweepReport;
 
 use super::render;
@@ -101,6 +102,9 @@ pub(crate) struct Writer {
     /// The last outbox seq given out per peer (written with each entry).
     outbox_seqs: HashMap<NodeName, u64>,
     wakers: Wakers,
+    /// A device whose old inbox entries take several sweep steps, and the
+    /// `expired` notice the last step left it.
+    paged_notice: Option<(DeviceId, u64)>,
 }
 
 impl Writer {
@@ -126,6 +130,7 @@ impl Writer {
             saved_update: 0,
             outbox_seqs: HashMap::new(),
             wakers,
+            paged_notice: None,
         };
         writer.reset()?;
         Ok(writer)
@@ -423,8 +428,8 @@ impl Writer {
                 unsent_before,
                 any_before,
             } => self.drop_attachment(b, id, unsent_before, any_before),
-            Op::Sweep { after } => {
-                let (report, next) = self.sweep(b, after)?;
+            Op::Sweep { at } => {
+                let (report, next) = self.sweep(b, at)?;
                 if report != SweepReport::default() {
                     b.sync();
                 }

@@ -7,7 +7,7 @@
 
 use tokio::sync::oneshot;
 
-use super::SweepReport;
+use super::{SweepCursor, SweepReport};
 use crate::core::{CoreError, DeviceCtx, Invite};
 use crate::federation::events::Numbered;
 use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, NodeName, UserRef, Username};
@@ -152,7 +152,7 @@ pub(crate) enum Op {
         any_before: i64,
     },
     Sweep {
-        after: Option<DeviceId>,
+        at: SweepCursor,
     },
     Stop,
 }
@@ -165,7 +165,7 @@ pub(crate) enum Outcome {
     Command(CommandResult),
     Swept {
         report: SweepReport,
-        next: Option<DeviceId>,
+        next: Option<SweepCursor>,
     },
     /// Whether a `DropAttachment` removed the record.
     Dropped(bool),

@@ -1,7 +1,10 @@
 //! The writer's share of retention: expiring inbox entries (and telling each
 //! device with one `expired` event), deactivating unused devices, and dropping
-//! old updates, idempotency keys and invites. Done in steps of
-//! [`SWEEP_DEVICES`] devices, one commit each, so writes keep flowing.
+//! old updates, idempotency keys and invites. Done in bounded steps, one commit
+//! each, so writes keep flowing: [`SWEEP_DEVICES`] devices, and at most
+//! `retention.sweep_step_rows` inbox entries, updates or idempotency keys, per
+//! step. [`SweepCursor`] says where the next step starts. A device with more
+//! old entries than one step takes gets one `expired` notice all the same.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,23 +16,64 @@ use crate::store::{InboxEntry, InboxKind};
 
 /// Devices examined per sweep step (one step is one commit).
 pub(super) const SWEEP_DEVICES: usize = 256;
-/// Old inbox entries of one device handled in one sweep step.
-const SWEEP_ENTRIES: usize = 100_000;
-/// Idempotency rows and updates examined per sweep.
-const SWEEP_ROWS: usize = 100_000;
+
+/// Where a sweep step starts: devices in id order, then chat updates (oldest
+/// first), then idempotency keys in key order, then invites.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) enum SweepCursor {
+    /// Devices after this one (all of them from the start).
+    #[default]
+    Start,
+    DevicesAfter(DeviceId),
+    Updates,
+    /// Idempotency rows after this key (from the first one when `None`).
+    Idempotency(Option<Vec<u8>>),
+    Invites,
+}
 
 impl Writer {
-    /// One sweep step: the next [`SWEEP_DEVICES`] devices after `after`, and
-    /// (in the first step) the node-wide rows. Returns where the next step starts.
+    /// One bounded sweep step starting at `at`. Returns what it did and where
+    /// the next step starts (`None`: the sweep is complete).
     pub(super) fn sweep(
         &mut self,
         b: &mut Batch<'_, '_>,
-        after: Option<DeviceId>,
-    ) -> Result<(SweepReport, Option<DeviceId>), CoreError> {
+        at: SweepCursor,
+    ) -> Result<(SweepReport, Option<SweepCursor>), CoreError> {
         let mut report = SweepReport::default();
         let cutoff = b.now.saturating_sub(self.config.retention_ms);
+        let next = match at {
+            SweepCursor::Start => self.sweep_devices(b, None, cutoff, &mut report)?,
+            SweepCursor::DevicesAfter(d) => self.sweep_devices(b, Some(d), cutoff, &mut report)?,
+            SweepCursor::Updates => self.sweep_updates(b, cutoff, &mut report)?,
+            SweepCursor::Idempotency(after) => {
+                self.sweep_idempotency(b, after, cutoff, &mut report)?
+            }
+            SweepCursor::Invites => {
+                Self::sweep_invites(b, &mut report)?;
+                None
+            }
+        };
+        Ok((report, next))
+    }
+
+    /// The next [`SWEEP_DEVICES`] devices after `after`: deactivates those past
+    /// their TTL and expires the others' old inbox entries, at most
+    /// `sweep_step_rows` of them; a device with more is taken up again by the
+    /// next step.
+    fn sweep_devices(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        after: Option<DeviceId>,
+        cutoff: i64,
+        report: &mut SweepReport,
+    ) -> Result<Option<SweepCursor>, CoreError> {
         let dead_before = b.now.saturating_sub(self.config.device_ttl_ms);
         let devices = b.tx.view().devices_after(after, SWEEP_DEVICES)?;
+        let resume_after =
+            |d: Option<DeviceId>| d.map_or(SweepCursor::Start, SweepCursor::DevicesAfter);
+        let mut budget = self.config.sweep_step_rows;
+        // The last device this step finished with.
+        let mut finished = after;
         for (device, record) in &devices {
             if record.last_active < dead_before && !self.presence.is_online(*device) {
                 report.entries_expired += b.tx.delete_device(*device, record)?;
@@ -38,38 +82,55 @@ impl Writer {
                 }
                 report.devices_deactivated += 1;
                 tracing::info!(%device, user = %record.user, "device deactivated after its TTL");
-                continue;
+            } else {
+                let (examined, more) = self.expire_entries(b, *device, cutoff, budget, report)?;
+                budget -= examined;
+                if more || budget == 0 {
+                    let at = if more { finished } else { Some(*device) };
+                    return Ok(Some(resume_after(at)));
+                }
             }
-            self.expire_entries(b, *device, cutoff, &mut report)?;
+            finished = Some(*device);
         }
-        if after.is_none() {
-            Self::sweep_rows(b, cutoff, &mut report)?;
-        }
-        let next = (devices.len() == SWEEP_DEVICES)
-            .then(|| devices.last().map(|(d, _)| *d))
-            .flatten();
-        Ok((report, next))
+        Ok(Some(match devices.last() {
+            Some((last, _)) if devices.len() == SWEEP_DEVICES => SweepCursor::DevicesAfter(*last),
+            _ => SweepCursor::Updates,
+        }))
     }
 
-    /// Replaces a device's entries queued before `cutoff` with one `expired`
-    /// event (merged with an earlier one), which the device acks like any other.
+    /// Replaces a device's entries queued before `cutoff` (at most `limit` of
+    /// them) with one `expired` event (merged with an earlier old one), which the
+    /// device acks like any other. Returns how many entries it removed and
+    /// whether more old ones may follow.
     fn expire_entries(
         &mut self,
         b: &mut Batch<'_, '_>,
         device: DeviceId,
         cutoff: i64,
+        limit: usize,
         report: &mut SweepReport,
-    ) -> Result<(), CoreError> {
-        let entries = b.tx.view().inbox_after(device, 0, SWEEP_ENTRIES)?;
-        let old: Vec<_> = entries
-            .iter()
+    ) -> Result<(usize, bool), CoreError> {
+        let entries = b.tx.view().inbox_after(device, 0, limit)?;
+        let mut old: Vec<_> = entries
+            .into_iter()
             .take_while(|(_, e)| e.queued_at < cutoff)
             .collect();
+        let more = old.len() == limit;
+        let removed = (old.len(), more);
+        // The notice the previous step left for this device is folded in.
+        if let Some((d, id)) = self.paged_notice.take()
+            && d == device
+            && let Some(notice) = b.tx.view().inbox_after(device, id - 1, 1)?.pop()
+            && notice.0 == id
+            && matches!(notice.1.kind, InboxKind::Expired { .. })
+        {
+            old.push(notice);
+        }
         if old.is_empty() {
-            return Ok(());
+            return Ok((0, false));
         }
         let (mut count, mut oldest, mut newest) = (0u64, i64::MAX, i64::MIN);
-        for (id, entry) in &old {
+        for (id, entry) in old {
             let (n, from, to) = match entry.kind {
                 InboxKind::Expired {
                     count,
@@ -84,7 +145,7 @@ impl Writer {
             count += n;
             oldest = oldest.min(from);
             newest = newest.max(to);
-            b.tx.delete_inbox(device, *id);
+            b.tx.delete_inbox(device, id);
         }
         let id = self.next_delivery();
         let kind = InboxKind::Expired {
@@ -97,6 +158,11 @@ impl Writer {
             kind,
         };
         b.tx.put_inbox(device, id, &entry);
+        if more {
+            // Not pushed: the next step folds it into its own notice.
+            self.paged_notice = Some((device, id));
+            return Ok(removed);
+        }
         let event = render::expired_event(count, oldest, newest);
         b.pushes.push((
             device,
@@ -107,29 +173,61 @@ impl Writer {
             },
         ));
         report.devices_notified += 1;
-        Ok(())
+        Ok(removed)
     }
 
-    /// Node-wide rows past their time: chat updates and idempotency keys older
-    /// than `cutoff`, expired invites.
-    fn sweep_rows(
+    /// Up to `sweep_step_rows` chat updates older than `cutoff` (updates are kept
+    /// oldest first, so the step ends at the first young one).
+    fn sweep_updates(
+        &self,
         b: &mut Batch<'_, '_>,
         cutoff: i64,
         report: &mut SweepReport,
-    ) -> Result<(), CoreError> {
-        for (id, at) in b.tx.updates_oldest(SWEEP_ROWS)? {
-            if at >= cutoff {
+    ) -> Result<Option<SweepCursor>, CoreError> {
+        let rows = b.tx.updates_oldest(self.config.sweep_step_rows)?;
+        let mut removed = 0;
+        for (id, at) in &rows {
+            if *at >= cutoff {
                 break;
             }
-            b.tx.delete_update(id);
-            report.updates_removed += 1;
+            b.tx.delete_update(*id);
+            removed += 1;
         }
-        for (key, _, at) in b.tx.idem_rows_after(None, SWEEP_ROWS)? {
-            if at < cutoff {
-                b.tx.delete_raw_user_key(&key);
+        report.updates_removed += removed as u64;
+        Ok(Some(if removed == self.config.sweep_step_rows {
+            SweepCursor::Updates
+        } else {
+            SweepCursor::Idempotency(None)
+        }))
+    }
+
+    /// The next `sweep_step_rows` idempotency keys after `after` (they are kept in
+    /// key order, not by age, so every key is looked at): drops those older
+    /// than `cutoff`.
+    fn sweep_idempotency(
+        &self,
+        b: &mut Batch<'_, '_>,
+        after: Option<Vec<u8>>,
+        cutoff: i64,
+        report: &mut SweepReport,
+    ) -> Result<Option<SweepCursor>, CoreError> {
+        let rows =
+            b.tx.idem_rows_after(after.as_deref(), self.config.sweep_step_rows)?;
+        for (key, _, at) in &rows {
+            if *at < cutoff {
+                b.tx.delete_raw_user_key(key);
                 report.idempotency_keys_removed += 1;
             }
         }
+        let full = rows.len() == self.config.sweep_step_rows;
+        Ok(Some(match rows.into_iter().last() {
+            Some((last, _, _)) if full => SweepCursor::Idempotency(Some(last)),
+            _ => SweepCursor::Invites,
+        }))
+    }
+
+    /// Invites past their expiry.
+    fn sweep_invites(b: &mut Batch<'_, '_>, report: &mut SweepReport) -> Result<(), CoreError> {
         for (code, invite) in b.tx.view().invites()? {
             if invite.expires_at <= b.now {
                 b.tx.delete_invite(&code);
