@@ -939,6 +939,9 @@ impl Reply {
 }
 
 #[cfg(test)]
+mod decoder_props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
