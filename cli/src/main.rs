@@ -23,11 +23,11 @@ use serde_json::{Value, json};
 #[derive(Debug, Parser)]
 #[command(name = "natter", version, about = "Administer a natter node")]
 struct Cli {
-    /// The node's base URL.
+    /// The node's admin listener (natterd's --admin-listen).
     #[arg(
         long,
         env = "NATTER_NODE",
-        default_value = "http://127.0.0.1:7070",
+        default_value = "http://127.0.0.1:7071",
         global = true
     )]
     node: String,

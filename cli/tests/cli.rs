@@ -9,7 +9,10 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 struct Node {
+    /// Clients and peers.
     url: String,
+    /// The admin API, which the CLI talks to.
+    admin_url: String,
     dir: tempfile::TempDir,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -30,19 +33,27 @@ impl Node {
             ..ServeArgs::default()
         })
         .unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let free: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let config = Config {
+            listen: free,
+            admin_listen: free,
+            ..config
+        };
+        let listeners = natter::server::Listeners::bind(&config).unwrap();
+        let url = format!("http://{}", listeners.public.local_addr().unwrap());
+        let admin_url = format!("http://{}", listeners.admin.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                natter::server::run(config, listener, shutdown)
+                natter::server::run(config, listeners, shutdown)
                     .await
                     .unwrap();
             }
         });
         let node = Self {
             url,
+            admin_url,
             dir,
             shutdown,
             task,
@@ -69,7 +80,7 @@ impl Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_natter"));
         command
             .arg("--node")
-            .arg(&self.url)
+            .arg(&self.admin_url)
             .arg("--data")
             .arg(self.data())
             .args(args)

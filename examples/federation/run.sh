@@ -4,7 +4,8 @@
 #   examples/federation/run.sh          (from anywhere; Ctrl-C stops both nodes)
 #
 # Needs cargo and curl. Builds natterd once (debug), starts alpha.localhost on
-# 127.0.0.1:7081 and beta.localhost on 127.0.0.1:7082 with open registration and
+# 127.0.0.1:7081 (admin API on :7091) and beta.localhost on 127.0.0.1:7082
+# (admin API on :7092) with open registration and
 # data folders under a temporary directory, makes each a peer of the other
 # through the admin API, registers alice@alpha.localhost and bob@beta.localhost,
 # and prints how to connect. NATTER_KEEP_DATA=1 keeps the data folders on exit.
@@ -17,6 +18,8 @@ alpha=alpha.localhost
 beta=beta.localhost
 alpha_url=http://127.0.0.1:7081
 beta_url=http://127.0.0.1:7082
+alpha_admin=http://127.0.0.1:7091
+beta_admin=http://127.0.0.1:7092
 password=correct-horse-battery
 
 echo "building natterd…"
@@ -45,14 +48,16 @@ trap stop EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# start NAME URL: runs a node in the background, logging to $work/NAME.log.
+# start NAME URL ADMIN_URL: runs a node in the background, logging to
+# $work/NAME.log.
 start() {
-    local name=$1 url=$2
-    if curl -fs "$url/healthz" >/dev/null 2>&1; then
-        echo "something already answers at $url; stop it first" >&2
+    local name=$1 url=$2 admin=$3
+    if curl -fs "$url/healthz" >/dev/null 2>&1 || curl -fs "$admin/healthz" >/dev/null 2>&1; then
+        echo "something already answers at $url or $admin; stop it first" >&2
         exit 1
     fi
     "$natterd" serve --name "$name" --listen "${url#http://}" --public-url "$url" \
+        --admin-listen "${admin#http://}" \
         --data "$work/$name" --registration open >"$work/$name.log" 2>&1 &
     pids+=($!)
 }
@@ -80,9 +85,9 @@ field() {
     sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"
 }
 
-# peer NAME URL OTHER OTHER_URL: makes OTHER a peer of NAME, with the key
-# OTHER's well-known document names (what `natter peer add OTHER OTHER_URL
-# --fetch-key --yes` does).
+# peer NAME ADMIN_URL OTHER OTHER_URL: makes OTHER a peer of NAME (through
+# NAME's admin API), with the key OTHER's well-known document names (what
+# `natter peer add OTHER OTHER_URL --fetch-key --yes` does).
 peer() {
     local name=$1 url=$2 other=$3 other_url=$4 known key token
     known=$(curl -fsS "$other_url/.well-known/natter/node")
@@ -102,13 +107,13 @@ user() {
     echo "registered $id"
 }
 
-start "$alpha" "$alpha_url"
-start "$beta" "$beta_url"
+start "$alpha" "$alpha_url" "$alpha_admin"
+start "$beta" "$beta_url" "$beta_admin"
 ready "$alpha" "$alpha_url" "${pids[0]}"
 ready "$beta" "$beta_url" "${pids[1]}"
 
-peer "$alpha" "$alpha_url" "$beta" "$beta_url"
-peer "$beta" "$beta_url" "$alpha" "$alpha_url"
+peer "$alpha" "$alpha_admin" "$beta" "$beta_url"
+peer "$beta" "$beta_admin" "$alpha" "$alpha_url"
 user "$alpha_url" alice
 user "$beta_url" bob
 
@@ -130,8 +135,8 @@ As alice, create a chat with bob (its home is $alpha), then send to it from eith
   {"type":"sendMessage","id":"r2","chatId":"CHAT_ID","message":"hi","clientMsgId":"m1"}
 
 Peers and outboxes, from the repository root:
-  cargo run -p natter-cli -- --node $alpha_url --data $work/$alpha peer list
-  cargo run -p natter-cli -- --node $beta_url --data $work/$beta peer list
+  cargo run -p natter-cli -- --node $alpha_admin --data $work/$alpha peer list
+  cargo run -p natter-cli -- --node $beta_admin --data $work/$beta peer list
 
 Ctrl-C stops both nodes.
 EOF

@@ -36,7 +36,8 @@ pub enum CliCommand {
     /// deliveries go over NATS JetStream.
     Serve(ServeArgs),
     /// Run the core: owns the store, answers gateways over NATS (needs --nats).
-    /// Serves the admin API and embedded media on --listen (default 127.0.0.1:7071).
+    /// Serves peers and embedded media on --listen (default 127.0.0.1:7072), the
+    /// admin API on --admin-listen (default 127.0.0.1:7071).
     Core(ServeArgs),
     /// Run a stateless gateway: client WebSockets and HTTP, forwarded to the core
     /// over NATS (needs --nats).
@@ -70,9 +71,14 @@ pub struct ServeArgs {
     /// Data folder: store, node key, admin token, media. Default ./natter-data
     #[arg(long, env = "NATTER_DATA")]
     pub data: Option<PathBuf>,
-    /// Address to listen on for clients, admin and peers. Default 127.0.0.1:7070
+    /// Address to listen on for clients, peers and media. Default 127.0.0.1:7070
+    /// (127.0.0.1:7072 for `core`)
     #[arg(long, env = "NATTER_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// Address of the admin API and /metrics, never served on --listen.
+    /// Default 127.0.0.1:7071 (`serve`, `core`), 127.0.0.1:0 (`gateway`: a free port)
+    #[arg(long, env = "NATTER_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
     /// The node's name (DNS-like); users are name@node. Default localhost
     #[arg(long, env = "NATTER_NAME")]
     pub name: Option<String>,
@@ -143,6 +149,14 @@ struct FileConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     federation: FileFederation,
+    #[serde(default)]
+    admin: FileAdmin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAdmin {
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -272,6 +286,8 @@ struct FileTesting {
 pub struct Config {
     pub data: PathBuf,
     pub listen: SocketAddr,
+    /// The admin API and `/metrics` (never on `listen`).
+    pub admin_listen: SocketAddr,
     pub node: NodeName,
     pub registration: Registration,
     pub log: LogConfig,
@@ -424,10 +440,23 @@ impl Config {
             }
             None => GatewayId::generate(),
         };
-        let default_listen = match role {
-            Role::Core => SocketAddr::from(([127, 0, 0, 1], 7071)),
-            _ => SocketAddr::from(([127, 0, 0, 1], 7070)),
+        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        let (default_listen, default_admin) = match role {
+            Role::All => (local(7070), local(7071)),
+            Role::Core => (local(7072), local(7071)),
+            Role::Gateway => (local(7070), local(0)),
         };
+        let listen = args.listen.or(file.listen).unwrap_or(default_listen);
+        let admin_listen = args
+            .admin_listen
+            .or(file.admin.listen)
+            .unwrap_or(default_admin);
+        if admin_listen == listen && listen.port() != 0 {
+            return Err(invalid(
+                "admin.listen",
+                "must differ from listen: the admin API is never served to clients",
+            ));
+        }
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -436,7 +465,8 @@ impl Config {
         }
         Ok(Self {
             data,
-            listen: args.listen.or(file.listen).unwrap_or(default_listen),
+            listen,
+            admin_listen,
             node,
             registration: args
                 .registration
@@ -664,10 +694,38 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.data, PathBuf::from("natter-data"));
         assert_eq!(c.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7071");
         assert_eq!(c.node.as_str(), "localhost");
         assert_eq!(c.registration, Registration::Invite);
         assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
         assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
+    }
+
+    #[test]
+    fn the_admin_api_never_shares_the_client_listener() {
+        let same: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        let args = ServeArgs {
+            listen: Some(same),
+            admin_listen: Some(same),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::resolve(args),
+            Err(ConfigError::Invalid {
+                setting: "admin.listen",
+                ..
+            })
+        ));
+        let core = Config::resolve_for(
+            Role::Core,
+            ServeArgs {
+                nats: Some("nats://127.0.0.1:4222".into()),
+                ..ServeArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(core.listen.to_string(), "127.0.0.1:7072");
+        assert_eq!(core.admin_listen.to_string(), "127.0.0.1:7071");
     }
 
     #[test]

@@ -3,8 +3,12 @@
 //! - **all-in-one** (`serve`): store, core and gateway in one process; the live hop
 //!   is in-process, or JetStream with `--nats`;
 //! - **core**: store and core; answers gateways over NATS, routes deliveries to
-//!   them through JetStream by presence; serves the admin API and embedded media;
+//!   them through JetStream by presence; serves peers and embedded media;
 //! - **gateway**: no state; client HTTP and WebSockets, forwarded to the core.
+//!
+//! Every role serves two listeners: the public one (`listen`: clients, peers,
+//! media, health) and the admin one (`admin.listen`: the admin API, `/metrics`,
+//! health), so the admin API is never reachable where clients are.
 //!
 //! Every spawned task has an owner: background tasks are tracked here, client
 //! sessions by the gateway's tracker. Shutdown order: stop accepting, let
@@ -53,13 +57,28 @@ pub enum NodeError {
     Serve(std::io::Error),
 }
 
-/// Binds the configured address and runs the node until `shutdown`.
+/// The two sockets a node serves: clients, peers and media on `public`; the
+/// admin API and `/metrics` on `admin`.
+pub struct Listeners {
+    pub public: TcpListener,
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds `listen` and `admin.listen` of `config`.
+    pub fn bind(config: &Config) -> Result<Self, NodeError> {
+        let open = |addr| bind(addr).map_err(|source| NodeError::Listen { addr, source });
+        Ok(Self {
+            public: open(config.listen)?,
+            admin: open(config.admin_listen)?,
+        })
+    }
+}
+
+/// Binds the configured addresses and runs the node until `shutdown`.
 pub async fn serve(config: Config, shutdown: CancellationToken) -> Result<(), NodeError> {
-    let listener = bind(config.listen).map_err(|source| NodeError::Listen {
-        addr: config.listen,
-        source,
-    })?;
-    run(config, listener, shutdown).await
+    let listeners = Listeners::bind(&config)?;
+    run(config, listeners, shutdown).await
 }
 
 /// Binds with a deep accept queue: the default (128) overflows when hundreds of
@@ -75,15 +94,15 @@ pub fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-/// Runs the configured role on `listener` until `shutdown` is cancelled.
+/// Runs the configured role on `listeners` until `shutdown` is cancelled.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     match config.role {
-        Role::All | Role::Core => run_with_store(config, listener, shutdown).await,
-        Role::Gateway => run_gateway(config, listener, shutdown).await,
+        Role::All | Role::Core => run_with_store(config, listeners, shutdown).await,
+        Role::Gateway => run_gateway(config, listeners, shutdown).await,
     }
 }
 
@@ -104,7 +123,7 @@ async fn connect_nats(config: &Config) -> Result<Option<Nats>, NodeError> {
 
 async fn run_with_store(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let (key, admin) = prepare_identity(&config)?;
@@ -121,7 +140,7 @@ async fn run_with_store(
     } else {
         Clock::system()
     };
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let addr = listeners.public.local_addr().map_err(NodeError::Serve)?;
     let public_url = config
         .public_url
         .clone()
@@ -178,7 +197,7 @@ async fn run_with_store(
         clients: config.role == Role::All,
         store: true,
     };
-    let served = serve_until_shutdown(&config, listener, gw, endpoints, shutdown).await;
+    let served = serve_until_shutdown(&config, listeners, gw, endpoints, shutdown).await;
     background.cancel();
     tasks.close();
     tasks.wait().await;
@@ -313,7 +332,7 @@ fn start_nats_roles(
 
 async fn run_gateway(
     config: Config,
-    listener: TcpListener,
+    listeners: Listeners,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let nats = connect_nats(&config)
@@ -351,7 +370,7 @@ async fn run_gateway(
         clients: true,
         store: false,
     };
-    let served = serve_until_shutdown(&config, listener, gw, endpoints, shutdown).await;
+    let served = serve_until_shutdown(&config, listeners, gw, endpoints, shutdown).await;
     background.cancel();
     tasks.close();
     tasks.wait().await;
@@ -362,23 +381,31 @@ async fn run_gateway(
 /// Serves HTTP until `shutdown`, then closes the sessions (within the grace).
 async fn serve_until_shutdown(
     config: &Config,
-    listener: TcpListener,
+    listeners: Listeners,
     gw: Gateway,
     endpoints: Endpoints,
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
-    let addr = listener.local_addr().map_err(NodeError::Serve)?;
+    let addr = listeners.public.local_addr().map_err(NodeError::Serve)?;
+    let admin_addr = listeners.admin.local_addr().map_err(NodeError::Serve)?;
     tracing::info!(
         url = %format!("http://{addr}"),
+        admin = %format!("http://{admin_addr}"),
         node = %config.node,
         role = ?config.role,
         registration = ?config.registration,
         "listening"
     );
     gw.ready.store(true, Ordering::Release);
+    let admin = axum::serve(
+        listeners.admin,
+        gateway::admin_router(gw.clone(), endpoints),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let admin = tokio::spawn(async move { admin.await });
     // Small frames must not wait for the client's TCP ack (Nagle): with it, a
     // delivery written while another is unacknowledged waits up to ~40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+    let listener = axum::serve::ListenerExt::tap_io(listeners.public, |tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
@@ -386,6 +413,9 @@ async fn serve_until_shutdown(
     let served = axum::serve(listener, gateway::router(gw.clone(), endpoints))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
+    if let Ok(Err(e)) = admin.await {
+        tracing::error!(error = %e, "admin listener failed");
+    }
     gw.ready.store(false, Ordering::Release);
     tracing::info!("shutting down: closing sessions");
     gw.sessions.close();

@@ -42,9 +42,17 @@ pub(crate) struct TargetArgs {
     )]
     nats_server: PathBuf,
     /// Use a node that is already running at this base URL instead (one
-    /// all-in-one process: its admin API and client endpoints).
+    /// all-in-one process: its client endpoints).
     #[arg(long, value_name = "URL", requires = "admin_token")]
     url: Option<String>,
+    /// The running node's admin listener (natterd's --admin-listen), with --url.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:7071",
+        requires = "url"
+    )]
+    admin_url: String,
     /// The running node's admin token (with --url).
     #[arg(long, env = "NATTER_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -89,8 +97,10 @@ pub(crate) struct Node {
     /// The node's name when the load generator set one (federation), else
     /// `None` (natterd's default).
     name: Option<String>,
-    /// Base URL of the admin API.
+    /// Base URL of the admin API (natterd's admin listener).
     admin_url: String,
+    /// Base URL of the process with the store: clients' and federation endpoints.
+    main_url: String,
     /// `ws://…/v1/ws` of every process that serves clients.
     ws_urls: Vec<String>,
     admin_token: String,
@@ -126,7 +136,8 @@ impl Node {
         Ok(Self {
             name: None,
             ws_urls: vec![ws_url(&url)],
-            admin_url: url,
+            admin_url: args.admin_url.trim_end_matches('/').to_owned(),
+            main_url: url,
             admin_token: token.clone(),
             user_prefix: args.user_prefix.clone().unwrap_or_else(run_tag),
             processes: Processes {
@@ -164,6 +175,7 @@ impl Node {
         Ok(Self {
             name,
             admin_url: cluster.admin_url.clone(),
+            main_url: cluster.main_url.clone(),
             ws_urls: cluster.client_urls.iter().map(|u| ws_url(u)).collect(),
             admin_token: cluster.admin_token.clone(),
             user_prefix,
@@ -178,10 +190,10 @@ impl Node {
         self.name.as_deref()
     }
 
-    /// Base URL of the (one-process) node: its clients', admin and federation
-    /// endpoints.
+    /// Base URL of the process with the store: its federation endpoints and
+    /// well-known document (and, in one process, the clients').
     pub(crate) fn base_url(&self) -> &str {
-        &self.admin_url
+        &self.main_url
     }
 
     pub(crate) fn http(&self) -> &reqwest::Client {

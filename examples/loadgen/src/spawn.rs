@@ -87,8 +87,10 @@ pub(crate) struct Cluster {
     /// The process with the store first (`serve` or `core`), then the gateways.
     natterd: Vec<Process>,
     nats: Option<Process>,
-    /// Base URL of the admin API (the process with the store).
+    /// Base URL of the admin API (the process with the store's admin listener).
     pub admin_url: String,
+    /// Base URL of the process with the store (federation, media).
+    pub main_url: String,
     /// Base URLs clients connect to (the gateways in split, else the one node).
     pub client_urls: Vec<String>,
     pub admin_token: String,
@@ -157,11 +159,11 @@ impl Cluster {
     /// had (peers know a node by its URL), and waits until it is ready. Its pid
     /// changes: take [`Self::processes`] again.
     pub(crate) async fn restart_main(&mut self, http: &reqwest::Client) -> Result<()> {
-        let addr = self.natterd[0]
-            .url
-            .strip_prefix("http://")
-            .context("natterd's URL")?
-            .to_owned();
+        let addr = |url: &str| url.strip_prefix("http://").map(str::to_owned);
+        let main = &self.natterd[0];
+        let addr = addr(&main.url)
+            .zip(addr(&main.admin_url))
+            .context("natterd's URLs")?;
         let relaunch = self.relaunch.clone();
         let process = tokio::task::spawn_blocking(move || {
             let spawner = Spawner {
@@ -170,7 +172,12 @@ impl Cluster {
                 config: &relaunch.config,
                 nats_url: relaunch.nats_url.as_deref(),
             };
-            spawner.natterd(&relaunch.name, relaunch.role, &addr, &relaunch.args)
+            spawner.natterd(
+                &relaunch.name,
+                relaunch.role,
+                (&addr.0, &addr.1),
+                &relaunch.args,
+            )
         })
         .await
         .context("the restart task panicked")??;
@@ -211,11 +218,12 @@ fn launch(
     };
     let main_name = setup.name.as_deref().unwrap_or(main_role);
     let data_args = vec![OsString::from("--data"), data.clone().into_os_string()];
-    let mut processes = vec![spawner.natterd(main_name, main_role, ANY_PORT, &data_args)?];
+    let mut processes =
+        vec![spawner.natterd(main_name, main_role, (ANY_PORT, ANY_PORT), &data_args)?];
     if topology == Topology::Split {
         for id in GATEWAY_IDS {
             let args = [OsString::from("--gateway-id"), OsString::from(id)];
-            processes.push(spawner.natterd(id, "gateway", ANY_PORT, &args)?);
+            processes.push(spawner.natterd(id, "gateway", (ANY_PORT, ANY_PORT), &args)?);
         }
     }
     let token_file = data.join("admin.token");
@@ -238,7 +246,8 @@ fn launch(
         args: data_args,
     };
     Ok(Cluster {
-        admin_url: processes[0].url.clone(),
+        admin_url: processes[0].admin_url.clone(),
+        main_url: processes[0].url.clone(),
         client_urls: clients.iter().map(|p| p.url.clone()).collect(),
         admin_token,
         relaunch,
@@ -254,6 +263,8 @@ struct Process {
     child: Child,
     /// Where it listens: `http://…` for natterd, `nats://…` for nats-server.
     url: String,
+    /// natterd's admin listener (`http://…`); nats-server's `url`.
+    admin_url: String,
 }
 
 impl Drop for Process {
@@ -275,15 +286,21 @@ struct Spawner<'a> {
 }
 
 impl Spawner<'_> {
-    /// Starts `natterd ROLE` listening on `listen` with the shared flags and
-    /// `extra`; returns once it prints the address it listens on.
-    fn natterd(&self, name: &str, role: &str, listen: &str, extra: &[OsString]) -> Result<Process> {
+    /// Starts `natterd ROLE` listening on `listen` (clients) and `admin_listen`
+    /// with the shared flags and `extra`; returns once it prints both addresses.
+    fn natterd(
+        &self,
+        name: &str,
+        role: &str,
+        (listen, admin_listen): (&str, &str),
+        extra: &[OsString],
+    ) -> Result<Process> {
         let mut command = Command::new(self.binary);
         command
             .arg(role)
             .arg("--config")
             .arg(self.config)
-            .args(["--listen", listen])
+            .args(["--listen", listen, "--admin-listen", admin_listen])
             .args(extra);
         if let Some(url) = self.nats_url {
             command.args(["--nats", url]);
@@ -347,8 +364,12 @@ fn start(
         name: name.to_owned(),
         child,
         url: String::new(),
+        admin_url: String::new(),
     };
-    process.url = watch.wait(stderr)?;
+    let found = watch.wait(stderr)?;
+    // natterd's watch finds "URL ADMIN_URL"; nats-server's one URL.
+    let (url, admin) = found.split_once(' ').unwrap_or((&found, &found));
+    (process.url, process.admin_url) = (url.to_owned(), admin.to_owned());
     Ok(process)
 }
 
@@ -407,13 +428,19 @@ impl LogWatch {
     }
 }
 
-/// `http://127.0.0.1:PORT` from natterd's `… listening url=http://… …` line.
+/// `http://127.0.0.1:PORT http://127.0.0.1:ADMIN_PORT` from natterd's
+/// `… listening url=http://… admin=http://… …` line.
 fn listening_url(line: &str) -> Option<String> {
     if !line.contains("listening") {
         return None;
     }
-    let url = line.split("url=").nth(1)?.split_whitespace().next()?;
-    Some(url.to_owned())
+    let field = |name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)?
+            .split_whitespace()
+            .next()
+    };
+    Some(format!("{} {}", field("url")?, field("admin")?))
 }
 
 /// `nats://127.0.0.1:PORT` from nats-server's `… Listening for client
@@ -448,10 +475,10 @@ mod tests {
 
     #[test]
     fn finds_the_listening_url() {
-        let line = "2025-01-01T00:00:00Z  INFO natter::server: listening url=http://127.0.0.1:4321 node=localhost registration=Open";
+        let line = "2025-01-01T00:00:00Z  INFO natter::server: listening url=http://127.0.0.1:4321 admin=http://127.0.0.1:4322 node=localhost registration=Open";
         assert_eq!(
             listening_url(line).as_deref(),
-            Some("http://127.0.0.1:4321")
+            Some("http://127.0.0.1:4321 http://127.0.0.1:4322")
         );
         assert_eq!(listening_url("INFO shutting down"), None);
     }

@@ -151,15 +151,15 @@ async fn device(gw: &Gateway, headers: &HeaderMap) -> Result<DeviceCtx, ApiError
 pub struct Endpoints {
     /// `/v1/register`, `/v1/login`, `/v1/logout`, `/v1/ws` (gateways, all-in-one).
     pub clients: bool,
-    /// `/admin/v1/*` and `/v1/media/*` (processes that own the store).
+    /// `/v1/media/*` and `/federation/v1/*` on the public listener, `/admin/v1/*`
+    /// on the admin one (processes that own the store).
     pub store: bool,
 }
 
+/// The public listener: clients, peers, media and health. Never the admin API
+/// or `/metrics` (those are on [`admin_router`]'s listener).
 pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
-    let mut router = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+    let mut router = health();
     if endpoints.clients {
         // Browsers on any origin may call the client API: it authenticates with
         // bearer tokens, never cookies, so there is no ambient credential to abuse.
@@ -176,11 +176,28 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
         router = router.merge(clients);
     }
     if endpoints.store {
-        router = router
-            .nest("/admin/v1", admin::router(gw.clone()))
-            .merge(media::router())
-            .merge(federation::router(&gw));
+        router = router.merge(media::router()).merge(federation::router(&gw));
     }
+    finish(router, gw)
+}
+
+/// The admin listener (`admin.listen`): `/metrics`, health, and the admin API
+/// where the store is.
+pub fn admin_router(gw: Gateway, endpoints: Endpoints) -> Router {
+    let mut router = health().route("/metrics", get(metrics));
+    if endpoints.store {
+        router = router.nest("/admin/v1", admin::router(gw.clone()));
+    }
+    finish(router, gw)
+}
+
+fn health() -> Router<Gateway> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+}
+
+fn finish(router: Router<Gateway>, gw: Gateway) -> Router {
     router
         .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(protocol::MAX_FRAME_BYTES))

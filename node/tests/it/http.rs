@@ -106,7 +106,7 @@ async fn register_and_login_errors(t: Topology) {
 
 /// How many argon2 hashes the process that owns the store has done.
 async fn password_hashes(node: &TestNode) -> u64 {
-    node.metric(node.main_url(), "natter_password_hashes_total")
+    node.metric(node.main_admin_url(), "natter_password_hashes_total")
         .await
         .expect("the password hash counter") as u64
 }
@@ -309,7 +309,39 @@ async fn browsers_on_other_origins_may_call_the_client_api(t: Topology) {
     );
 }
 
+/// The admin API and `/metrics` answer only on the admin listener: on the
+/// client listener (and, in split mode, the core's public one) they are 404s,
+/// token or not.
+async fn the_admin_api_is_not_on_the_client_listener(t: Topology) {
+    let node = TestNode::start(t).await;
+    let get = |url: String| {
+        let request = node.http().get(url).bearer_auth(&node.admin_token);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    for public in [node.url.clone(), node.main_url().to_owned()] {
+        assert_eq!(get(format!("{public}/admin/v1/status")).await, 404);
+        assert_eq!(get(format!("{public}/metrics")).await, 404);
+        assert_eq!(get(format!("{public}/readyz")).await, 200);
+    }
+    assert_eq!(
+        get(format!("{}/admin/v1/status", node.main_admin_url())).await,
+        200
+    );
+    assert_eq!(get(format!("{}/metrics", node.admin_url_of(0))).await, 200);
+    // The admin listener serves no client endpoints.
+    let login = node
+        .http()
+        .post(format!("{}/v1/login", node.main_admin_url()))
+        .json(&serde_json::json!({"username":"x","password":"y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 404);
+}
+
 crate::in_every_topology!(browsers_on_other_origins_may_call_the_client_api);
+
+crate::in_every_topology!(the_admin_api_is_not_on_the_client_listener);
 
 crate::in_every_topology!(repeated_failed_logins_are_throttled);
 

@@ -310,7 +310,7 @@ async fn metrics_count_what_happened(t: Topology) {
     let events = b.drain().await;
     assert_eq!(events.len(), 2);
     let value = async |name: &str| -> f64 {
-        let v = node.metric(&node.url, name).await;
+        let v = node.metric(node.admin_url_of(0), name).await;
         v.unwrap_or_else(|| panic!("no {name} in /metrics"))
     };
     assert_eq!(

@@ -51,6 +51,8 @@ pub(crate) struct Proc {
     args: Vec<String>,
     child: Option<Child>,
     pub url: String,
+    /// Its admin listener: the admin API and `/metrics`.
+    pub admin_url: String,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -60,6 +62,7 @@ impl Proc {
             args,
             child: None,
             url: String::new(),
+            admin_url: String::new(),
             log: Arc::default(),
         }
     }
@@ -78,13 +81,17 @@ impl Proc {
         let (tx, rx) = std::sync::mpsc::channel();
         let log = self.log.clone();
         // Drains natterd's log so it never blocks on a full pipe, and spots the
-        // address it listens on.
+        // addresses it listens on (clients, admin).
         std::thread::spawn(move || {
+            let field = |line: &str, name: &str| {
+                let value = line.split(&format!(" {name}=")).nth(1)?;
+                Some(value.split_whitespace().next().unwrap_or("").to_owned())
+            };
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if line.contains("listening")
-                    && let Some(url) = line.split("url=").nth(1)
+                    && let (Some(url), Some(admin)) = (field(&line, "url"), field(&line, "admin"))
                 {
-                    let _ = tx.send(url.split_whitespace().next().unwrap_or("").to_owned());
+                    let _ = tx.send((url, admin));
                 }
                 log.lock().unwrap().push(line);
             }
@@ -93,7 +100,7 @@ impl Proc {
             .await
             .unwrap();
         match url {
-            Ok(url) => self.url = url,
+            Ok((url, admin)) => (self.url, self.admin_url) = (url, admin),
             Err(_) => panic!(
                 "natterd {:?} did not start:\n{}",
                 self.args,
@@ -171,6 +178,8 @@ impl TestNode {
                 "--config".to_owned(),
                 config_path.display().to_string(),
                 "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--admin-listen".to_owned(),
                 "127.0.0.1:0".to_owned(),
             ];
             if let Some(nats) = &nats {
@@ -265,8 +274,9 @@ impl TestNode {
         &self.http
     }
 
-    /// A sample of the Prometheus `/metrics` at `base` (a process's URL), by the
-    /// start of its line (`name` or `name{labels}`).
+    /// A sample of the Prometheus `/metrics` at `base` (a process's admin URL:
+    /// [`Self::main_admin_url`], [`Self::admin_url_of`]), by the start of its
+    /// line (`name` or `name{labels}`).
     pub(crate) async fn metric(&self, base: &str, name: &str) -> Option<f64> {
         let url = format!("{base}/metrics");
         let text = self.http.get(url).send().await.ok()?.text().await.ok()?;
@@ -279,6 +289,18 @@ impl TestNode {
     /// The base URL of the process that owns the store (and speaks federation).
     pub(crate) fn main_url(&self) -> &str {
         &self.main.url
+    }
+
+    /// The admin listener of the process that owns the store.
+    pub(crate) fn main_admin_url(&self) -> &str {
+        &self.main.admin_url
+    }
+
+    /// The admin listener of a given gateway (split topology), or of the node.
+    pub(crate) fn admin_url_of(&self, gateway: usize) -> &str {
+        self.gateways
+            .get(gateway)
+            .map_or(&self.main.admin_url, |g| &g.admin_url)
     }
 
     /// Makes `other` a peer of this node, with the key its well-known document
@@ -378,7 +400,7 @@ impl TestNode {
     ) -> (u16, Value) {
         let mut request = self
             .http
-            .request(method, format!("{}/admin/v1{path}", self.main.url))
+            .request(method, format!("{}/admin/v1{path}", self.main.admin_url))
             .bearer_auth(&self.admin_token);
         if let Some(body) = body {
             request = request.json(&body);
