@@ -104,7 +104,7 @@ async fn connect_nats(config: &Config) -> Result<Option<Nats>, NodeError> {
     let nats = Nats::connect(nats_config.clone(), config.node.clone(), side, &name).await?;
     tracing::info!(
         url = %nats::redact_url(&nats_config.url),
-        auth = nats_config.auth.kind(),
+        auth = %nats_config.auth.kind(),
         tls = nats_config.tls.required || nats_config.tls.ca_file.is_some(),
         gateway = %config.gateway_id,
         "using NATS"

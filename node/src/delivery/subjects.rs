@@ -15,7 +15,7 @@
 //! | `_INBOX.natter.<node>.<gateway>.>` | answers to one gateway (RPC replies, JetStream) |
 //! | `_INBOX.natter_core.<node>.>` | answers to the core (JetStream) |
 //!
-//! examples/cluster/nats-auth.conf grants each role exactly these (and the
+//! examples/cluster/nats-accounts.conf grants each role exactly these (and the
 //! JetStream API subjects of the delivery stream); keep the two in step.
 
 use super::nats::NatsRole;

@@ -6,6 +6,8 @@
 //! another gateway's deliveries, orders or answers, nor requests, nor a way
 //! past the limits of a client frame.
 
+use std::path::{Path, PathBuf};
+
 use futures_util::{FutureExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -96,6 +98,143 @@ async fn natter_works_on_the_shipped_accounts(t: Topology) {
     assert_eq!(event["type"], "newMessage");
     assert_eq!(event["message"], "over NATS, logged in");
     assert_eq!(event["from"], format!("alice@{ACCOUNTS_NODE}"));
+    // The log says how natterd logged in, never with what.
+    let logs = node.logs();
+    assert!(logs.contains("auth=user"), "{logs}");
+    for user in ["core", "gw1", "gw2"] {
+        assert!(!logs.contains(&password(user)), "{user}'s password logged");
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it, made with openssl:
+/// (ca.pem, server.pem, server-key.pem) in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for the TLS test: apt-get install -y openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=natter test CA",
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server-key.pem",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    ]
+    .concat());
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca-key.pem",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    )
+}
+
+#[tokio::test]
+async fn nats_natter_logs_in_with_an_nkey_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(dir.path());
+    let user = nkeys::KeyPair::new_user();
+    let seed = user.seed().unwrap();
+    let seed_file = dir.path().join("natter.nk");
+    std::fs::write(&seed_file, &seed).unwrap();
+    let nats = NatsServer::start_with_conf(&format!(
+        "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\n\
+         authorization {{\n  users: [ {{ nkey: {} }} ]\n}}\n",
+        user.public_key()
+    ));
+    let url = nats.url();
+    // BASE_CONFIG ends in [nats].
+    let config = format!(
+        "{BASE_CONFIG}nkey_file = {seed_file:?}\n[nats.tls]\nca_file = {ca:?}\nrequired = true\n"
+    );
+    let node = TestNode::with_nats(Topology::Nats, &config, Some(nats)).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let mut b = node.connect(&bob).await;
+    let created = a
+        .ok(json!({"type":"createChat","participants":["bob"]}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    for client in [&mut a, &mut b] {
+        let update = client.event().await;
+        client.ack_events(&[update]).await;
+    }
+    a.ok(json!({"type":"sendMessage","chatId": chat, "message":"nkey and TLS"}))
+        .await;
+    assert_eq!(b.event().await["message"], "nkey and TLS");
+    let logs = node.logs();
+    assert!(
+        logs.contains("auth=nkey") && logs.contains("tls=true"),
+        "{logs}"
+    );
+    assert!(!logs.contains(&seed), "the nkey seed was logged");
+
+    // A client that trusts the CA but has no nkey is refused.
+    let refused = async_nats::ConnectOptions::new()
+        .add_root_certificates(ca.clone())
+        .require_tls(true)
+        .connect(&url)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        async_nats::ConnectErrorKind::AuthorizationViolation,
+        "{refused}"
+    );
 }
 
 mod natter_works_on_the_shipped_accounts {

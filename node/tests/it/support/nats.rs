@@ -14,6 +14,8 @@ pub(crate) struct NatsServer {
     store: tempfile::TempDir,
     /// Runs with examples/cluster/nats-accounts.conf (every client logs in).
     accounts: bool,
+    /// A configuration file of the test's own.
+    conf: Option<PathBuf>,
 }
 
 /// The node name the shipped accounts file is written for.
@@ -67,14 +69,28 @@ impl NatsServer {
         Self::start_as(true)
     }
 
-    fn start_as(accounts: bool) -> Self {
+    /// With `conf` as its configuration file (JetStream, address, port and
+    /// store still come from the command line).
+    pub(crate) fn start_with_conf(conf: &str) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(&store, None, accounts);
+        let path = store.path().join("server.conf");
+        std::fs::write(&path, conf).unwrap();
+        Self::start_in(store, false, Some(path))
+    }
+
+    fn start_as(accounts: bool) -> Self {
+        let conf = accounts.then(accounts_file);
+        Self::start_in(tempfile::tempdir().unwrap(), accounts, conf)
+    }
+
+    fn start_in(store: tempfile::TempDir, accounts: bool, conf: Option<PathBuf>) -> Self {
+        let (child, port) = spawn(&store, None, accounts, conf.as_deref());
         Self {
             child: Some(child),
             port,
             store,
             accounts,
+            conf,
         }
     }
 
@@ -96,17 +112,29 @@ impl NatsServer {
     /// Starts again on the same port with the same store (streams survive).
     pub(crate) fn restart(&mut self) {
         self.stop();
-        let (child, _) = spawn(&self.store, Some(self.port), self.accounts);
+        let (child, _) = spawn(
+            &self.store,
+            Some(self.port),
+            self.accounts,
+            self.conf.as_deref(),
+        );
         self.child = Some(child);
     }
 }
 
 /// Starts nats-server and waits for the line that says where it listens.
-fn spawn(store: &tempfile::TempDir, port: Option<u16>, accounts: bool) -> (Child, u16) {
+fn spawn(
+    store: &tempfile::TempDir,
+    port: Option<u16>,
+    accounts: bool,
+    conf: Option<&std::path::Path>,
+) -> (Child, u16) {
     let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
     let mut command = Command::new(binary());
+    if let Some(conf) = conf {
+        command.arg("-c").arg(conf);
+    }
     if accounts {
-        command.arg("-c").arg(accounts_file());
         for user in ["core", "gw1", "gw2"] {
             let var = format!("NATTER_NATS_{}_PASSWORD", user.to_ascii_uppercase());
             command.env(var, password(user));

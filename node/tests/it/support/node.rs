@@ -304,6 +304,15 @@ impl TestNode {
             .and_then(|v| v.parse().ok())
     }
 
+    /// Everything every process of the node has logged so far.
+    pub(crate) fn logs(&self) -> String {
+        std::iter::once(&self.main)
+            .chain(&self.gateways)
+            .map(Proc::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The base URL of the process that owns the store (and speaks federation).
     pub(crate) fn main_url(&self) -> &str {
         &self.main.url
