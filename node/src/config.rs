@@ -15,7 +15,7 @@ use serde::Deserialize;
 
 use crate::core::Registration;
 use crate::core::federation::FederationConfig;
-use crate::delivery::nats::NatsConfig;
+use crate::delivery::nats::{NatsAuth, NatsConfig, NatsTls, Secret};
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
@@ -108,6 +108,42 @@ pub struct ServeArgs {
     /// This gateway's id on NATS (1-32 of a-z 0-9 -). Default: random per start
     #[arg(long, env = "NATTER_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    #[command(flatten)]
+    pub nats_auth: NatsArgs,
+}
+
+/// How natterd proves itself to NATS, and TLS (docs/configuration.md, "NATS
+/// credentials"). At most one of user/password, token, nkey, creds. Secrets are
+/// better given by environment or file than by flag (flags show in `ps`).
+#[derive(Debug, Default, Clone, Args)]
+pub struct NatsArgs {
+    /// NATS user name (with --nats-password)
+    #[arg(long, env = "NATTER_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (with --nats-user)
+    #[arg(long, env = "NATTER_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// NATS authentication token
+    #[arg(long, env = "NATTER_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// File holding a NATS user nkey seed (SU…)
+    #[arg(long, env = "NATTER_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<PathBuf>,
+    /// NATS credentials file (.creds: user JWT and nkey seed)
+    #[arg(long, env = "NATTER_NATS_CREDS_FILE")]
+    pub nats_creds_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) to trust for the NATS server's TLS certificate
+    #[arg(long, env = "NATTER_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for NATS servers that verify clients (with --nats-tls-key)
+    #[arg(long, env = "NATTER_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM)
+    #[arg(long, env = "NATTER_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<PathBuf>,
+    /// Refuse a NATS server that does not offer TLS. Default false
+    #[arg(long, env = "NATTER_NATS_TLS_REQUIRED", num_args = 0..=1, default_missing_value = "true")]
+    pub nats_tls_required: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -240,6 +276,22 @@ struct FileNats {
     heartbeat: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     request_timeout: Option<Duration>,
+    user: Option<String>,
+    password: Option<String>,
+    token: Option<String>,
+    nkey_file: Option<PathBuf>,
+    creds_file: Option<PathBuf>,
+    #[serde(default)]
+    tls: FileNatsTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileNatsTls {
+    ca_file: Option<PathBuf>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    required: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -433,7 +485,7 @@ impl Config {
             .or(file.data)
             .unwrap_or_else(|| PathBuf::from("natter-data"));
         let media = media_config(args.media, file.media, &data)?;
-        let nats = nats_config(role, args.nats, file.nats)?;
+        let nats = nats_config(role, args.nats, args.nats_auth, file.nats)?;
         let gateway_id = match args.gateway_id.or(file.gateway_id) {
             Some(id) => {
                 GatewayId::parse(&id).ok_or_else(|| invalid("gateway_id", "1-32 of a-z 0-9 -"))?
@@ -572,11 +624,14 @@ fn retention_config(
 fn nats_config(
     role: Role,
     url: Option<String>,
-    file: FileNats,
+    flags: NatsArgs,
+    mut file: FileNats,
 ) -> Result<Option<NatsConfig>, ConfigError> {
-    let nats = match url.or(file.url) {
+    let nats = match url.or(file.url.take()) {
         Some(url) => Some(NatsConfig {
             url,
+            auth: nats_auth(&flags, &mut file)?,
+            tls: nats_tls(flags, &mut file.tls)?,
             stream_max_age: file.stream_max_age.unwrap_or(Duration::from_secs(3600)),
             stream_max_bytes: file.stream_max_mb.unwrap_or(1024) << 20,
             heartbeat: file.heartbeat.unwrap_or(Duration::from_secs(5)),
@@ -591,6 +646,94 @@ fn nats_config(
         None => None,
     };
     Ok(nats)
+}
+
+/// The one way (if any) this process authenticates to NATS; secret files are
+/// read here, once.
+fn nats_auth(flags: &NatsArgs, file: &mut FileNats) -> Result<NatsAuth, ConfigError> {
+    let user = flags.nats_user.clone().or(file.user.take());
+    let password = flags.nats_password.clone().or(file.password.take());
+    let token = flags.nats_token.clone().or(file.token.take());
+    let nkey_file = flags.nats_nkey_file.clone().or(file.nkey_file.take());
+    let creds_file = flags.nats_creds_file.clone().or(file.creds_file.take());
+    let ways = [
+        user.is_some() || password.is_some(),
+        token.is_some(),
+        nkey_file.is_some(),
+        creds_file.is_some(),
+    ];
+    if ways.iter().filter(|w| **w).count() > 1 {
+        return Err(invalid(
+            "nats",
+            "give one of user and password, token, nkey_file or creds_file",
+        ));
+    }
+    Ok(match (user, password) {
+        (Some(user), Some(password)) => NatsAuth::UserPassword {
+            user,
+            password: Secret::new(password),
+        },
+        (Some(_), None) | (None, Some(_)) => {
+            return Err(invalid("nats.user", "user and password go together"));
+        }
+        (None, None) => match (token, nkey_file, creds_file) {
+            (Some(token), _, _) => NatsAuth::Token(Secret::new(token)),
+            (_, Some(path), _) => {
+                let seed = read_secret(&path)?;
+                if !seed.starts_with("SU") {
+                    return Err(invalid(
+                        "nats.nkey_file",
+                        "the file must hold a user nkey seed (SU…)",
+                    ));
+                }
+                NatsAuth::NKey(Secret::new(seed))
+            }
+            (_, _, Some(path)) => NatsAuth::Credentials(Secret::new(read_secret(&path)?)),
+            (None, None, None) => NatsAuth::None,
+        },
+    })
+}
+
+fn nats_tls(flags: NatsArgs, file: &mut FileNatsTls) -> Result<NatsTls, ConfigError> {
+    let ca_file = flags.nats_tls_ca.or(file.ca_file.take());
+    let cert = flags.nats_tls_cert.or(file.cert_file.take());
+    let key = flags.nats_tls_key.or(file.key_file.take());
+    let client_cert = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            return Err(invalid(
+                "nats.tls.cert_file",
+                "a client certificate needs its key_file (and the other way round)",
+            ));
+        }
+    };
+    let files = ca_file
+        .iter()
+        .chain(client_cert.iter().flat_map(|(c, k)| [c, k]));
+    for path in files {
+        if !path.is_file() {
+            return Err(ConfigError::Invalid {
+                setting: "nats.tls",
+                reason: format!("no such file: {}", path.display()),
+            });
+        }
+    }
+    Ok(NatsTls {
+        ca_file,
+        client_cert,
+        required: flags.nats_tls_required.or(file.required).unwrap_or(false),
+    })
+}
+
+/// A secret file's contents, trimmed (never logged).
+fn read_secret(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map(|text| text.trim().to_owned())
+        .map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn media_config(
@@ -755,6 +898,86 @@ mod tests {
         assert_eq!(c.registration, Registration::Open);
         assert_eq!(c.retention.inbox, Duration::from_secs(7200));
         assert_eq!(c.websocket.ping_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn nats_credentials_come_from_flags_env_or_file_one_way_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let seed = dir.path().join("natter.nk");
+        std::fs::write(&seed, "SUAEXAMPLESEED\n").unwrap();
+        let path = dir.path().join("natter.toml");
+        let write = |text: &str| std::fs::write(&path, text).unwrap();
+        let resolve = |nats_auth: NatsArgs| {
+            Config::resolve_for(
+                Role::Gateway,
+                ServeArgs {
+                    config: Some(path.clone()),
+                    nats_auth,
+                    ..ServeArgs::default()
+                },
+            )
+        };
+        write("[nats]\nurl = \"nats://h:4222\"\nuser = \"gw1\"\npassword = \"pw\"\n");
+        let c = resolve(NatsArgs::default()).unwrap();
+        let nats = c.nats.unwrap();
+        assert_eq!(
+            nats.auth,
+            NatsAuth::UserPassword {
+                user: "gw1".into(),
+                password: Secret::new("pw".into())
+            }
+        );
+        assert!(!format!("{:?}", c.websocket).is_empty());
+        // A flag beats the file.
+        let c = resolve(NatsArgs {
+            nats_password: Some("flag".into()),
+            ..NatsArgs::default()
+        })
+        .unwrap();
+        assert!(
+            matches!(c.nats.unwrap().auth, NatsAuth::UserPassword { password, .. } if password == Secret::new("flag".into()))
+        );
+        // Two ways at once, a user without a password: refused.
+        let err = resolve(NatsArgs {
+            nats_token: Some("t".into()),
+            ..NatsArgs::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    setting: "nats",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        write("[nats]\nurl = \"nats://h:4222\"\nuser = \"gw1\"\n");
+        assert!(resolve(NatsArgs::default()).is_err());
+        // The nkey seed is read from its file; TLS files must exist.
+        write(&format!(
+            "[nats]\nurl = \"nats://h:4222\"\nnkey_file = {:?}\n[nats.tls]\nrequired = true\n",
+            seed.display().to_string()
+        ));
+        let nats = resolve(NatsArgs::default()).unwrap().nats.unwrap();
+        assert_eq!(
+            nats.auth,
+            NatsAuth::NKey(Secret::new("SUAEXAMPLESEED".into()))
+        );
+        assert!(nats.tls.required);
+        let err = resolve(NatsArgs {
+            nats_tls_ca: Some(dir.path().join("missing.pem")),
+            ..NatsArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+        let err = resolve(NatsArgs {
+            nats_tls_cert: Some(seed.clone()),
+            ..NatsArgs::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("key_file"), "{err}");
     }
 
     #[test]

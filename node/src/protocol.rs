@@ -641,13 +641,53 @@ pub fn decode_client_frame(text: &str, local: &NodeName) -> Result<ClientFrame, 
     let none = None;
     let value: Value = serde_json::from_str(text)
         .map_err(|e| DecodeError::new(&none, ErrorCode::BadRequest, format!("not JSON: {e}")))?;
-    let Value::Object(mut map) = value else {
+    let Value::Object(map) = value else {
         return Err(DecodeError::new(
             &none,
             ErrorCode::BadRequest,
             "a frame must be a JSON object",
         ));
     };
+    decode_frame_object(map, local)
+}
+
+/// Puts a command that arrived from another process (a gateway, over NATS)
+/// through the same decoder and limits as a client frame, so speaking to the
+/// core directly cannot get past a limit the WebSocket enforces.
+///
+/// The command's serialized form differs from its frame in two fields only:
+/// `modifyChatParticipants` names the user `user` (frame: `userId`), and `ack`
+/// carries delivery ids as numbers (frame: strings).
+pub fn recheck_command(command: &Command, local: &NodeName) -> Result<Command, DecodeError> {
+    let none = None;
+    let unreadable = |what: &str| DecodeError::new(&none, ErrorCode::BadRequest, what.to_owned());
+    let Ok(Value::Object(mut map)) = serde_json::to_value(command) else {
+        return Err(unreadable("a command must be a JSON object"));
+    };
+    if let Some(user) = map.remove("user") {
+        map.insert("userId".to_owned(), user);
+    }
+    if let Some(Value::Array(ids)) = map.get_mut("deliveryIds") {
+        for id in ids.iter_mut() {
+            if let Value::Number(n) = id {
+                *id = Value::String(n.to_string());
+            }
+        }
+    }
+    // The gateway keeps the client's request id; any will do for the check.
+    map.insert("id".to_owned(), Value::String("rpc".to_owned()));
+    match decode_frame_object(map, local)? {
+        ClientFrame::Command { command, .. } => Ok(command),
+        ClientFrame::Auth { .. } => Err(unreadable("auth is not a command")),
+    }
+}
+
+/// [`decode_client_frame`] after the JSON: the frame's fields.
+fn decode_frame_object(
+    mut map: Map<String, Value>,
+    local: &NodeName,
+) -> Result<ClientFrame, DecodeError> {
+    let none = None;
     let id = match map.remove("id") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.chars().count() <= MAX_REQUEST_ID_CHARS => Some(s),
@@ -1093,6 +1133,111 @@ mod tests {
         assert_eq!(value["participants"][0], "a@n");
     }
 
+    /// A command built by hand (as a gateway speaking to the core over NATS
+    /// could) meets the decoder's limits all the same.
+    #[test]
+    fn commands_from_nats_meet_the_frame_limits() {
+        let local = local();
+        let chat_id = ChatId::generate();
+        let user = UserRef::parse("bob", &local).unwrap();
+        let refused = |command: Command| recheck_command(&command, &local).unwrap_err().code;
+        let send = |message: String, attachments: usize, client_msg_id: Option<String>| {
+            Command::SendMessage {
+                chat_id,
+                message,
+                attachments: (0..attachments).map(|_| AttachmentId::generate()).collect(),
+                client_msg_id,
+            }
+        };
+        let cases = [
+            (
+                send("x".repeat(MAX_MESSAGE_BYTES + 1), 0, None),
+                ErrorCode::MessageTooLarge,
+            ),
+            (send(String::new(), 0, None), ErrorCode::BadRequest),
+            (
+                send("hi".into(), MAX_ATTACHMENTS + 1, None),
+                ErrorCode::BadRequest,
+            ),
+            (
+                send("hi".into(), 0, Some("c".repeat(65))),
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::CreateChat {
+                    participants: vec![user.clone(); 4 * MAX_PARTICIPANTS + 1],
+                    name: None,
+                },
+                ErrorCode::TooManyParticipants,
+            ),
+            (
+                Command::RenameChat {
+                    chat_id,
+                    name: Some("evil\u{202E}gpj.exe".into()),
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::Ack {
+                    delivery_ids: vec![DeliveryId(1); MAX_ACK_IDS + 1],
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::GetHistory {
+                    chat_id,
+                    before_seq: None,
+                    after_seq: None,
+                    limit: HISTORY_MAX_LIMIT + 1,
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::ListChats {
+                    limit: 0,
+                    cursor: None,
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::GetAttachmentTarget {
+                    size: 0,
+                    content_type: "image/png".into(),
+                    name: None,
+                    sha256: None,
+                },
+                ErrorCode::BadRequest,
+            ),
+            (
+                Command::GetAttachmentTarget {
+                    size: 1,
+                    content_type: "text/html\r\nX-Evil: 1".into(),
+                    name: None,
+                    sha256: None,
+                },
+                ErrorCode::BadRequest,
+            ),
+        ];
+        for (command, code) in cases {
+            let kind = command.kind();
+            assert_eq!(refused(command), code, "{kind}");
+        }
+        // What passes comes back unchanged, the special fields included.
+        for command in [
+            Command::ModifyChatParticipants {
+                chat_id,
+                user,
+                operation: Operation::Remove,
+            },
+            Command::Ack {
+                delivery_ids: vec![DeliveryId(7), DeliveryId(u64::MAX)],
+            },
+            send("x".repeat(MAX_MESSAGE_BYTES), MAX_ATTACHMENTS, None),
+        ] {
+            assert_eq!(recheck_command(&command, &local), Ok(command));
+        }
+    }
+
     /// Every JSON example in docs/protocol.md, checked against these types: client
     /// frames must decode; server frames and HTTP bodies must round-trip unchanged
     /// (so a renamed or missing field in either the doc or the code fails here).
@@ -1123,8 +1268,12 @@ mod tests {
             let kind = value["type"].as_str().unwrap_or_default().to_owned();
             match tag {
                 "client" => {
-                    decode_client_frame(&body, &node)
+                    let frame = decode_client_frame(&body, &node)
                         .unwrap_or_else(|e| panic!("client example refused: {e:?}\n{body}"));
+                    // The core's re-check of a command from NATS lets it through unchanged.
+                    if let ClientFrame::Command { command, .. } = frame {
+                        assert_eq!(recheck_command(&command, &node), Ok(command), "{body}");
+                    }
                     client_types.insert(kind);
                 }
                 "server" if value.get("deliveryId").is_some() => {

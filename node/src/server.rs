@@ -28,7 +28,7 @@ use crate::clock::{Clock, millis};
 use crate::config::{Config, Role};
 use crate::core::client::{CoreClient, Transport};
 use crate::core::{Core, CoreConfig, CoreError, rpc as core_rpc};
-use crate::delivery::nats::{self, JsPublisher, Nats, NatsError};
+use crate::delivery::nats::{self, JsPublisher, Nats, NatsError, NatsRole};
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
 use crate::gateway::{self, Endpoints, Gateway, Shared};
@@ -116,8 +116,18 @@ async fn connect_nats(config: &Config) -> Result<Option<Nats>, NodeError> {
         Role::Gateway => "gateway",
     };
     let name = format!("natterd-{role}-{}", config.gateway_id);
-    let nats = Nats::connect(nats_config.clone(), config.node.clone(), &name).await?;
-    tracing::info!(url = %nats_config.url, gateway = %config.gateway_id, "using NATS");
+    let side = match config.role {
+        Role::Gateway => NatsRole::Gateway(config.gateway_id.clone()),
+        Role::All | Role::Core => NatsRole::Core,
+    };
+    let nats = Nats::connect(nats_config.clone(), config.node.clone(), side, &name).await?;
+    tracing::info!(
+        url = %nats::redact_url(&nats_config.url),
+        auth = %nats_config.auth.kind(),
+        tls = nats_config.tls.required || nats_config.tls.ca_file.is_some(),
+        gateway = %config.gateway_id,
+        "using NATS"
+    );
     Ok(Some(nats))
 }
 

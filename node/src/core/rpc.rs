@@ -24,8 +24,8 @@ use tokio_util::task::TaskTracker;
 use super::{Core, CoreError, DeviceCtx, Frames};
 use crate::delivery::nats::Nats;
 use crate::delivery::rpc;
-use crate::ids::{DeliveryId, DeviceId, GatewayId};
-use crate::protocol::{Command, CommandResult, ErrorCode, LoginResponse};
+use crate::ids::{DeliveryId, DeviceId, GatewayId, NodeName};
+use crate::protocol::{self, Command, CommandResult, ErrorCode, LoginResponse};
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
@@ -166,6 +166,37 @@ impl Core {
     }
 }
 
+/// The most inbox entries one `Backlog` request reads (a gateway asks for at
+/// most its window; a larger ask is served in parts, marked incomplete).
+pub const MAX_BACKLOG_READ: usize = 10_000;
+
+impl Request {
+    /// What a request from another process must pass before the core acts on
+    /// it: a command meets the same decoder and limits as a client frame
+    /// ([`protocol::recheck_command`]), and inbox reads are bounded. A
+    /// gateway's NATS credentials therefore buy nothing a WebSocket client
+    /// could not do. (Account requests are checked by the core itself.)
+    pub fn recheck(self, local: &NodeName) -> Result<Self, CoreError> {
+        Ok(match self {
+            Request::Dispatch { ctx, command } => Request::Dispatch {
+                ctx,
+                command: protocol::recheck_command(&command, local)
+                    .map_err(|e| CoreError::reject(e.code, e.message))?,
+            },
+            Request::Backlog {
+                device,
+                after,
+                limit,
+            } => Request::Backlog {
+                device,
+                after,
+                limit: limit.min(MAX_BACKLOG_READ),
+            },
+            other => other,
+        })
+    }
+}
+
 /// What a core error looks like on the wire.
 pub fn refusal(e: &CoreError) -> Refusal {
     Refusal {
@@ -184,12 +215,14 @@ pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationTo
         move |payload: Bytes| {
             let core = core.clone();
             async move {
-                let answer = match serde_json::from_slice::<Request>(&payload) {
+                let request = serde_json::from_slice::<Request>(&payload)
+                    .map_err(|e| {
+                        CoreError::reject(ErrorCode::BadRequest, format!("unreadable request: {e}"))
+                    })
+                    .and_then(|request| request.recheck(core.node()));
+                let answer = match request {
                     Ok(request) => core.handle(request).await,
-                    Err(e) => answered(Err(CoreError::reject(
-                        ErrorCode::BadRequest,
-                        format!("unreadable request: {e}"),
-                    ))),
+                    Err(e) => answered(Err(e)),
                 };
                 async move {
                     let reply: Reply = answer.await.map_err(|e| {

@@ -14,6 +14,7 @@
 //! is the truth. When the connection comes back, gateways tell every connection to
 //! re-read its inbox ([`super::Push::Resync`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -45,6 +46,10 @@ pub enum NatsError {
         #[source]
         source: BoxError,
     },
+    /// The `.creds` file is not a valid credentials file (its contents are
+    /// never shown).
+    #[error("the NATS credentials file is not valid: {0}")]
+    Credentials(#[source] std::io::Error),
     #[error("publishing to NATS")]
     Publish(#[from] async_nats::PublishError),
     #[error("encoding a NATS message")]
@@ -60,9 +65,14 @@ fn jetstream(what: &'static str) -> impl FnOnce(BoxError) -> NatsError {
     move |source| NatsError::JetStream { what, source }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NatsConfig {
+    /// One server or a comma-separated list. May carry `user:password@`; logs
+    /// show it through [`redact_url`].
     pub url: String,
+    /// How this process proves who it is to NATS.
+    pub auth: NatsAuth,
+    pub tls: NatsTls,
     /// How long deliveries stay in the stream (a reconnecting gateway catches up
     /// within this; the inbox covers the rest).
     pub stream_max_age: Duration,
@@ -75,12 +85,122 @@ pub struct NatsConfig {
     pub request_timeout: Duration,
 }
 
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &redact_url(&self.url))
+            .field("auth", &self.auth)
+            .field("tls", &self.tls)
+            .field("stream_max_age", &self.stream_max_age)
+            .field("stream_max_bytes", &self.stream_max_bytes)
+            .field("heartbeat", &self.heartbeat)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// A credential: kept in memory, never printed (`Debug` shows `[redacted]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    fn expose(&self) -> String {
+        self.0.clone()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// How a process authenticates to NATS (at most one way; docs/operations.md,
+/// "NATS is a trust boundary").
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (or only those in the URL's `user:password@`).
+    #[default]
+    None,
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
+    Token(Secret),
+    /// The seed (`SU…`) of a user nkey, read from its file.
+    NKey(Secret),
+    /// The contents of a `.creds` file (user JWT and nkey seed; operator mode).
+    Credentials(Secret),
+}
+
+impl NatsAuth {
+    /// Which way, for logs (never the credential itself).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::UserPassword { .. } => "user",
+            Self::Token(_) => "token",
+            Self::NKey(_) => "nkey",
+            Self::Credentials(_) => "creds",
+        }
+    }
+}
+
+/// TLS towards NATS. Certificates are files in PEM format.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// CA certificates to trust besides the system's (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// The client certificate and its key, for servers that verify clients.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// Refuse to talk to a server that does not offer TLS.
+    pub required: bool,
+}
+
+/// `url` with any `user:password@` (or `token@`) removed from each server, for logs.
+pub(crate) fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let server = server.trim();
+            let (scheme, rest) = match server.split_once("://") {
+                Some((scheme, rest)) => (Some(scheme), rest),
+                None => (None, server),
+            };
+            let host = match rest.rsplit_once('@') {
+                Some((_, host)) => host,
+                None => rest,
+            };
+            match scheme {
+                Some(scheme) => format!("{scheme}://{host}"),
+                None => host.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Which side of the fabric a connection is: it decides the connection's
+/// inbox prefix (what its NATS user may subscribe to for answers) and whether
+/// it may create the delivery stream.
+#[derive(Clone, Debug)]
+pub enum NatsRole {
+    /// The core, or an all-in-one node: owns the delivery stream.
+    Core,
+    /// A gateway: finds the stream the core made.
+    Gateway(GatewayId),
+}
+
 /// A NATS connection that knows whether it is up. Cheap to clone.
 #[derive(Clone)]
 pub struct Nats {
     pub client: async_nats::Client,
     pub js: jetstream::Context,
     pub node: NodeName,
+    pub role: NatsRole,
     pub config: NatsConfig,
     connected: Arc<AtomicBool>,
     /// Bumped on every (re)connect.
@@ -93,12 +213,16 @@ impl Nats {
     pub async fn connect(
         config: NatsConfig,
         node: NodeName,
+        role: NatsRole,
         name: &str,
     ) -> Result<Self, NatsError> {
         let connected = Arc::new(AtomicBool::new(false));
         let (connects_tx, connects) = watch::channel(0u64);
         let flag = connected.clone();
-        let client = async_nats::ConnectOptions::new()
+        let client = secured(async_nats::ConnectOptions::new(), &config)?
+            // Answers (RPC replies, JetStream API) come under a prefix of this
+            // process's own, so NATS permissions can keep them from others.
+            .custom_inbox_prefix(subjects::inbox_prefix(&node, &role))
             .name(name)
             .retry_on_initial_connect()
             .max_reconnects(None)
@@ -135,7 +259,7 @@ impl Nats {
             )
             .await
             .map_err(|source| NatsError::Connect {
-                url: config.url.clone(),
+                url: redact_url(&config.url),
                 source,
             })?;
         let js = jetstream::new(client.clone());
@@ -143,6 +267,7 @@ impl Nats {
             client,
             js,
             node,
+            role,
             config,
             connected,
             connects,
@@ -158,8 +283,16 @@ impl Nats {
         self.connects.clone()
     }
 
-    /// Creates (or adopts) the delivery stream.
+    /// Creates (or adopts) the delivery stream; a gateway only looks it up (the
+    /// core makes it, and a gateway's NATS user may not).
     pub async fn ensure_stream(&self) -> Result<stream::Stream, NatsError> {
+        if let NatsRole::Gateway(_) = self.role {
+            return self
+                .js
+                .get_stream(subjects::stream_name(&self.node))
+                .await
+                .map_err(|e| jetstream("finding the delivery stream")(e.into()));
+        }
         let config = stream::Config {
             name: subjects::stream_name(&self.node),
             subjects: vec![subjects::deliveries_all(&self.node)],
@@ -212,6 +345,35 @@ impl Nats {
             delay = (delay * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+/// `options` with the configured credentials and TLS settings.
+fn secured(
+    options: async_nats::ConnectOptions,
+    config: &NatsConfig,
+) -> Result<async_nats::ConnectOptions, NatsError> {
+    let mut options = match &config.auth {
+        NatsAuth::None => options,
+        NatsAuth::UserPassword { user, password } => {
+            options.user_and_password(user.clone(), password.expose())
+        }
+        NatsAuth::Token(token) => options.token(token.expose()),
+        NatsAuth::NKey(seed) => options.nkey(seed.expose()),
+        NatsAuth::Credentials(creds) => options
+            .credentials(&creds.expose())
+            .map_err(NatsError::Credentials)?,
+    };
+    let tls = &config.tls;
+    if let Some(ca) = &tls.ca_file {
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &tls.client_cert {
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if tls.required {
+        options = options.require_tls(true);
+    }
+    Ok(options)
 }
 
 /// Where a message sits in its gateway's sequence: the publisher's epoch (new at
@@ -850,6 +1012,33 @@ mod tests {
         assert_eq!(back[1].1.encoded, big.encoded);
         assert!(decode(&encode(stamp, &[])).unwrap().1.is_empty());
         assert!(decode(b"short").is_none());
+    }
+
+    #[test]
+    fn urls_in_logs_lose_their_credentials() {
+        assert_eq!(
+            redact_url("nats://core:s3cret@10.0.0.1:4222, tls://tok@n2:4222,n3:4222"),
+            "nats://10.0.0.1:4222,tls://n2:4222,n3:4222"
+        );
+        assert_eq!(redact_url("u:p@host:4222"), "host:4222");
+        let config = NatsConfig {
+            url: "nats://core:s3cret@h:4222".into(),
+            auth: NatsAuth::UserPassword {
+                user: "core".into(),
+                password: Secret::new("hunter22".into()),
+            },
+            tls: NatsTls::default(),
+            stream_max_age: Duration::from_secs(1),
+            stream_max_bytes: 1,
+            heartbeat: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+        };
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("hunter22"),
+            "{shown}"
+        );
+        assert!(shown.contains("[redacted]"), "{shown}");
     }
 
     #[test]

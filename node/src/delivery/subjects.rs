@@ -12,7 +12,13 @@
 //! | `natter.<node>.presence` | gateway → core: connects, disconnects, heartbeats |
 //! | `natter.<node>.gw.<gateway>` | core → one gateway: displace, resync |
 //! | `natter.<node>.core.started` | core → all gateways: "I (re)started" |
+//! | `_INBOX.natter.<node>.<gateway>.>` | answers to one gateway (RPC replies, JetStream) |
+//! | `_INBOX.natter_core.<node>.>` | answers to the core (JetStream) |
+//!
+//! examples/cluster/nats-accounts.conf grants each role exactly these (and the
+//! JetStream API subjects of the delivery stream); keep the two in step.
 
+use super::nats::NatsRole;
 use crate::ids::{GatewayId, NodeName};
 
 fn node_token(node: &NodeName) -> String {
@@ -64,8 +70,20 @@ pub(crate) fn core_started(node: &NodeName) -> String {
 }
 
 /// Where replies to one gateway's requests arrive; `*` is the request number.
+/// It lies under the gateway's [`inbox_prefix`].
 pub(crate) fn reply_inbox(node: &NodeName, gateway: &GatewayId, nonce: &str) -> String {
     format!("_INBOX.natter.{}.{gateway}.{nonce}", node_token(node))
+}
+
+/// The prefix of every inbox a process's NATS client makes (JetStream API
+/// answers, pull consumer deliveries, publish acks): a gateway's is
+/// `_INBOX.natter.<node>.<gateway>`, the core's `_INBOX.natter_core.<node>`, so
+/// each NATS user can be allowed to subscribe to its own answers only.
+pub(crate) fn inbox_prefix(node: &NodeName, role: &NatsRole) -> String {
+    match role {
+        NatsRole::Core => format!("_INBOX.natter_core.{}", node_token(node)),
+        NatsRole::Gateway(gateway) => format!("_INBOX.natter.{}.{gateway}", node_token(node)),
+    }
 }
 
 #[cfg(test)]

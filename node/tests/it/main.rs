@@ -13,4 +13,5 @@ mod http;
 mod key_rotation;
 mod lifecycle;
 mod media;
+mod nats_auth;
 mod nats_faults;

@@ -12,6 +12,23 @@ pub(crate) struct NatsServer {
     child: Option<Child>,
     port: u16,
     store: tempfile::TempDir,
+    /// Runs with examples/cluster/nats-accounts.conf (every client logs in).
+    accounts: bool,
+    /// A configuration file of the test's own.
+    conf: Option<PathBuf>,
+}
+
+/// The node name the shipped accounts file is written for.
+pub(crate) const ACCOUNTS_NODE: &str = "chat.example.org";
+
+/// The password of a user of the shipped accounts file (`core`, `gw1`, `gw2`)
+/// in these tests.
+pub(crate) fn password(user: &str) -> String {
+    format!("test-{user}-secret")
+}
+
+fn accounts_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/cluster/nats-accounts.conf")
 }
 
 /// `NATTER_TEST_NATS_SERVER` if set (scripts/test runs the NATS tests again with a
@@ -43,13 +60,42 @@ fn binary() -> PathBuf {
 
 impl NatsServer {
     pub(crate) fn start() -> Self {
+        Self::start_as(false)
+    }
+
+    /// With the shipped accounts and permissions
+    /// (examples/cluster/nats-accounts.conf), passwords from [`password`].
+    pub(crate) fn start_with_accounts() -> Self {
+        Self::start_as(true)
+    }
+
+    /// With `conf` as its configuration file (JetStream, address, port and
+    /// store still come from the command line).
+    pub(crate) fn start_with_conf(conf: &str) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let (child, port) = spawn(&store, None);
+        let path = store.path().join("server.conf");
+        std::fs::write(&path, conf).unwrap();
+        Self::start_in(store, false, Some(path))
+    }
+
+    fn start_as(accounts: bool) -> Self {
+        let conf = accounts.then(accounts_file);
+        Self::start_in(tempfile::tempdir().unwrap(), accounts, conf)
+    }
+
+    fn start_in(store: tempfile::TempDir, accounts: bool, conf: Option<PathBuf>) -> Self {
+        let (child, port) = spawn(&store, None, accounts, conf.as_deref());
         Self {
             child: Some(child),
             port,
             store,
+            accounts,
+            conf,
         }
+    }
+
+    pub(crate) fn has_accounts(&self) -> bool {
+        self.accounts
     }
 
     pub(crate) fn url(&self) -> String {
@@ -66,15 +112,35 @@ impl NatsServer {
     /// Starts again on the same port with the same store (streams survive).
     pub(crate) fn restart(&mut self) {
         self.stop();
-        let (child, _) = spawn(&self.store, Some(self.port));
+        let (child, _) = spawn(
+            &self.store,
+            Some(self.port),
+            self.accounts,
+            self.conf.as_deref(),
+        );
         self.child = Some(child);
     }
 }
 
 /// Starts nats-server and waits for the line that says where it listens.
-fn spawn(store: &tempfile::TempDir, port: Option<u16>) -> (Child, u16) {
+fn spawn(
+    store: &tempfile::TempDir,
+    port: Option<u16>,
+    accounts: bool,
+    conf: Option<&std::path::Path>,
+) -> (Child, u16) {
     let port_arg = port.map_or("-1".to_owned(), |p| p.to_string());
-    let mut child = Command::new(binary())
+    let mut command = Command::new(binary());
+    if let Some(conf) = conf {
+        command.arg("-c").arg(conf);
+    }
+    if accounts {
+        for user in ["core", "gw1", "gw2"] {
+            let var = format!("NATTER_NATS_{}_PASSWORD", user.to_ascii_uppercase());
+            command.env(var, password(user));
+        }
+    }
+    let mut child = command
         .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
         .arg(store.path())
         .stdin(Stdio::null())

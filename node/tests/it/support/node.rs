@@ -49,6 +49,8 @@ heartbeat = "1s"
 /// One natterd process.
 pub(crate) struct Proc {
     args: Vec<String>,
+    /// Environment of its own (NATS credentials).
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub url: String,
     /// Its admin listener: the admin API and `/metrics`.
@@ -57,9 +59,10 @@ pub(crate) struct Proc {
 }
 
 impl Proc {
-    fn new(args: Vec<String>) -> Self {
+    fn new(args: Vec<String>, env: Vec<(String, String)>) -> Self {
         Self {
             args,
+            env,
             child: None,
             url: String::new(),
             admin_url: String::new(),
@@ -70,6 +73,7 @@ impl Proc {
     async fn spawn(&mut self) {
         let mut child = Command::new(env!("CARGO_BIN_EXE_natterd"))
             .args(&self.args)
+            .envs(self.env.iter().cloned())
             .env_remove("RUST_LOG")
             .env("NATTER_LOG_FORMAT", "human")
             .stdin(Stdio::null())
@@ -167,11 +171,35 @@ impl TestNode {
 
     /// Starts a node with `config` as the TOML file of every natterd process.
     pub(crate) async fn with_config(topology: Topology, config: &str) -> Self {
+        let nats = (topology != Topology::Embedded).then(NatsServer::start);
+        Self::with_nats(topology, config, nats).await
+    }
+
+    /// Starts a node on `nats` (none for `Embedded`). On a server with the
+    /// shipped accounts, every process logs in as its user (`core`, `gw1`,
+    /// `gw2`) through `NATTER_NATS_USER`/`NATTER_NATS_PASSWORD`, and `config`
+    /// must name the node the accounts are written for.
+    pub(crate) async fn with_nats(
+        topology: Topology,
+        config: &str,
+        nats: Option<NatsServer>,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let data = dir.path().join("data");
         let config_path = dir.path().join("natter.toml");
         std::fs::write(&config_path, config).expect("write config");
-        let nats = (topology != Topology::Embedded).then(NatsServer::start);
+        let login = |user: &str| -> Vec<(String, String)> {
+            if !nats.as_ref().is_some_and(NatsServer::has_accounts) {
+                return Vec::new();
+            }
+            vec![
+                ("NATTER_NATS_USER".to_owned(), user.to_owned()),
+                (
+                    "NATTER_NATS_PASSWORD".to_owned(),
+                    super::nats::password(user),
+                ),
+            ]
+        };
         let common = |role: &str| {
             let mut args = vec![
                 role.to_owned(),
@@ -196,14 +224,14 @@ impl TestNode {
         let mut main_args = common(main_role);
         main_args.extend(["--data".to_owned(), data.display().to_string()]);
         main_args.extend(["--gateway-id".to_owned(), "main".to_owned()]);
-        let mut main = Proc::new(main_args);
+        let mut main = Proc::new(main_args, login("core"));
         main.spawn().await;
         let mut gateways = Vec::new();
         if topology == Topology::Split {
             for i in 1..=2 {
                 let mut args = common("gateway");
                 args.extend(["--gateway-id".to_owned(), format!("gw{i}")]);
-                let mut gateway = Proc::new(args);
+                let mut gateway = Proc::new(args, login(&format!("gw{i}")));
                 gateway.spawn().await;
                 gateways.push(gateway);
             }
@@ -284,6 +312,15 @@ impl TestNode {
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
+    }
+
+    /// Everything every process of the node has logged so far.
+    pub(crate) fn logs(&self) -> String {
+        std::iter::once(&self.main)
+            .chain(&self.gateways)
+            .map(Proc::log_text)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// The base URL of the process that owns the store (and speaks federation).
