@@ -225,6 +225,7 @@ impl Core {
                 content_type: record.content_type,
                 size: record.size,
                 name: record.name,
+                holder: None,
             });
         }
         Ok(checked)

@@ -391,20 +391,26 @@ impl Core {
         ctx: &DeviceCtx,
         command: Command,
     ) -> Result<Result<WriteCommand, Answer<CommandResult>>, CoreError> {
-        if let Some(action) = federation::forwarded(ctx, &command, self.node())
+        if let Some(mut action) = federation::forwarded(ctx, &command, self.node())
             && let Some(home) = self.home_of(action.action.chat_id()).await?
         {
-            if let Command::SendMessage { attachments, .. } = &command
-                && !attachments.is_empty()
-            {
-                return Err(CoreError::reject(
-                    ErrorCode::BadRequest,
-                    "attachments in chats of other nodes are not supported yet",
-                ));
-            }
+            // Uploads stay here: checked as for a local send, held by this node.
+            let held = match &command {
+                Command::SendMessage { attachments, .. } if !attachments.is_empty() => {
+                    self.check_uploads(ctx, attachments).await?
+                }
+                _ => Vec::new(),
+            };
+            federation::attach_held(&mut action, &held, self.node());
+            let chat = action.action.chat_id();
             let answer = self.forward(home, action).await?;
+            let (this, from) = (self.clone(), ctx.user_id.clone());
             return Ok(Err(Box::pin(async move {
-                answer.await.map_err(|_| CoreError::Stopped)?
+                let result = answer.await.map_err(|_| CoreError::Stopped)??;
+                if !held.is_empty() {
+                    this.held_attachments_sent(from, chat, &held).await;
+                }
+                Ok(result)
             })));
         }
         Ok(Ok(match command {

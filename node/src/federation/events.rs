@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChatId, MessageId, UserRef};
+use crate::ids::{ChatId, MessageId, NodeName, UserRef};
 use crate::protocol::Operation;
 
 /// Why a chat's state changed.
@@ -31,6 +31,11 @@ pub struct Attachment {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The node that holds the bytes, when it is not the chat's home: a
+    /// participating node whose user sent it (in an event), or the sending node
+    /// (in an action, where it must be the requesting node). Omitted: the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<NodeName>,
 }
 
 /// One event of a chat, from its home.
@@ -129,6 +134,10 @@ pub enum Action {
         /// The sending device (opaque to the home; echoed in the event).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
+        /// Attachments the sending node holds (its user uploaded them there and
+        /// it checked them), each with `holder` = the sending node.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     ModifyChatParticipants {
         chat_id: ChatId,

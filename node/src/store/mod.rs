@@ -106,6 +106,10 @@ pub struct AttachmentRef {
     pub content_type: String,
     pub size: u64,
     pub name: Option<String>,
+    /// The node holding the bytes when it is not the chat's home (a
+    /// participating node whose user sent it); `None`: the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<NodeName>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -23,6 +23,7 @@ mod accounts;
 mod chat;
 mod federation;
 mod inbox;
+mod media;
 mod message;
 mod ops;
 mod sweep;
@@ -423,6 +424,9 @@ impl Writer {
                 unsent_before,
                 any_before,
             } => self.drop_attachment(b, id, unsent_before, any_before),
+            Op::HeldAttachmentsSent { from, chat, ids } => {
+                Self::mark_held_sent(b, &from, chat, &ids)
+            }
             Op::Sweep { after } => {
                 let (report, next) = self.sweep(b, after)?;
                 if report != SweepReport::default() {

@@ -151,6 +151,13 @@ pub(crate) enum Op {
         unsent_before: i64,
         any_before: i64,
     },
+    /// Uploads of `from` (a user of this node) that the home of `chat`
+    /// accepted in a message: sent, in that chat (idempotent).
+    HeldAttachmentsSent {
+        from: String,
+        chat: ChatId,
+        ids: Vec<AttachmentId>,
+    },
     Sweep {
         after: Option<DeviceId>,
     },
