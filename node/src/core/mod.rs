@@ -403,12 +403,19 @@ impl Core {
             };
             federation::attach_held(&mut action, &held, self.node());
             let chat = action.action.chat_id();
+            let from = ctx.user_id.clone();
+            if !held.is_empty() {
+                self.mark_held(from.clone(), chat, &held, false).await?;
+            }
             let answer = self.forward(home, action).await?;
-            let (this, from) = (self.clone(), ctx.user_id.clone());
+            let this = self.clone();
             return Ok(Err(Box::pin(async move {
                 let result = answer.await.map_err(|_| CoreError::Stopped)??;
-                if !held.is_empty() {
-                    this.held_attachments_sent(from, chat, &held).await;
+                if !held.is_empty()
+                    && let Err(e) = this.mark_held(from, chat, &held, true).await
+                {
+                    // The home's event for the message marks them too.
+                    tracing::warn!(%chat, error = %e, "could not mark sent uploads");
                 }
                 Ok(result)
             })));

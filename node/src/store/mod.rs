@@ -174,6 +174,11 @@ pub struct AttachmentRecord {
     /// Chats it was sent in: their participants may download it.
     #[serde(default)]
     pub chats: Vec<ChatId>,
+    /// Chats whose home (a peer) it was offered to in a forwarded send that
+    /// the home's event has not confirmed yet: that home may ask for a URL
+    /// (its users see the message before this node hears back). Not `sent`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<ChatId>,
 }
 
 /// One pending event of one device: a small reference, not a copy (store-once

@@ -585,6 +585,56 @@ async fn a_peer_sends_only_attachments_it_holds() {
 }
 
 #[tokio::test]
+async fn a_chats_home_gets_urls_of_uploads_offered_to_it() {
+    let mut fed = Fed::start().await;
+    // A chat whose home is evil.test, mirrored here for alice.
+    let chat_id = ChatId::generate();
+    fed.applied_with_alice(1, chat_id).await;
+    let bytes = b"offered to evil.test".to_vec();
+    let target = fed
+        .alice
+        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"image/png"}))
+        .await;
+    let mut put = fed.http.put(target["uploadUrl"].as_str().unwrap());
+    for (name, value) in target["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    assert!(
+        put.body(bytes.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let id = target["attachmentId"].as_str().unwrap().to_owned();
+    let ask = |fed: &Fed, user: &str| {
+        let body = json!({"user": user, "attachmentId": id}).to_string();
+        fed.request("/federation/v1/attachment-url", body.into_bytes())
+    };
+    // Not sent anywhere yet: evil.test may not have it, for anyone.
+    for user in [format!("x@{EVIL}"), format!("alice@{HOME}")] {
+        let answer = fed.send_signed(&ask(&fed, &user)).await;
+        assert_eq!(refusal(&answer), (403, "forbidden"), "{user}: {answer:?}");
+    }
+    // alice sends it in evil.test's chat; evil.test never answers (its URL
+    // leads nowhere), but it may have stored the message and shown it to its
+    // users before that: from now on it may ask for the URL.
+    let send =
+        json!({"type":"sendMessage","chatId": chat_id.to_string(),"message":"","attachments":[id]});
+    assert_eq!(fed.alice.error_code(send).await, "unavailable");
+    let (status, answer) = fed.send_signed(&ask(&fed, &format!("x@{EVIL}"))).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = fed
+        .http
+        .get(answer["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
+}
+
+#[tokio::test]
 async fn a_peer_acts_only_in_chats_whose_home_is_this_node() {
     let mut fed = Fed::start().await;
     // A chat whose home is evil.test, mirrored here for alice.

@@ -5,9 +5,11 @@
 //!
 //! - A user of this node sends uploads in a chat whose home is a peer: the
 //!   uploads are checked here as for a local send, put into the forwarded
-//!   action with this node as holder ([`attach_held`]), and marked sent once
-//!   the home accepted the message (and again, idempotently, when its event
-//!   comes back: that one survives a crash).
+//!   action with this node as holder ([`attach_held`]), offered to the home
+//!   before the send leaves (so the home may ask for URLs as soon as its
+//!   users see the message), and marked sent once the home accepted it (and
+//!   again, idempotently, when its event comes back: that one survives a
+//!   crash).
 //! - A peer's send carries attachments its node holds: the home takes them
 //!   only as held by that node ([`held_by`]).
 //! - A peer asks for a URL (`POST /federation/v1/attachment-url`): answered
@@ -115,12 +117,16 @@ impl Core {
         let answer = self
             .read(move |view| {
                 if let Some(record) = view.attachment(id)? {
-                    for chat in &record.chats {
-                        // A chat's home is the authority on its participants.
+                    // A chat's home is the authority on its participants; it
+                    // may ask as soon as the upload is offered to it.
+                    for chat in record.chats.iter().chain(&record.offered) {
                         let home = view.chat(*chat)?.and_then(|c| c.home);
-                        if home.as_ref() == Some(&asker)
-                            || (own_user && view.is_member(*chat, &who)?)
-                        {
+                        if home.as_ref() == Some(&asker) {
+                            return Ok(UrlAnswer::Local);
+                        }
+                    }
+                    for chat in &record.chats {
+                        if own_user && view.is_member(*chat, &who)? {
                             return Ok(UrlAnswer::Local);
                         }
                     }
@@ -157,24 +163,25 @@ impl Core {
         }
     }
 
-    /// The chat's home accepted a message carrying uploads of `from` held
-    /// here: they are sent. The home's event for the message marks them too
-    /// (idempotently), so a failure here only logs.
-    pub(in crate::core) async fn held_attachments_sent(
+    /// Uploads of `from` held here, in a send to the home of `chat`: offered
+    /// to it (before the send is forwarded), or sent (the home accepted it).
+    pub(in crate::core) async fn mark_held(
         &self,
         from: String,
         chat: ChatId,
         held: &[AttachmentRef],
-    ) {
+        sent: bool,
+    ) -> Result<(), CoreError> {
         let ids = held
             .iter()
             .filter_map(|a| AttachmentId::parse(&a.id))
             .collect();
-        if let Err(e) = self
-            .write(Op::HeldAttachmentsSent { from, chat, ids })
-            .await
-        {
-            tracing::warn!(%chat, error = %e, "could not mark sent uploads; the home's event will");
-        }
+        let op = Op::HeldAttachments {
+            from,
+            chat,
+            ids,
+            sent,
+        };
+        self.write(op).await.map(|_| ())
     }
 }

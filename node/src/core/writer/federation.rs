@@ -299,7 +299,7 @@ impl Writer {
         let skip = match self.local_user(&from) {
             Some(sender) => {
                 self.mark_sent(b, &sender, chat_id, seq)?;
-                Self::mark_held_sent(b, &from, chat_id, &self.held_here(&record))?;
+                Self::mark_held(b, &from, chat_id, &self.held_here(&record), true)?;
                 sender_device
                     .as_deref()
                     .and_then(crate::ids::DeviceId::parse)

@@ -78,15 +78,19 @@ impl Writer {
         Ok(())
     }
 
-    /// At the holder: the uploads of `from` (a user of this node) that a message
-    /// in `chat` carries are sent, in that chat, so they are neither swept as
-    /// unsent nor refused to the chat's participants. Idempotent; an id that is
-    /// not `from`'s upload (or no longer here) is left alone.
-    pub(super) fn mark_held_sent(
+    /// At the holder: uploads of `from` (a user of this node) in a send to
+    /// the home of `chat`. Offered (`sent` false, before the send is
+    /// forwarded): that home may ask for their URL. Sent (the home accepted
+    /// the message, or its event for it is applied): sent in `chat`, exactly
+    /// like a local send, so they are neither swept as unsent nor refused to
+    /// the chat's participants. Idempotent; an id that is not `from`'s upload
+    /// (or no longer here) is left alone.
+    pub(super) fn mark_held(
         b: &mut Batch<'_, '_>,
         from: &str,
         chat: ChatId,
         ids: &[AttachmentId],
+        sent: bool,
     ) -> Result<Outcome, CoreError> {
         for id in ids {
             let Some(mut record) = b.tx.view().attachment(*id)? else {
@@ -97,15 +101,22 @@ impl Writer {
                 tracing::warn!(%id, %chat, from, "a message carries another user's upload; not marked");
                 continue;
             }
-            if record.sent && record.chats.contains(&chat) {
-                continue;
+            let before = (record.sent, record.chats.len(), record.offered.len());
+            if sent {
+                record.sent = true;
+                record.offered.retain(|c| *c != chat);
+                if !record.chats.contains(&chat) {
+                    record.chats.push(chat);
+                }
+            } else if !record.chats.contains(&chat) && !record.offered.contains(&chat) {
+                record.offered.push(chat);
             }
-            record.sent = true;
-            if !record.chats.contains(&chat) {
-                record.chats.push(chat);
+            if before != (record.sent, record.chats.len(), record.offered.len()) {
+                b.tx.put_attachment(*id, &record);
+                if sent {
+                    b.sync();
+                }
             }
-            b.tx.put_attachment(*id, &record);
-            b.sync();
         }
         Ok(Outcome::Done)
     }

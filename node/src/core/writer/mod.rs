@@ -424,9 +424,12 @@ impl Writer {
                 unsent_before,
                 any_before,
             } => self.drop_attachment(b, id, unsent_before, any_before),
-            Op::HeldAttachmentsSent { from, chat, ids } => {
-                Self::mark_held_sent(b, &from, chat, &ids)
-            }
+            Op::HeldAttachments {
+                from,
+                chat,
+                ids,
+                sent,
+            } => Self::mark_held(b, &from, chat, &ids, sent),
             Op::Sweep { after } => {
                 let (report, next) = self.sweep(b, after)?;
                 if report != SweepReport::default() {
