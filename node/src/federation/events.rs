@@ -208,3 +208,45 @@ pub struct OldKey {
 pub struct KeyAccepted {
     pub key_id: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/federation.md's send with an attachment its node holds.
+    #[test]
+    fn a_send_carries_attachments_with_their_holder() {
+        let text = r#"{"actor": "bob@beta.example",
+         "action": {"type": "sendMessage", "chatId": "01JGXQ4V7Z8M3N5P6R7S8T9V0W",
+           "message": "", "device": "01JGXPZ0M1N2P3Q4R5S6T7V8W9",
+           "attachments": [{"attachmentId": "01JGXQ7C4D5E6F7G8H9J0K1M2N",
+             "contentType": "image/png", "size": 48213, "name": "cat.png",
+             "holder": "beta.example"}]}}"#;
+        let request: ActionRequest = serde_json::from_str(text).unwrap();
+        let Action::SendMessage { attachments, .. } = &request.action else {
+            panic!("a send: {request:?}");
+        };
+        assert_eq!(attachments.len(), 1);
+        assert_eq!(
+            attachments[0].holder.as_ref().map(NodeName::as_str),
+            Some("beta.example")
+        );
+        // Without attachments (an older node's send) the field is absent, and
+        // an attachment the home holds has no `holder`.
+        let old =
+            r#"{"type": "sendMessage", "chatId": "01JGXQ4V7Z8M3N5P6R7S8T9V0W", "message": "hi"}"#;
+        let action: Action = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            serde_json::to_value(&action).unwrap()["attachments"],
+            serde_json::Value::Null
+        );
+        let mut home_held = attachments[0].clone();
+        home_held.holder = None;
+        assert!(
+            serde_json::to_value(&home_held)
+                .unwrap()
+                .get("holder")
+                .is_none()
+        );
+    }
+}
