@@ -764,6 +764,18 @@ fn valid_sha256(s: &str) -> bool {
 }
 
 /// `type/subtype`, visible ASCII without separators that could smuggle headers.
+/// Whether an attachment's content type and file name are what
+/// `getAttachmentTarget` accepts (for attachments a peer declares).
+pub fn valid_attachment_meta(content_type: &str, name: Option<&str>) -> bool {
+    valid_content_type(content_type)
+        && name.is_none_or(|name| {
+            !name.is_empty()
+                && name.chars().count() <= MAX_FILE_NAME_CHARS
+                && displayable(name)
+                && !name.contains(['/', '\\', '\0'])
+        })
+}
+
 fn valid_content_type(ct: &str) -> bool {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || "!#$&^_.+-".contains(c);
     match ct.split_once('/') {

@@ -101,6 +101,7 @@ impl Core {
             created_at: self.inner.clock.now_ms(),
             sent: false,
             chats: Vec::new(),
+            offered: Vec::new(),
         };
         self.write(Op::CreateAttachment { id, record }).await?;
         let target = media
@@ -225,6 +226,7 @@ impl Core {
                 content_type: record.content_type,
                 size: record.size,
                 name: record.name,
+                holder: None,
             });
         }
         Ok(checked)

@@ -10,9 +10,14 @@
 //! refuses, becomes a dead letter an admin can see and replay.
 //!
 //! [`rotation`] is this node's own keys: `natter key rotate`, and telling
-//! peers about a new key (and taking in theirs).
+//! peers about a new key (and taking in theirs). [`media`] is attachments
+//! across nodes: download URLs asked of (and relayed for) peers, and the
+//! uploads a user of this node sends in a chat whose home is a peer.
 
+mod media;
 mod rotation;
+
+pub(super) use media::attach_held;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -728,7 +733,7 @@ impl Core {
                 "a node acts only for its own users",
             ));
         }
-        let (command, device) = remote_command(request.action)?;
+        let (command, device) = remote_command(request.action, origin)?;
         let actor = Actor::Remote {
             user: request.actor,
             device,
@@ -737,23 +742,6 @@ impl Core {
             Outcome::Command(result) => Ok(result),
             other => Err(super::unexpected(other)),
         }
-    }
-
-    /// A peer asks, for one of its users, for a download URL of an attachment
-    /// sent in a chat whose home is this node.
-    pub async fn attachment_url_for_peer(
-        &self,
-        origin: &NodeName,
-        request: AttachmentUrlRequest,
-    ) -> Result<CommandResult, CoreError> {
-        if &request.user.node != origin {
-            return Err(CoreError::reject(
-                ErrorCode::Forbidden,
-                "a node asks only for its own users",
-            ));
-        }
-        self.attachment_url(request.user.to_string(), request.attachment_id)
-            .await
     }
 
     /// Asks an attachment's home for a download URL for one of our users.
@@ -918,7 +906,10 @@ fn refused_event(status: u16, body: &serde_json::Value) -> bool {
 }
 
 /// The writer's form of a peer user's action, checked like a client's frame.
-fn remote_command(action: Action) -> Result<(WriteCommand, Option<String>), CoreError> {
+fn remote_command(
+    action: Action,
+    origin: &NodeName,
+) -> Result<(WriteCommand, Option<String>), CoreError> {
     let bad = |m: String| CoreError::reject(ErrorCode::BadRequest, m);
     Ok(match action {
         Action::SendMessage {
@@ -926,8 +917,11 @@ fn remote_command(action: Action) -> Result<(WriteCommand, Option<String>), Core
             message,
             client_msg_id,
             device,
+            attachments,
         } => {
-            if message.is_empty() || message.len() > protocol::MAX_MESSAGE_BYTES {
+            if (message.is_empty() && attachments.is_empty())
+                || message.len() > protocol::MAX_MESSAGE_BYTES
+            {
                 return Err(CoreError::reject(
                     ErrorCode::MessageTooLarge,
                     format!("a message has 1-{} bytes", protocol::MAX_MESSAGE_BYTES),
@@ -941,7 +935,7 @@ fn remote_command(action: Action) -> Result<(WriteCommand, Option<String>), Core
             let send = WriteCommand::SendMessage {
                 chat_id,
                 message,
-                attachments: Vec::new(),
+                attachments: media::held_by(attachments, origin)?,
                 client_msg_id,
             };
             (send, device.filter(|d| d.len() <= 64))
@@ -988,6 +982,8 @@ pub(super) fn forwarded(
             message: message.clone(),
             client_msg_id: client_msg_id.clone(),
             device: Some(ctx.device.to_string()),
+            // Filled in once the uploads are checked (`attach_held`).
+            attachments: Vec::new(),
         },
         Command::ModifyChatParticipants {
             chat_id,

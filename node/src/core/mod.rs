@@ -394,20 +394,33 @@ impl Core {
         ctx: &DeviceCtx,
         command: Command,
     ) -> Result<Result<WriteCommand, Answer<CommandResult>>, CoreError> {
-        if let Some(action) = federation::forwarded(ctx, &command, self.node())
+        if let Some(mut action) = federation::forwarded(ctx, &command, self.node())
             && let Some(home) = self.home_of(action.action.chat_id()).await?
         {
-            if let Command::SendMessage { attachments, .. } = &command
-                && !attachments.is_empty()
-            {
-                return Err(CoreError::reject(
-                    ErrorCode::BadRequest,
-                    "attachments in chats of other nodes are not supported yet",
-                ));
+            // Uploads stay here: checked as for a local send, held by this node.
+            let held = match &command {
+                Command::SendMessage { attachments, .. } if !attachments.is_empty() => {
+                    self.check_uploads(ctx, attachments).await?
+                }
+                _ => Vec::new(),
+            };
+            federation::attach_held(&mut action, &held, self.node());
+            let chat = action.action.chat_id();
+            let from = ctx.user_id.clone();
+            if !held.is_empty() {
+                self.mark_held(from.clone(), chat, &held, false).await?;
             }
             let answer = self.forward(home, action).await?;
+            let this = self.clone();
             return Ok(Err(Box::pin(async move {
-                answer.await.map_err(|_| CoreError::Stopped)?
+                let result = answer.await.map_err(|_| CoreError::Stopped)??;
+                if !held.is_empty()
+                    && let Err(e) = this.mark_held(from, chat, &held, true).await
+                {
+                    // The home's event for the message marks them too.
+                    tracing::warn!(%chat, error = %e, "could not mark sent uploads");
+                }
+                Ok(result)
             })));
         }
         Ok(Ok(match command {

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ChatId, MessageId, UserRef};
+use crate::ids::{ChatId, MessageId, NodeName, UserRef};
 use crate::protocol::Operation;
 
 /// Why a chat's state changed.
@@ -31,6 +31,11 @@ pub struct Attachment {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The node that holds the bytes, when it is not the chat's home: a
+    /// participating node whose user sent it (in an event), or the sending node
+    /// (in an action, where it must be the requesting node). Omitted: the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<NodeName>,
 }
 
 /// One event of a chat, from its home.
@@ -129,6 +134,10 @@ pub enum Action {
         /// The sending device (opaque to the home; echoed in the event).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         device: Option<String>,
+        /// Attachments the sending node holds (its user uploaded them there and
+        /// it checked them), each with `holder` = the sending node.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attachments: Vec<Attachment>,
     },
     ModifyChatParticipants {
         chat_id: ChatId,
@@ -198,4 +207,46 @@ pub struct OldKey {
 #[serde(rename_all = "camelCase")]
 pub struct KeyAccepted {
     pub key_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/federation.md's send with an attachment its node holds.
+    #[test]
+    fn a_send_carries_attachments_with_their_holder() {
+        let text = r#"{"actor": "bob@beta.example",
+         "action": {"type": "sendMessage", "chatId": "01JGXQ4V7Z8M3N5P6R7S8T9V0W",
+           "message": "", "device": "01JGXPZ0M1N2P3Q4R5S6T7V8W9",
+           "attachments": [{"attachmentId": "01JGXQ7C4D5E6F7G8H9J0K1M2N",
+             "contentType": "image/png", "size": 48213, "name": "cat.png",
+             "holder": "beta.example"}]}}"#;
+        let request: ActionRequest = serde_json::from_str(text).unwrap();
+        let Action::SendMessage { attachments, .. } = &request.action else {
+            panic!("a send: {request:?}");
+        };
+        assert_eq!(attachments.len(), 1);
+        assert_eq!(
+            attachments[0].holder.as_ref().map(NodeName::as_str),
+            Some("beta.example")
+        );
+        // Without attachments (an older node's send) the field is absent, and
+        // an attachment the home holds has no `holder`.
+        let old =
+            r#"{"type": "sendMessage", "chatId": "01JGXQ4V7Z8M3N5P6R7S8T9V0W", "message": "hi"}"#;
+        let action: Action = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            serde_json::to_value(&action).unwrap()["attachments"],
+            serde_json::Value::Null
+        );
+        let mut home_held = attachments[0].clone();
+        home_held.holder = None;
+        assert!(
+            serde_json::to_value(&home_held)
+                .unwrap()
+                .get("holder")
+                .is_none()
+        );
+    }
 }

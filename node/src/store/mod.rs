@@ -106,6 +106,10 @@ pub struct AttachmentRef {
     pub content_type: String,
     pub size: u64,
     pub name: Option<String>,
+    /// The node holding the bytes when it is not the chat's home (a
+    /// participating node whose user sent it); `None`: the home.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<NodeName>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -170,6 +174,11 @@ pub struct AttachmentRecord {
     /// Chats it was sent in: their participants may download it.
     #[serde(default)]
     pub chats: Vec<ChatId>,
+    /// Chats whose home (a peer) it was offered to in a forwarded send that
+    /// the home's event has not confirmed yet: that home may ask for a URL
+    /// (its users see the message before this node hears back). Not `sent`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offered: Vec<ChatId>,
 }
 
 /// One pending event of one device: a small reference, not a copy (store-once

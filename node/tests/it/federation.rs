@@ -7,7 +7,7 @@ use crate::in_every_topology;
 use crate::support::node::{BASE_CONFIG, Creds, Topology};
 use crate::support::{TestNode, WsClient};
 
-async fn node_named(name: &str, t: Topology) -> TestNode {
+pub(crate) async fn node_named(name: &str, t: Topology) -> TestNode {
     // Retries of an unreachable peer back off to at most a second here, so a
     // test waits for a restarted peer within its deadline.
     let config = format!("name = \"{name}\"\n{BASE_CONFIG}\n[federation]\nmax_backoff = \"1s\"\n");
@@ -379,13 +379,13 @@ async fn remote_participants_download_attachments_from_the_home(t: Topology) {
             .await,
         "forbidden"
     );
-    // Remote participants cannot attach files yet: refused, not lost.
+    // bob may not send alice's attachment: his node does not hold it for him.
     assert_eq!(
         bob.error_code(
             json!({"type":"sendMessage","chatId": chat,"message":"","attachments":[id]})
         )
         .await,
-        "bad_request"
+        "unknown_attachment"
     );
 }
 

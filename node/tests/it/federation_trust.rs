@@ -10,7 +10,9 @@
 
 use base64::Engine;
 use ed25519_dalek::SigningKey;
-use natter::federation::events::{Action, ActionRequest, Event, EventBatch, Numbered, Reason};
+use natter::federation::events::{
+    Action, ActionRequest, Attachment, Event, EventBatch, Numbered, Reason,
+};
 use natter::federation::keys::key_id;
 use natter::federation::signing::{OutgoingRequest, SignedHeaders, sign_request};
 use natter::ids::{ChatId, NodeName, UserRef};
@@ -97,6 +99,7 @@ fn send_message(chat_id: ChatId, text: &str) -> Action {
         message: text.into(),
         client_msg_id: None,
         device: None,
+        attachments: Vec::new(),
     }
 }
 
@@ -508,6 +511,127 @@ async fn a_peer_acts_only_for_its_own_users() {
         (Some("newMessage"), Some("mine"))
     );
     assert_eq!(fed.history(&chat).await, ["mine"]);
+}
+
+/// A send of x@evil.test carrying one attachment, as declared by evil.test.
+fn send_attachment(chat_id: ChatId, id: &str, holder: Option<&str>) -> Action {
+    let Action::SendMessage {
+        chat_id,
+        client_msg_id,
+        device,
+        ..
+    } = send_message(chat_id, "")
+    else {
+        unreachable!()
+    };
+    Action::SendMessage {
+        chat_id,
+        message: String::new(),
+        client_msg_id,
+        device,
+        attachments: vec![Attachment {
+            attachment_id: id.to_owned(),
+            content_type: "image/png".into(),
+            size: 5,
+            name: Some("x.png".into()),
+            holder: holder.map(|h| NodeName::parse(h).unwrap()),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_peer_sends_only_attachments_it_holds() {
+    let mut fed = Fed::start().await;
+    let chat = fed.local_chat().await;
+    let chat_id = ChatId::parse(&chat).unwrap();
+    // An upload of this node (alice's, unsent), and an id held by another node.
+    let target = fed
+        .alice
+        .ok(json!({"type":"getAttachmentTarget","size": 5,"contentType":"image/png"}))
+        .await;
+    let alices = target["attachmentId"].as_str().unwrap().to_owned();
+    let fresh = ChatId::generate().to_string();
+    for (id, holder, expected) in [
+        (alices.as_str(), Some(EVIL), (404, "unknown_attachment")),
+        (alices.as_str(), None, (404, "unknown_attachment")),
+        (fresh.as_str(), Some("other.test"), (403, "forbidden")),
+        ("not-an-id", Some(EVIL), (404, "unknown_attachment")),
+    ] {
+        let body = action(&format!("x@{EVIL}"), send_attachment(chat_id, id, holder));
+        let req = fed.request("/federation/v1/actions", body);
+        let answer = fed.send_signed(&req).await;
+        assert_eq!(refusal(&answer), expected, "{id} {holder:?}: {answer:?}");
+    }
+    assert_eq!(fed.alice.drain().await, Vec::<Value>::new());
+
+    // Positive control: an attachment evil.test holds; alice sees it as a
+    // local attachment, and her node asks evil.test for its URL.
+    let body = action(&format!("x@{EVIL}"), send_attachment(chat_id, &fresh, None));
+    let req = fed.request("/federation/v1/actions", body);
+    let (status, answer) = fed.send_signed(&req).await;
+    assert_eq!(status, 200, "{answer}");
+    let event = fed.alice.event().await;
+    assert_eq!(
+        event["attachments"],
+        json!([{"attachmentId": fresh, "contentType": "image/png", "size": 5, "name": "x.png"}])
+    );
+    // evil.test's URL leads nowhere: unavailable.
+    assert_eq!(
+        fed.alice
+            .error_code(json!({"type":"getAttachmentUrl","attachmentId": fresh}))
+            .await,
+        "unavailable"
+    );
+}
+
+#[tokio::test]
+async fn a_chats_home_gets_urls_of_uploads_offered_to_it() {
+    let mut fed = Fed::start().await;
+    // A chat whose home is evil.test, mirrored here for alice.
+    let chat_id = ChatId::generate();
+    fed.applied_with_alice(1, chat_id).await;
+    let bytes = b"offered to evil.test".to_vec();
+    let target = fed
+        .alice
+        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"image/png"}))
+        .await;
+    let mut put = fed.http.put(target["uploadUrl"].as_str().unwrap());
+    for (name, value) in target["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    assert!(
+        put.body(bytes.clone())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    let id = target["attachmentId"].as_str().unwrap().to_owned();
+    let ask = |fed: &Fed, user: &str| {
+        let body = json!({"user": user, "attachmentId": id}).to_string();
+        fed.request("/federation/v1/attachment-url", body.into_bytes())
+    };
+    // Not sent anywhere yet: evil.test may not have it, for anyone.
+    for user in [format!("x@{EVIL}"), format!("alice@{HOME}")] {
+        let answer = fed.send_signed(&ask(&fed, &user)).await;
+        assert_eq!(refusal(&answer), (403, "forbidden"), "{user}: {answer:?}");
+    }
+    // alice sends it in evil.test's chat; evil.test never answers (its URL
+    // leads nowhere), but it may have stored the message and shown it to its
+    // users before that: from now on it may ask for the URL.
+    let send =
+        json!({"type":"sendMessage","chatId": chat_id.to_string(),"message":"","attachments":[id]});
+    assert_eq!(fed.alice.error_code(send).await, "unavailable");
+    let (status, answer) = fed.send_signed(&ask(&fed, &format!("x@{EVIL}"))).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = fed
+        .http
+        .get(answer["url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.bytes().await.unwrap().to_vec(), bytes);
 }
 
 #[tokio::test]

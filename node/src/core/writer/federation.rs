@@ -13,7 +13,7 @@ use crate::ids::{ChatId, NodeName, UserRef};
 use crate::protocol::{self, ErrorCode};
 use crate::store::{
     AttachmentRef, ChatRecord, InboxKind, MemberRecord, MessageRecord, OutboxEntry, PeerRecord,
-    RemoteAttachment, UpdateReason, UpdateRecord, UserChatRecord,
+    UpdateReason, UpdateRecord, UserChatRecord,
 };
 
 fn forbidden(message: impl Into<String>) -> CoreError {
@@ -287,17 +287,19 @@ impl Writer {
                     content_type: a.content_type,
                     size: a.size,
                     name: a.name,
+                    holder: a.holder,
                 })
                 .collect(),
         };
         b.tx.put_chat(chat_id, &chat_record);
         b.tx.put_message(chat_id, seq, &record);
-        Self::remember_attachments(b, origin, chat_id, &record)?;
-        // The sender's own node: its read position moves, and the sending device
-        // does not get its message back.
+        self.remember_attachments(b, Some(origin), chat_id, &record)?;
+        // The sender's own node: its read position moves, the uploads it holds
+        // are sent, and the sending device does not get its message back.
         let skip = match self.local_user(&from) {
             Some(sender) => {
                 self.mark_sent(b, &sender, chat_id, seq)?;
+                Self::mark_held(b, &from, chat_id, &self.held_here(&record), true)?;
                 sender_device
                     .as_deref()
                     .and_then(crate::ids::DeviceId::parse)
@@ -308,32 +310,6 @@ impl Writer {
             crate::protocol::Event::NewMessage(super::render::message_view(chat_id, seq, &record));
         let kind = InboxKind::Message { chat: chat_id, seq };
         self.fan_out(b, &members, skip, kind, &event)
-    }
-
-    /// Where each attachment of a mirrored message can be fetched: its home.
-    fn remember_attachments(
-        b: &mut Batch<'_, '_>,
-        home: &NodeName,
-        chat: ChatId,
-        record: &MessageRecord,
-    ) -> Result<(), CoreError> {
-        for att in &record.attachments {
-            let Some(id) = crate::ids::AttachmentId::parse(&att.id) else {
-                continue;
-            };
-            let mut known =
-                b.tx.view()
-                    .remote_attachment(id)?
-                    .unwrap_or(RemoteAttachment {
-                        home: home.clone(),
-                        chats: Vec::new(),
-                    });
-            if known.home == *home && !known.chats.contains(&chat) {
-                known.chats.push(chat);
-                b.tx.put_remote_attachment(id, &known);
-            }
-        }
-        Ok(())
     }
 
     pub(super) fn put_peer(

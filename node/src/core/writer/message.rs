@@ -69,6 +69,7 @@ impl Writer {
         }
         b.tx.put_chat(chat_id, &chat_record);
         b.tx.put_message(chat_id, seq, &record);
+        self.remember_attachments(b, None, chat_id, &record)?;
         if let Some(ctx) = actor.device() {
             self.mark_sent(b, &ctx.user, chat_id, seq)?;
         }
@@ -122,9 +123,10 @@ impl Writer {
         Ok(())
     }
 
-    /// The records of a send's attachments. The core checked each upload against
-    /// the media store; here each record must still be there and the sender's (a
-    /// sweep may have removed one since).
+    /// The records of a send's attachments held here. The core checked each
+    /// upload against the media store; here each record must still be there and
+    /// the sender's (a sweep may have removed one since). Those a participating
+    /// node holds (a remote user's send) were checked there.
     fn sent_attachments(
         b: &Batch<'_, '_>,
         user_id: &str,
@@ -132,6 +134,11 @@ impl Writer {
     ) -> Result<Vec<(AttachmentId, AttachmentRecord)>, CoreError> {
         let mut records = Vec::with_capacity(attachments.len());
         for att in attachments {
+            if let Some(holder) = &att.holder {
+                // Checked by the sending node, which holds it.
+                Self::check_held_elsewhere(b, att, holder)?;
+                continue;
+            }
             let id = AttachmentId::parse(&att.id)
                 .ok_or_else(|| unknown_attachment("no such attachment".into()))?;
             match b.tx.view().attachment(id)? {
@@ -185,6 +192,7 @@ fn federated(
                 content_type: a.content_type.clone(),
                 size: a.size,
                 name: a.name.clone(),
+                holder: a.holder.clone(),
             })
             .collect(),
         sender_device,

@@ -23,6 +23,7 @@ mod accounts;
 mod chat;
 mod federation;
 mod inbox;
+mod media;
 mod message;
 mod ops;
 mod sweep;
@@ -428,6 +429,12 @@ impl Writer {
                 unsent_before,
                 any_before,
             } => self.drop_attachment(b, id, unsent_before, any_before),
+            Op::HeldAttachments {
+                from,
+                chat,
+                ids,
+                sent,
+            } => Self::mark_held(b, &from, chat, &ids, sent),
             Op::Sweep { at } => {
                 let (report, next) = self.sweep(b, at)?;
                 if report != SweepReport::default() {

@@ -151,6 +151,15 @@ pub(crate) enum Op {
         unsent_before: i64,
         any_before: i64,
     },
+    /// Uploads of `from` (a user of this node) in a send forwarded to the
+    /// home of `chat`: offered to that home, or (`sent`) accepted by it, hence
+    /// sent in that chat. Idempotent.
+    HeldAttachments {
+        from: String,
+        chat: ChatId,
+        ids: Vec<AttachmentId>,
+        sent: bool,
+    },
     Sweep {
         at: SweepCursor,
     },
