@@ -784,6 +784,45 @@ mod tests {
         assert_eq!(c.websocket.ping_timeout, Duration::from_secs(3));
     }
 
+    fn with_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
+    #[test]
+    fn limits_default_as_documented_and_each_can_be_lifted() {
+        let limits = Config::defaults().limits;
+        assert_eq!((limits.send_rate, limits.send_burst), (20.0, 100));
+        assert_eq!(limits.user, UserRateConfig::default());
+        assert_eq!(limits.user.chat, Rate::new(1.0, 30));
+        assert_eq!(limits.quotas, Quotas::default());
+        assert_eq!(limits.quotas.pending_upload_bytes, 1 << 30);
+        let c = with_file(
+            "[limits]\nuser_send_rate = 1e6\nuser_chat_burst = 7\ndevices_per_user = 3\n\
+             pending_upload_mb_per_user = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.user.send, Rate::new(1e6, 100));
+        assert_eq!(c.limits.user.chat, Rate::new(1.0, 7));
+        assert_eq!(c.limits.quotas.devices, 3);
+        assert_eq!(c.limits.quotas.pending_upload_bytes, 2 << 20);
+        for bad in [
+            "user_read_rate = 0.0",
+            "user_upload_burst = 0",
+            "user_send_rate = nan",
+            "chats_per_user = 0",
+            "pending_upload_mb_per_user = 0",
+        ] {
+            let err = with_file(&format!("[limits]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("limits."), "{bad}: {err}");
+        }
+    }
+
     #[test]
     fn refuses_bad_settings() {
         let dir = tempfile::tempdir().unwrap();

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::node::{BASE_CONFIG, Topology};
+use crate::support::ws::Closed;
 use crate::support::{TestNode, WsClient};
 
 /// The test nodes' settings with `limits` appended to `[limits]` (later keys
@@ -160,6 +161,153 @@ async fn every_state_changing_command_is_limited_per_user() {
     new_chat(&mut c, &[]).await;
     c.ok(upload).await;
 }
+
+async fn chat_names(c: &mut WsClient) -> Vec<String> {
+    let chats = c.ok(json!({"type":"listChats"})).await;
+    chats["chats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap_or("").to_owned())
+        .collect()
+}
+
+async fn the_chats_quota_refuses_creating_and_being_added(t: Topology) {
+    let node = TestNode::with_config(t, &config("chats_per_user = 2")).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let carol = node.user("carol").await;
+    let mut a = node.connect(&alice).await;
+    let create = |name: &str, others: &[&str]| json!({"type":"createChat","participants": others,"name": name});
+    a.ok(create("one", &["bob"])).await;
+    let two = a.ok(create("two", &[])).await["chatId"].clone();
+    // Alice takes part in 2 chats: she can neither create a third...
+    let answer = a.request(create("three", &[])).await;
+    assert_eq!(answer["code"], "quota_exceeded", "{answer}");
+    assert!(answer.get("retryAfterMs").is_none(), "{answer}");
+    // ...nor be put in one by others; their refused commands change nothing.
+    let mut c = node.connect(&carol).await;
+    let answer = c.request(create("with alice", &["alice"])).await;
+    assert_eq!(answer["code"], "quota_exceeded", "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("alice@"),
+        "{answer}"
+    );
+    let mine = c.ok(create("carol's", &[])).await["chatId"].clone();
+    let add =
+        json!({"type":"modifyChatParticipants","chatId": mine,"userId":"alice","operation":"ADD"});
+    assert_eq!(c.error_code(add.clone()).await, "quota_exceeded");
+    assert_eq!(chat_names(&mut c).await, ["carol's"]);
+    let history = c.ok(json!({"type":"getHistory","chatId": mine})).await;
+    assert_eq!(history["messages"], json!([]));
+    let mut names = chat_names(&mut a).await;
+    names.sort();
+    assert_eq!(names, ["one", "two"]);
+    // Bob (one chat) is unaffected.
+    let mut b = node.connect(&bob).await;
+    b.ok(create("bob's", &["carol"])).await;
+    // Leaving a chat makes room.
+    a.ok(json!({"type":"modifyChatParticipants","chatId": two,"userId":"alice","operation":"REMOVE"}))
+        .await;
+    c.ok(add).await;
+}
+
+async fn target(c: &mut WsClient, size: u64) -> Value {
+    c.request(json!({"type":"getAttachmentTarget","size": size,"contentType":"text/plain"}))
+        .await
+}
+
+async fn the_pending_uploads_quota_counts_uploads_until_sent_or_swept() {
+    let limits = "pending_uploads_per_user = 2
+pending_upload_mb_per_user = 1";
+    let node = TestNode::with_config(Topology::Embedded, &config(limits)).await;
+    let alice = node.user("alice").await;
+    let bob = node.user("bob").await;
+    let mut a = node.connect(&alice).await;
+    let first = target(&mut a, 5).await;
+    assert_eq!(first["type"], "result", "{first}");
+    assert_eq!(target(&mut a, 5).await["type"], "result");
+    let refused = target(&mut a, 5).await;
+    assert_eq!(refused["code"], "quota_exceeded", "{refused}");
+    // Sending one frees its place.
+    let mut put = node.http().put(first["uploadUrl"].as_str().unwrap());
+    for (name, value) in first["headers"].as_object().unwrap() {
+        put = put.header(name.as_str(), value.as_str().unwrap());
+    }
+    let status = put.body(b"hello".to_vec()).send().await.unwrap().status();
+    assert!(status.is_success(), "{status}");
+    let chat = new_chat(&mut a, &[]).await;
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"file","attachments":[first["attachmentId"]]}))
+        .await;
+    assert_eq!(target(&mut a, 5).await["type"], "result");
+    assert_eq!(target(&mut a, 5).await["code"], "quota_exceeded");
+    // Bytes: 1 MiB declared in all; bob's own quota is untouched by alice's.
+    let mut b = node.connect(&bob).await;
+    assert_eq!(target(&mut b, 1 << 20).await["type"], "result");
+    let refused = target(&mut b, 1).await;
+    assert_eq!(refused["code"], "quota_exceeded", "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap().contains("bytes"),
+        "{refused}"
+    );
+    // Uploads never sent are removed by the sweep after `media.orphan_ttl`,
+    // and then no longer count.
+    node.advance_clock(Duration::from_secs(25 * 3600)).await;
+    let report = node.sweep().await;
+    assert_eq!(report["orphanUploadsRemoved"], 3, "{report}");
+    assert_eq!(target(&mut b, 1 << 20).await["type"], "result");
+    assert_eq!(target(&mut a, 5).await["type"], "result");
+    assert_eq!(target(&mut a, 5).await["type"], "result");
+}
+
+async fn a_login_past_the_devices_quota_logs_out_the_least_recently_active_device(t: Topology) {
+    let node = TestNode::with_config(t, &config("devices_per_user = 2")).await;
+    let old = node.user("alice").await;
+    let mut old_ws = node.connect(&old).await;
+    let bob = node.user("bob").await;
+    node.advance_clock(Duration::from_secs(60)).await;
+    let second = node.login("alice").await;
+    let third = node.login("alice").await;
+    // The oldest device was logged out: its connection closes as after a
+    // logout, and its token no longer works.
+    assert_eq!(old_ws.closed().await, Closed::Code(4401));
+    let logout = node
+        .http()
+        .post(format!("{}/v1/logout", node.url))
+        .bearer_auth(&old.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status().as_u16(), 401);
+    // The two newest work; the user has 2 devices, bob still 1.
+    for creds in [&second, &third] {
+        let mut ws = node.connect(creds).await;
+        ws.ok(json!({"type":"listChats"})).await;
+    }
+    let (_, users) = node.admin(reqwest::Method::GET, "/users", None).await;
+    let devices = |name: &str| {
+        users["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["userId"].as_str().unwrap().starts_with(name))
+            .map(|u| u["devices"].clone())
+    };
+    assert_eq!(devices("alice@"), Some(json!(2)), "{users}");
+    assert_eq!(devices("bob@"), Some(json!(1)), "{users}");
+    let mut b = node.connect(&bob).await;
+    b.ok(json!({"type":"listChats"})).await;
+}
+
+#[tokio::test]
+async fn the_pending_uploads_quota_counts_uploads_until_sent_or_swept_embedded() {
+    the_pending_uploads_quota_counts_uploads_until_sent_or_swept().await;
+}
+
+crate::in_every_topology!(
+    the_chats_quota_refuses_creating_and_being_added,
+    a_login_past_the_devices_quota_logs_out_the_least_recently_active_device
+);
 
 #[tokio::test]
 async fn every_state_changing_command_is_limited_per_user_embedded() {
