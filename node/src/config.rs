@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::core::Registration;
 use crate::core::federation::FederationConfig;
+use crate::core::limits::{Quotas, Rate, UserRateConfig};
 use crate::delivery::nats::{NatsAuth, NatsConfig, NatsTls, Secret};
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
@@ -255,6 +256,19 @@ struct FileWebsocket {
 struct FileLimits {
     send_rate: Option<f64>,
     send_burst: Option<u32>,
+    user_send_rate: Option<f64>,
+    user_send_burst: Option<u32>,
+    user_chat_rate: Option<f64>,
+    user_chat_burst: Option<u32>,
+    user_upload_rate: Option<f64>,
+    user_upload_burst: Option<u32>,
+    user_read_rate: Option<f64>,
+    user_read_burst: Option<u32>,
+    tracked_users: Option<usize>,
+    chats_per_user: Option<usize>,
+    devices_per_user: Option<usize>,
+    pending_uploads_per_user: Option<usize>,
+    pending_upload_mb_per_user: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -402,10 +416,13 @@ pub struct WsConfig {
 
 #[derive(Debug, Clone)]
 pub struct LimitsConfig {
-    /// Sustained sends per second per device.
+    /// Sustained sends per second per connection (the gateway's first line).
     pub send_rate: f64,
-    /// Sends a device may burst above the rate.
+    /// Sends a connection may burst above the rate.
     pub send_burst: u32,
+    /// Per-user rates, kept by the core.
+    pub user: UserRateConfig,
+    pub quotas: Quotas,
 }
 
 #[derive(Debug, Clone)]
@@ -436,6 +453,90 @@ pub enum ConfigError {
 
 const DAY: u64 = 24 * 3600;
 
+/// `[limits]`: every rate positive, every quota at least 1.
+fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
+    let rate = |per_second: Option<f64>, burst: Option<u32>, default: Rate, setting| {
+        let rate = Rate::new(
+            per_second.unwrap_or(default.per_second),
+            burst.unwrap_or(default.burst),
+        );
+        match rate.is_valid() {
+            true => Ok(rate),
+            false => Err(invalid(setting, "rates and bursts must be positive")),
+        }
+    };
+    let user = UserRateConfig::default();
+    let quota = Quotas::default();
+    let at_least_one = |value: Option<usize>, default: usize, setting| match value {
+        Some(0) => Err(invalid(setting, "must be at least 1")),
+        value => Ok(value.unwrap_or(default)),
+    };
+    let connection = rate(
+        file.send_rate,
+        file.send_burst,
+        Rate::new(20.0, 100),
+        "limits.send_rate",
+    )?;
+    Ok(LimitsConfig {
+        send_rate: connection.per_second,
+        send_burst: connection.burst,
+        user: UserRateConfig {
+            send: rate(
+                file.user_send_rate,
+                file.user_send_burst,
+                user.send,
+                "limits.user_send_rate",
+            )?,
+            chat: rate(
+                file.user_chat_rate,
+                file.user_chat_burst,
+                user.chat,
+                "limits.user_chat_rate",
+            )?,
+            upload: rate(
+                file.user_upload_rate,
+                file.user_upload_burst,
+                user.upload,
+                "limits.user_upload_rate",
+            )?,
+            read: rate(
+                file.user_read_rate,
+                file.user_read_burst,
+                user.read,
+                "limits.user_read_rate",
+            )?,
+            tracked_users: at_least_one(
+                file.tracked_users,
+                user.tracked_users,
+                "limits.tracked_users",
+            )?,
+        },
+        quotas: Quotas {
+            chats: at_least_one(file.chats_per_user, quota.chats, "limits.chats_per_user")?,
+            devices: at_least_one(
+                file.devices_per_user,
+                quota.devices,
+                "limits.devices_per_user",
+            )?,
+            pending_uploads: at_least_one(
+                file.pending_uploads_per_user,
+                quota.pending_uploads,
+                "limits.pending_uploads_per_user",
+            )?,
+            pending_upload_bytes: match file.pending_upload_mb_per_user {
+                Some(0) => {
+                    return Err(invalid(
+                        "limits.pending_upload_mb_per_user",
+                        "must be at least 1",
+                    ));
+                }
+                Some(mb) => mb.saturating_mul(1 << 20),
+                None => quota.pending_upload_bytes,
+            },
+        },
+    })
+}
+
 impl Config {
     /// Defaults, as `natterd serve` with nothing else uses them.
     pub fn defaults() -> Self {
@@ -465,16 +566,7 @@ impl Config {
         })?;
         let websocket = websocket_config(file.websocket)?;
         let retention = retention_config(args.retention, args.device_ttl, file.retention)?;
-        let limits = LimitsConfig {
-            send_rate: file.limits.send_rate.unwrap_or(20.0),
-            send_burst: file.limits.send_burst.unwrap_or(100),
-        };
-        if limits.send_rate.is_nan() || limits.send_rate <= 0.0 || limits.send_burst == 0 {
-            return Err(invalid(
-                "limits",
-                "send_rate and send_burst must be positive",
-            ));
-        }
+        let limits = limits_config(file.limits)?;
         let store = StoreConfig {
             cache_bytes: file.store.cache_mb.unwrap_or(32) << 20,
             memtable_bytes: file.store.memtable_mb.unwrap_or(16) << 20,
@@ -898,6 +990,45 @@ mod tests {
         assert_eq!(c.registration, Registration::Open);
         assert_eq!(c.retention.inbox, Duration::from_secs(7200));
         assert_eq!(c.websocket.ping_timeout, Duration::from_secs(3));
+    }
+
+    fn with_file(text: &str) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        std::fs::write(&path, text).unwrap();
+        Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+    }
+
+    #[test]
+    fn limits_default_as_documented_and_each_can_be_lifted() {
+        let limits = Config::defaults().limits;
+        assert_eq!((limits.send_rate, limits.send_burst), (20.0, 100));
+        assert_eq!(limits.user, UserRateConfig::default());
+        assert_eq!(limits.user.chat, Rate::new(1.0, 30));
+        assert_eq!(limits.quotas, Quotas::default());
+        assert_eq!(limits.quotas.pending_upload_bytes, 1 << 30);
+        let c = with_file(
+            "[limits]\nuser_send_rate = 1e6\nuser_chat_burst = 7\ndevices_per_user = 3\n\
+             pending_upload_mb_per_user = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.limits.user.send, Rate::new(1e6, 100));
+        assert_eq!(c.limits.user.chat, Rate::new(1.0, 7));
+        assert_eq!(c.limits.quotas.devices, 3);
+        assert_eq!(c.limits.quotas.pending_upload_bytes, 2 << 20);
+        for bad in [
+            "user_read_rate = 0.0",
+            "user_upload_burst = 0",
+            "user_send_rate = nan",
+            "chats_per_user = 0",
+            "pending_upload_mb_per_user = 0",
+        ] {
+            let err = with_file(&format!("[limits]\n{bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("limits."), "{bad}: {err}");
+        }
     }
 
     #[test]

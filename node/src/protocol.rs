@@ -83,6 +83,8 @@ pub enum ErrorCode {
     Internal,
     /// Extension: a part of the node is temporarily unreachable; retry.
     Unavailable,
+    /// Extension: a per-user quota (chats, pending uploads) is used up.
+    QuotaExceeded,
     // HTTP only.
     InvalidUsername,
     WeakPassword,
@@ -981,6 +983,13 @@ pub enum Reply {
         id: Option<String>,
         code: ErrorCode,
         message: String,
+        /// Extension: with `rate_limited`, when a retry may succeed.
+        #[serde(
+            rename = "retryAfterMs",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        retry_after_ms: Option<u64>,
     },
 }
 

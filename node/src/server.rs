@@ -254,6 +254,8 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         max_group: config.store.max_group,
         federation: config.federation.clone(),
         public_url,
+        rates: config.limits.user.clone(),
+        quotas: config.limits.quotas.clone(),
     }
 }
 

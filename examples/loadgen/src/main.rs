@@ -2,7 +2,8 @@
 //!
 //! Load generator for natterd. It drives a real node over real WebSockets:
 //! either one it spawns (`--natterd target/release/natterd`: a temporary data
-//! folder, open registration, no practical send rate limit; killed at the end),
+//! folder, open registration, every `[limits]` rate and quota lifted in its
+//! config, as docs/configuration.md documents; killed at the end),
 //! in the topology `--topology` names (`embedded`, `nats`: over a spawned
 //! nats-server, `split`: a core and two gateways, `federated`: two peered
 //! nodes, for `fanout`), or one already running

@@ -60,13 +60,24 @@ impl NodeSetup {
 }
 
 /// The settings every spawned natterd runs with: anyone may register, and the
-/// send rate limit is far above what one machine can produce, so the benchmark
-/// measures the node rather than its throttle.
+/// rate limits (per connection and per user) and quotas are far above what one
+/// machine can produce, so the benchmark measures the node rather than its
+/// throttle. This is the documented way (docs/configuration.md, `[limits]`).
 const SPAWN_CONFIG: &str = r#"registration = "open"
 
 [limits]
 send_rate = 1000000.0
 send_burst = 1000000
+user_send_rate = 1000000.0
+user_send_burst = 1000000
+user_chat_rate = 1000000.0
+user_chat_burst = 1000000
+user_upload_rate = 1000000.0
+user_upload_burst = 1000000
+user_read_rate = 1000000.0
+user_read_burst = 1000000
+chats_per_user = 1000000
+devices_per_user = 1000000
 "#;
 
 /// A free loopback port, chosen by the kernel.

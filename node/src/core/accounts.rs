@@ -188,11 +188,17 @@ impl Core {
             })
             .await?;
         match outcome {
-            Outcome::Device(ctx) => Ok(LoginResponse {
-                token,
-                device_id: ctx.device.to_string(),
-                user_id: ctx.user_id,
-            }),
+            Outcome::Device(ctx, evicted) => {
+                for device in evicted {
+                    tracing::info!(user = %ctx.user, %device, "device quota: the least recently active device is logged out");
+                    self.inner.presence.revoke(device).await;
+                }
+                Ok(LoginResponse {
+                    token,
+                    device_id: ctx.device.to_string(),
+                    user_id: ctx.user_id,
+                })
+            }
             other => Err(unexpected(other)),
         }
     }

@@ -178,9 +178,19 @@ impl CoreClient {
 /// A reply from a core in another process.
 fn decode(bytes: &[u8]) -> Result<Response, CoreError> {
     let reply: Reply = serde_json::from_slice(bytes).map_err(CoreError::Decode)?;
-    reply.map_err(|Refusal { code, message }| match code {
-        ErrorCode::Internal => CoreError::Internal(message),
-        ErrorCode::Unavailable => CoreError::Unavailable(message),
-        code => CoreError::Rejected { code, message },
-    })
+    reply.map_err(
+        |Refusal {
+             code,
+             message,
+             retry_after_ms,
+         }| match (code, retry_after_ms) {
+            (ErrorCode::Internal, _) => CoreError::Internal(message),
+            (ErrorCode::Unavailable, _) => CoreError::Unavailable(message),
+            (ErrorCode::RateLimited, Some(retry_after_ms)) => CoreError::RateLimited {
+                message,
+                retry_after_ms,
+            },
+            (code, _) => CoreError::Rejected { code, message },
+        },
+    )
 }

@@ -17,6 +17,7 @@ mod accounts;
 mod attachments;
 pub mod client;
 pub mod federation;
+pub mod limits;
 mod render;
 pub mod rpc;
 mod writer;
@@ -91,6 +92,13 @@ pub enum CoreError {
     /// The writer has stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
+    /// Over a per-user rate limit (`rate_limited`); a retry after
+    /// `retry_after_ms` may succeed.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
 }
 
 impl CoreError {
@@ -106,6 +114,7 @@ impl CoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Rejected { code, .. } => *code,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) | Self::Call(_) | Self::Stopped => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
@@ -114,12 +123,25 @@ impl CoreError {
     /// The message a client sees.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Rejected { message, .. } => message.clone(),
+            Self::Rejected { message, .. } | Self::RateLimited { message, .. } => message.clone(),
             Self::Unavailable(message) => message.clone(),
             Self::Call(e) => e.to_string(),
             Self::Stopped => "the node is shutting down".into(),
             _ => "internal error".into(),
         }
+    }
+
+    /// For `rate_limited`: in how many milliseconds a retry may succeed.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a refusal the client caused (not logged as a fault).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected { .. } | Self::RateLimited { .. })
     }
 }
 
@@ -163,6 +185,9 @@ pub struct CoreConfig {
     pub federation: federation::FederationConfig,
     /// The node's base URL, as its clients and peers reach it.
     pub public_url: String,
+    /// Per-user rates of state-changing commands.
+    pub rates: limits::UserRateConfig,
+    pub quotas: limits::Quotas,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -182,6 +207,8 @@ struct Inner {
     config: CoreConfig,
     media: Media,
     login_failures: LoginFailures,
+    /// Per-user token buckets, checked before a command is queued.
+    rates: limits::UserRates,
 }
 
 /// Joins the writer thread.
@@ -234,9 +261,10 @@ impl Core {
                 federation,
                 writer: tx,
                 clock,
-                config,
                 media,
                 login_failures: LoginFailures::default(),
+                rates: limits::UserRates::new(config.rates.clone()),
+                config,
             }),
         };
         Ok((core, WriterThread(handle)))
@@ -308,6 +336,7 @@ impl Core {
     /// Runs retention and device expiry over the whole store now, then removes
     /// orphaned and expired uploads.
     pub async fn sweep(&self) -> Result<SweepReport, CoreError> {
+        self.inner.rates.prune(self.inner.clock.now_ms());
         let mut total = SweepReport::default();
         let mut at = SweepCursor::Start;
         loop {
@@ -330,6 +359,9 @@ impl Core {
     /// queued before this returns, so commands dispatched one after another by one
     /// connection are applied in that order. Reads run apart, off the writer.
     pub async fn dispatch(&self, ctx: &DeviceCtx, command: Command) -> Answer<CommandResult> {
+        if let Err(e) = self.take_rate(ctx, &command) {
+            return answered(Err(e));
+        }
         let this = self.clone();
         let write = match command {
             Command::ListChats { limit, cursor } => {
@@ -383,6 +415,22 @@ impl Core {
                 other => Err(unexpected(other)),
             }
         })
+    }
+
+    /// Takes a token from the user's bucket for the command's class, if it has
+    /// one. Before anything else, so a refused command costs no work.
+    fn take_rate(&self, ctx: &DeviceCtx, command: &Command) -> Result<(), CoreError> {
+        let Some(class) = limits::Class::of(command) else {
+            return Ok(());
+        };
+        let now = self.inner.clock.now_ms();
+        self.inner
+            .rates
+            .take(&ctx.user, class, now)
+            .map_err(|retry_after_ms| CoreError::RateLimited {
+                message: class.refusal().to_owned(),
+                retry_after_ms,
+            })
     }
 
     /// The writer's form of a command that writes, or, for a chat whose home

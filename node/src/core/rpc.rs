@@ -89,6 +89,9 @@ pub enum Response {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: when a retry may succeed (added later: optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What travels back over NATS.
@@ -202,6 +205,7 @@ pub fn refusal(e: &CoreError) -> Refusal {
     Refusal {
         code: e.code(),
         message: e.public_message(),
+        retry_after_ms: e.retry_after_ms(),
     }
 }
 
@@ -226,7 +230,7 @@ pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationTo
                 };
                 async move {
                     let reply: Reply = answer.await.map_err(|e| {
-                        if !matches!(e, CoreError::Rejected { .. }) {
+                        if !e.is_refusal() {
                             tracing::error!(error = %e, "request failed");
                         }
                         refusal(&e)

@@ -97,9 +97,8 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         BadRequest | InvalidUsername | WeakPassword | UnknownType | MessageTooLarge
         | AttachmentTooLarge | TooManyParticipants => StatusCode::BAD_REQUEST,
         Unauthorized | BadCredentials => StatusCode::UNAUTHORIZED,
-        Forbidden | RegistrationClosed | InvalidInvite | UserDisabled | NotParticipant => {
-            StatusCode::FORBIDDEN
-        }
+        Forbidden | RegistrationClosed | InvalidInvite | UserDisabled | NotParticipant
+        | QuotaExceeded => StatusCode::FORBIDDEN,
         UnknownChat | UnknownUser | UnknownAttachment | NotFound => StatusCode::NOT_FOUND,
         UsernameTaken => StatusCode::CONFLICT,
         RateLimited => StatusCode::TOO_MANY_REQUESTS,
@@ -110,7 +109,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
 
 impl From<CoreError> for ApiError {
     fn from(e: CoreError) -> Self {
-        if !matches!(e, CoreError::Rejected { .. }) {
+        if !e.is_refusal() {
             tracing::error!(error = %e, "request failed");
         }
         Self::new(e.code(), e.public_message())

@@ -230,6 +230,12 @@ impl RateLimit {
             false
         }
     }
+
+    /// After a refused `take`: milliseconds until a token is there.
+    fn retry_after_ms(&self) -> u64 {
+        let wait = (1.0 - self.tokens).max(0.0) / self.rate * 1000.0;
+        (wait.ceil() as u64).max(1)
+    }
 }
 
 /// Events sent on this connection and not yet acknowledged: delivery id → when it
@@ -520,6 +526,7 @@ impl Session {
                     id: None,
                     code: ErrorCode::BadRequest,
                     message: "frames are JSON text".into(),
+                    retry_after_ms: None,
                 }
                 .encode(),
             )),
@@ -545,15 +552,18 @@ impl Session {
                 self.unacked.ack(*delivery);
             }
         }
+        // The connection's own bucket: a cheap first line that refuses a
+        // flood here, before it costs a trip to the core (which holds the
+        // per-user limits, across connections and gateways).
         if let Command::SendMessage { .. } = &command
             && !self.rate.take(Instant::now())
         {
             METRICS.command(kind, ErrorCode::RateLimited.as_str());
-            return self.error(
-                id,
-                ErrorCode::RateLimited,
-                "sending too fast; slow down".into(),
-            );
+            let refusal = CoreError::RateLimited {
+                message: "sending too fast on this connection; slow down".into(),
+                retry_after_ms: self.rate.retry_after_ms(),
+            };
+            return self.refuse(id, &refusal);
         }
         // Queued now, in frame order; answered whenever it completes.
         let pending = self.gw.core.dispatch(&self.ctx, command).await;
@@ -587,10 +597,10 @@ impl Session {
             }
             Err(e) => {
                 METRICS.command(kind, e.code().as_str());
-                if !matches!(e, CoreError::Rejected { .. }) {
+                if !e.is_refusal() {
                     tracing::error!(device = %self.ctx.device, request_id = %id, command = kind, error = %e, "command failed");
                 }
-                self.error(Some(id), e.code(), e.public_message())
+                self.refuse(Some(id), &e)
             }
         }
     }
@@ -614,7 +624,25 @@ impl Session {
     }
 
     fn error(&self, id: Option<String>, code: ErrorCode, message: String) -> Result<(), End> {
-        self.send(Outgoing::Text(Reply::Error { id, code, message }.encode()))
+        let retry_after_ms = None;
+        let reply = Reply::Error {
+            id,
+            code,
+            message,
+            retry_after_ms,
+        };
+        self.send(Outgoing::Text(reply.encode()))
+    }
+
+    /// A command's refusal or fault, as the client sees it.
+    fn refuse(&self, id: Option<String>, e: &CoreError) -> Result<(), End> {
+        let reply = Reply::Error {
+            id,
+            code: e.code(),
+            message: e.public_message(),
+            retry_after_ms: e.retry_after_ms(),
+        };
+        self.send(Outgoing::Text(reply.encode()))
     }
 
     async fn on_tick(&mut self) -> Result<(), End> {
@@ -698,6 +726,7 @@ mod tests {
         assert!(rate.take(t0));
         // Half a token after 125 ms at 4/s: refused, and the half is kept.
         assert!(!rate.take(t0 + ms(125)));
+        assert_eq!(rate.retry_after_ms(), 125, "the other half comes in 125 ms");
         assert!(rate.take(t0 + ms(250)), "one token after 250 ms");
         assert!(!rate.take(t0 + ms(250)));
     }

@@ -20,6 +20,7 @@
 //! | messages | `u` update(8) | [`UpdateRecord`](super::UpdateRecord) |
 //! | inbox | device(16) delivery(8) | [`InboxEntry`](super::InboxEntry), binary |
 //! | media | `a` attachment(16) | [`AttachmentRecord`](super::AttachmentRecord) |
+//! | media | `p` userId 0 attachment(16) | u64 BE declared size: an upload not yet sent, by uploader (the pending-uploads quota) |
 //! | fed | `p` node | [`PeerRecord`](super::PeerRecord) |
 //! | fed | `o` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): events queued for a peer |
 //! | fed | `x` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): dead letters |
@@ -147,6 +148,14 @@ pub(crate) const ATTACHMENT_PREFIX: &[u8] = b"a";
 
 pub(crate) fn attachment(id: AttachmentId) -> Vec<u8> {
     tagged(b'a', &[&id.to_bytes()])
+}
+
+pub(crate) fn pending_uploads_prefix(user_id: &str) -> Vec<u8> {
+    tagged(b'p', &[user_id.as_bytes(), &[0]])
+}
+
+pub(crate) fn pending_upload(user_id: &str, id: AttachmentId) -> Vec<u8> {
+    tagged(b'p', &[user_id.as_bytes(), &[0], &id.to_bytes()])
 }
 
 /// The last 16 bytes of a key (a device or chat id that ends a composite key).

@@ -531,6 +531,17 @@ impl<R: Source> View<R> {
         Ok(out)
     }
 
+    /// How many chats a user takes part in, counted up to `cap`.
+    pub fn user_chat_count(&self, name: &Username, cap: usize) -> Result<usize> {
+        let prefix = keys::user_chats_prefix(name);
+        let mut count = 0;
+        for item in self.r.readable().prefix(&self.ks.users, prefix).take(cap) {
+            item.key()?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
     pub fn user_chat(&self, name: &Username, chat: ChatId) -> Result<Option<UserChatRecord>> {
         Ok(get_json!(self, users, keys::user_chat(name, chat)))
     }
@@ -678,6 +689,20 @@ impl<R: Source> View<R> {
 
     pub fn attachment(&self, id: AttachmentId) -> Result<Option<AttachmentRecord>> {
         Ok(get_json!(self, media, keys::attachment(id)))
+    }
+
+    /// A user's uploads not yet sent in a message, counted up to `cap`, and
+    /// their declared bytes.
+    pub fn pending_uploads(&self, user_id: &str, cap: usize) -> Result<(usize, u64)> {
+        let prefix = keys::pending_uploads_prefix(user_id);
+        let (mut count, mut bytes) = (0, 0u64);
+        for item in self.r.readable().prefix(&self.ks.media, prefix).take(cap) {
+            let value = item.value()?;
+            let size = value.as_ref().try_into().map_or(0, u64::from_be_bytes);
+            count += 1;
+            bytes = bytes.saturating_add(size);
+        }
+        Ok((count, bytes))
     }
 
     /// Attachments in id (upload time) order, after `after`, at most `limit`.
@@ -910,13 +935,24 @@ impl<'a> Tx<'a> {
         self.tx.remove(&self.ks.users, key);
     }
 
+    /// Stores an attachment record; an unsent one is also indexed under its
+    /// uploader (pending uploads), a sent one leaves that index.
     pub fn put_attachment(&mut self, id: AttachmentId, record: &AttachmentRecord) {
         self.tx
             .insert(&self.ks.media, keys::attachment(id), json(record));
+        let pending = keys::pending_upload(&record.uploader, id);
+        match record.sent {
+            false => self
+                .tx
+                .insert(&self.ks.media, pending, record.size.to_be_bytes()),
+            true => self.tx.remove(&self.ks.media, pending),
+        }
     }
 
-    pub fn delete_attachment(&mut self, id: AttachmentId) {
+    pub fn delete_attachment(&mut self, id: AttachmentId, record: &AttachmentRecord) {
         self.tx.remove(&self.ks.media, keys::attachment(id));
+        self.tx
+            .remove(&self.ks.media, keys::pending_upload(&record.uploader, id));
     }
 
     pub fn put_inbox(&mut self, device: DeviceId, delivery: u64, entry: &InboxEntry) {

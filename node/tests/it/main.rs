@@ -13,6 +13,7 @@ mod federation_trust;
 mod http;
 mod key_rotation;
 mod lifecycle;
+mod limits;
 mod media;
 mod nats_auth;
 mod nats_faults;

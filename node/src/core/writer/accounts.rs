@@ -89,6 +89,7 @@ impl Writer {
                 "this user is disabled",
             ));
         }
+        let evicted = self.make_room_for_a_device(b, &user)?;
         let device = DeviceId::generate();
         b.tx.put_device(
             device,
@@ -105,11 +106,45 @@ impl Writer {
             devices.push(device);
         }
         b.sync();
-        Ok(Outcome::Device(DeviceCtx {
+        let ctx = DeviceCtx {
             user_id: self.user_id(&user),
             user,
             device,
-        }))
+        };
+        Ok(Outcome::Device(ctx, evicted))
+    }
+
+    /// The devices quota: when the user has as many devices as allowed, removes
+    /// the least recently active ones (as a logout would) to make room for one
+    /// more, and returns them so their sessions can be closed after the commit.
+    fn make_room_for_a_device(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        user: &Username,
+    ) -> Result<Vec<DeviceId>, CoreError> {
+        let quota = self.config.quotas.devices;
+        let view = b.tx.view();
+        let devices = view.user_devices(user)?;
+        if devices.len() < quota {
+            return Ok(Vec::new());
+        }
+        let mut records = Vec::with_capacity(devices.len());
+        for device in devices {
+            if let Some(record) = view.device(device)? {
+                records.push((record.last_active, device, record));
+            }
+        }
+        records.sort_by_key(|(last_active, device, _)| (*last_active, *device));
+        let excess = records.len() + 1 - quota;
+        let mut evicted = Vec::with_capacity(excess);
+        for (_, device, record) in records.into_iter().take(excess) {
+            b.tx.delete_device(device, &record)?;
+            evicted.push(device);
+        }
+        if let Some(devices) = self.devices.get_mut(user) {
+            devices.retain(|d| !evicted.contains(d));
+        }
+        Ok(evicted)
     }
 
     pub(super) fn delete_device(

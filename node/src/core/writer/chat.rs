@@ -92,6 +92,19 @@ impl Writer {
         Ok(())
     }
 
+    /// Whether a local user may take part in one more chat (the chats quota).
+    fn below_chat_quota(&self, b: &Batch<'_, '_>, user: &UserRef) -> Result<(), CoreError> {
+        let quota = self.config.quotas.chats;
+        if user.node == self.config.node && b.tx.view().user_chat_count(&user.name, quota)? >= quota
+        {
+            return Err(CoreError::reject(
+                ErrorCode::QuotaExceeded,
+                format!("{user} already takes part in {quota} chats, the most allowed"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The creator and the participants, deduplicated and sorted; every one a
     /// user of this node.
     fn new_chat_members(
@@ -100,6 +113,11 @@ impl Writer {
         ctx: &DeviceCtx,
         participants: Vec<UserRef>,
     ) -> Result<Vec<String>, CoreError> {
+        let creator = UserRef {
+            name: ctx.user.clone(),
+            node: self.config.node.clone(),
+        };
+        self.below_chat_quota(b, &creator)?;
         let mut ids = vec![ctx.user_id.clone()];
         for p in participants {
             let id = p.to_string();
@@ -107,6 +125,7 @@ impl Writer {
                 continue;
             }
             self.can_join(b, &p)?;
+            self.below_chat_quota(b, &p)?;
             ids.push(id);
         }
         if ids.len() > protocol::MAX_PARTICIPANTS {
@@ -178,6 +197,7 @@ impl Writer {
             });
         }
         self.can_join(b, &user)?;
+        self.below_chat_quota(b, &user)?;
         let chat = self.chat_of(b, actor, chat_id)?;
         if chat.members.len() >= protocol::MAX_PARTICIPANTS {
             return Err(too_many(format!(

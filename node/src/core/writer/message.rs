@@ -159,14 +159,48 @@ impl Writer {
         any_before: i64,
     ) -> Result<Outcome, CoreError> {
         let drop = match b.tx.view().attachment(id)? {
-            Some(r) => (!r.sent && r.created_at < unsent_before) || r.created_at < any_before,
-            None => false,
+            Some(r) if (!r.sent && r.created_at < unsent_before) || r.created_at < any_before => {
+                b.tx.delete_attachment(id, &r);
+                b.sync();
+                true
+            }
+            _ => false,
         };
-        if drop {
-            b.tx.delete_attachment(id);
-            b.sync();
-        }
         Ok(Outcome::Dropped(drop))
+    }
+
+    /// Records an upload to come, within the uploader's pending-uploads quota.
+    pub(super) fn create_attachment(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        id: AttachmentId,
+        record: &AttachmentRecord,
+    ) -> Result<Outcome, CoreError> {
+        let quotas = &self.config.quotas;
+        let (count, bytes) =
+            b.tx.view()
+                .pending_uploads(&record.uploader, quotas.pending_uploads)?;
+        if count >= quotas.pending_uploads {
+            return Err(CoreError::reject(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "at most {} uploads may wait to be sent; send them first",
+                    quotas.pending_uploads
+                ),
+            ));
+        }
+        if bytes.saturating_add(record.size) > quotas.pending_upload_bytes {
+            return Err(CoreError::reject(
+                ErrorCode::QuotaExceeded,
+                format!(
+                    "uploads waiting to be sent may hold at most {} bytes; send them first",
+                    quotas.pending_upload_bytes
+                ),
+            ));
+        }
+        b.tx.put_attachment(id, record);
+        b.sync();
+        Ok(Outcome::Done)
     }
 }
 

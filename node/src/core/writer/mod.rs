@@ -419,11 +419,7 @@ impl Writer {
                 dead,
             } => self.outbox_done(b, &node, from, delivered, dead),
             Op::ReplayDead { node } => self.replay_dead(b, &node),
-            Op::CreateAttachment { id, record } => {
-                b.tx.put_attachment(id, &record);
-                b.sync();
-                Ok(Outcome::Done)
-            }
+            Op::CreateAttachment { id, record } => self.create_attachment(b, id, &record),
             Op::DropAttachment {
                 id,
                 unsent_before,

@@ -169,7 +169,9 @@ pub(crate) enum Op {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     UserId(String),
-    Device(DeviceCtx),
+    /// A new device, and the devices removed to make room for it (the
+    /// devices quota), whose sessions must be closed.
+    Device(DeviceCtx, Vec<DeviceId>),
     Invite(Invite),
     Command(CommandResult),
     Swept {

@@ -41,6 +41,14 @@ adjustable_clock = true
 [limits]
 send_rate = 100000.0
 send_burst = 100000
+user_send_rate = 100000.0
+user_send_burst = 100000
+user_chat_rate = 100000.0
+user_chat_burst = 100000
+user_upload_rate = 100000.0
+user_upload_burst = 100000
+user_read_rate = 100000.0
+user_read_burst = 100000
 [nats]
 request_timeout = "2s"
 heartbeat = "1s"
