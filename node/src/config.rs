@@ -15,7 +15,9 @@ use serde::Deserialize;
 
 use crate::core::Registration;
 use crate::core::federation::FederationConfig;
+use crate::core::login_limits::LoginLimitsConfig;
 use crate::delivery::nats::NatsConfig;
+use crate::gateway::client_ip::TrustedProxies;
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
@@ -102,6 +104,10 @@ pub struct ServeArgs {
     /// This gateway's id on NATS (1-32 of a-z 0-9 -). Default: random per start
     #[arg(long, env = "NATTER_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Reverse proxies (addresses or CIDRs, comma-separated) whose Forwarded /
+    /// X-Forwarded-For header names the client. Default: none
+    #[arg(long, env = "NATTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ValueEnum, Default)]
@@ -143,6 +149,27 @@ struct FileConfig {
     shutdown_grace: Option<Duration>,
     #[serde(default)]
     federation: FileFederation,
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    logins: FileLogins,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogins {
+    attempt_rate: Option<f64>,
+    attempt_burst: Option<u32>,
+    free_failures: Option<u32>,
+    free_failures_per_address: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    forget_after: Option<Duration>,
+    max_records: Option<usize>,
+    max_addresses: Option<usize>,
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -291,6 +318,10 @@ pub struct Config {
     /// This process's id on NATS (its delivery subjects and consumer).
     pub gateway_id: GatewayId,
     pub federation: FederationConfig,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Limits on logins and registrations.
+    pub logins: LoginLimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -425,6 +456,16 @@ impl Config {
             Role::Core => SocketAddr::from(([127, 0, 0, 1], 7071)),
             _ => SocketAddr::from(([127, 0, 0, 1], 7070)),
         };
+        let proxies = match args.trusted_proxies.is_empty() {
+            false => args.trusted_proxies,
+            true => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies =
+            TrustedProxies::parse(&proxies).map_err(|e| ConfigError::Invalid {
+                setting: "trusted_proxies",
+                reason: e,
+            })?;
+        let logins = logins_config(file.logins)?;
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -455,6 +496,8 @@ impl Config {
             nats,
             gateway_id,
             federation: federation_config(file.federation),
+            trusted_proxies,
+            logins,
         })
     }
 }
@@ -473,6 +516,29 @@ fn federation_config(file: FileFederation) -> FederationConfig {
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
         key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
+    }
+}
+
+fn logins_config(file: FileLogins) -> Result<LoginLimitsConfig, ConfigError> {
+    let d = LoginLimitsConfig::default();
+    let ms = |value: Option<Duration>, default: i64| value.map_or(default, crate::clock::millis);
+    let config = LoginLimitsConfig {
+        attempt_rate: file.attempt_rate.unwrap_or(d.attempt_rate),
+        attempt_burst: file.attempt_burst.unwrap_or(d.attempt_burst),
+        free_failures: file.free_failures.unwrap_or(d.free_failures),
+        free_failures_per_address: file
+            .free_failures_per_address
+            .unwrap_or(d.free_failures_per_address),
+        delay_ms: ms(file.delay, d.delay_ms),
+        max_delay_ms: ms(file.max_delay, d.max_delay_ms),
+        forget_after_ms: ms(file.forget_after, d.forget_after_ms),
+        max_records: file.max_records.unwrap_or(d.max_records),
+        max_addresses: file.max_addresses.unwrap_or(d.max_addresses),
+        ipv6_prefix: file.ipv6_prefix.unwrap_or(d.ipv6_prefix),
+    };
+    match config.problem() {
+        Some(reason) => Err(invalid("logins", reason)),
+        None => Ok(config),
     }
 }
 

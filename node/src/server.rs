@@ -173,6 +173,7 @@ async fn run_with_store(
         sessions: TaskTracker::new(),
         admin_token_hash: auth::token_hash(&admin.token),
         ready: Arc::new(AtomicBool::new(false)),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
@@ -224,6 +225,7 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         max_group: config.store.max_group,
         federation: config.federation.clone(),
         public_url,
+        logins: config.logins.clone(),
     }
 }
 
@@ -345,6 +347,7 @@ async fn run_gateway(
         // No admin API here; nothing matches this.
         admin_token_hash: auth::token_hash(&auth::new_token()),
         ready: Arc::new(AtomicBool::new(false)),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let endpoints = Endpoints {
         clients: true,
@@ -382,7 +385,11 @@ async fn serve_until_shutdown(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let served = axum::serve(listener, gateway::router(gw.clone(), endpoints))
+    // With each connection's peer address: the client's address, or its
+    // trusted proxy's (gateway::client_ip).
+    let app = gateway::router(gw.clone(), endpoints)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     gw.ready.store(false, Ordering::Release);

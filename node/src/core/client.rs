@@ -2,6 +2,7 @@
 //! in another process over NATS request/reply. Both carry the same [`Request`]
 //! to [`Core::handle`], so an operation has one path whichever way it travels.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::rpc::{Answer, Refusal, Reply, Request, Response, answered};
@@ -77,30 +78,36 @@ impl CoreClient {
         self.send(request).await.await
     }
 
+    /// `client` is the client's address (`gateway::client_ip`).
     pub async fn register(
         &self,
         username: String,
         password: String,
         invite: Option<String>,
+        client: IpAddr,
     ) -> Result<String, CoreError> {
         let request = Request::Register {
             username,
             password,
             invite,
+            client: Some(client),
         };
         expect!(self.request(request).await?, Response::UserId)
     }
 
+    /// `client` is the client's address (`gateway::client_ip`).
     pub async fn login(
         &self,
         username: String,
         password: String,
         device_name: Option<String>,
+        client: IpAddr,
     ) -> Result<LoginResponse, CoreError> {
         let request = Request::Login {
             username,
             password,
             device_name,
+            client: Some(client),
         };
         expect!(self.request(request).await?, Response::Login)
     }
@@ -178,9 +185,19 @@ impl CoreClient {
 /// A reply from a core in another process.
 fn decode(bytes: &[u8]) -> Result<Response, CoreError> {
     let reply: Reply = serde_json::from_slice(bytes).map_err(CoreError::Decode)?;
-    reply.map_err(|Refusal { code, message }| match code {
-        ErrorCode::Internal => CoreError::Internal(message),
-        ErrorCode::Unavailable => CoreError::Unavailable(message),
-        code => CoreError::Rejected { code, message },
-    })
+    reply.map_err(
+        |Refusal {
+             code,
+             message,
+             retry_after_ms,
+         }| match (code, retry_after_ms) {
+            (ErrorCode::Internal, _) => CoreError::Internal(message),
+            (ErrorCode::Unavailable, _) => CoreError::Unavailable(message),
+            (ErrorCode::RateLimited, Some(retry_after_ms)) => CoreError::RateLimited {
+                message,
+                retry_after_ms,
+            },
+            (code, _) => CoreError::Rejected { code, message },
+        },
+    )
 }

@@ -17,12 +17,13 @@ mod accounts;
 mod attachments;
 pub mod client;
 pub mod federation;
+pub mod login_limits;
 mod render;
 pub mod rpc;
 mod writer;
 
-use accounts::LoginFailures;
 pub use accounts::{Invite, UserInfo};
+use login_limits::LoginLimits;
 
 use std::sync::Arc;
 
@@ -91,6 +92,13 @@ pub enum CoreError {
     /// The writer has stopped (the node is shutting down).
     #[error("the node is shutting down")]
     Stopped,
+    /// Over a per-user rate limit (`rate_limited`); a retry after
+    /// `retry_after_ms` may succeed.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_ms: u64,
+    },
 }
 
 impl CoreError {
@@ -106,6 +114,7 @@ impl CoreError {
     pub fn code(&self) -> ErrorCode {
         match self {
             Self::Rejected { code, .. } => *code,
+            Self::RateLimited { .. } => ErrorCode::RateLimited,
             Self::Unavailable(_) | Self::Call(_) | Self::Stopped => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }
@@ -114,12 +123,25 @@ impl CoreError {
     /// The message a client sees.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Rejected { message, .. } => message.clone(),
+            Self::Rejected { message, .. } | Self::RateLimited { message, .. } => message.clone(),
             Self::Unavailable(message) => message.clone(),
             Self::Call(e) => e.to_string(),
             Self::Stopped => "the node is shutting down".into(),
             _ => "internal error".into(),
         }
+    }
+
+    /// For `rate_limited`: in how many milliseconds a retry may succeed.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a refusal the client caused (not logged as a fault).
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, Self::Rejected { .. } | Self::RateLimited { .. })
     }
 }
 
@@ -160,6 +182,8 @@ pub struct CoreConfig {
     pub federation: federation::FederationConfig,
     /// The node's base URL, as its clients and peers reach it.
     pub public_url: String,
+    /// Limits on logins and registrations (`[logins]`).
+    pub logins: login_limits::LoginLimitsConfig,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -178,7 +202,8 @@ struct Inner {
     clock: Clock,
     config: CoreConfig,
     media: Media,
-    login_failures: LoginFailures,
+    /// Per-address attempt rates and failed-login throttling.
+    login_limits: LoginLimits,
 }
 
 /// Joins the writer thread.
@@ -231,9 +256,9 @@ impl Core {
                 federation,
                 writer: tx,
                 clock,
-                config,
                 media,
-                login_failures: LoginFailures::default(),
+                login_limits: LoginLimits::new(config.logins.clone()),
+                config,
             }),
         };
         Ok((core, WriterThread(handle)))
@@ -330,8 +355,8 @@ impl Core {
         let this = self.clone();
         let write = match command {
             Command::ListChats { limit, cursor } => {
-                let user = ctx.user.clone();
-                return Box::pin(async move { this.list_chats(user, limit, cursor).await });
+                let ctx = ctx.clone();
+                return Box::pin(async move { this.list_chats(ctx, limit, cursor).await });
             }
             Command::GetHistory {
                 chat_id,
@@ -339,9 +364,9 @@ impl Core {
                 after_seq,
                 limit,
             } => {
-                let user_id = ctx.user_id.clone();
+                let ctx = ctx.clone();
                 let range = (before_seq, after_seq, limit);
-                return Box::pin(async move { this.history(user_id, chat_id, range).await });
+                return Box::pin(async move { this.history(ctx, chat_id, range).await });
             }
             Command::GetAttachmentTarget {
                 size,
@@ -356,11 +381,17 @@ impl Core {
                     name,
                     sha256,
                 };
-                return Box::pin(async move { this.attachment_target(&ctx, upload).await });
+                return Box::pin(async move {
+                    this.check_session(&ctx).await?;
+                    this.attachment_target(&ctx, upload).await
+                });
             }
             Command::GetAttachmentUrl { attachment_id } => {
-                let user_id = ctx.user_id.clone();
-                return Box::pin(async move { this.attachment_url(user_id, attachment_id).await });
+                let ctx = ctx.clone();
+                return Box::pin(async move {
+                    this.check_session(&ctx).await?;
+                    this.attachment_url(ctx.user_id, attachment_id).await
+                });
             }
             command => match self.write_command(ctx, command).await {
                 Ok(Ok(write)) => write,
@@ -402,6 +433,8 @@ impl Core {
                     "attachments in chats of other nodes are not supported yet",
                 ));
             }
+            // Not through this node's writer: its session check is made here.
+            self.check_session(ctx).await?;
             let answer = self.forward(home, action).await?;
             return Ok(Err(Box::pin(async move {
                 answer.await.map_err(|_| CoreError::Stopped)?
@@ -454,7 +487,7 @@ impl Core {
     /// `cursor` (`<activity ms>.<chat id>` of the last one of the previous page).
     async fn list_chats(
         &self,
-        user: Username,
+        ctx: DeviceCtx,
         limit: u32,
         cursor: Option<String>,
     ) -> Result<CommandResult, CoreError> {
@@ -466,8 +499,9 @@ impl Core {
             None => None,
         };
         self.read(move |view| {
+            accounts::session_ended(view, &ctx)?;
             let mut chats: Vec<((i64, String), ChatSummary)> = Vec::new();
-            for (chat_id, membership) in view.user_chats(&user)? {
+            for (chat_id, membership) in view.user_chats(&ctx.user)? {
                 let Some(chat) = view.chat(chat_id)? else {
                     continue;
                 };
@@ -503,15 +537,17 @@ impl Core {
     /// A page of a chat's history; `range` is `(beforeSeq, afterSeq, limit)`.
     async fn history(
         &self,
-        user_id: String,
+        ctx: DeviceCtx,
         chat_id: ChatId,
         (before, after, limit): (Option<u64>, Option<u64>, u32),
     ) -> Result<CommandResult, CoreError> {
         self.read(move |view| {
+            accounts::session_ended(view, &ctx)?;
+            let user_id = &ctx.user_id;
             if view.chat(chat_id)?.is_none() {
                 return Err(CoreError::reject(ErrorCode::UnknownChat, "no such chat"));
             }
-            if !view.is_member(chat_id, &user_id)? {
+            if !view.is_member(chat_id, user_id)? {
                 return Err(CoreError::reject(
                     ErrorCode::NotParticipant,
                     "you are not a participant of this chat",

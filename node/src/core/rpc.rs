@@ -14,6 +14,7 @@
 //! [`CoreClient`]: super::client::CoreClient
 
 use std::future::{Future, ready};
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -34,11 +35,18 @@ pub enum Request {
         username: String,
         password: String,
         invite: Option<String>,
+        /// The client's address, as the gateway worked it out (added later:
+        /// optional; without it the per-address limits cannot apply).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
     },
     Login {
         username: String,
         password: String,
         device_name: Option<String>,
+        /// As for `Register`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
     },
     Authenticate {
         token: String,
@@ -89,6 +97,9 @@ pub enum Response {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: when a retry may succeed (added later: optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What travels back over NATS.
@@ -130,12 +141,17 @@ impl Core {
                 username,
                 password,
                 invite,
-            } => Response::UserId(self.register(&username, &password, invite).await?),
+                client,
+            } => Response::UserId(self.register(&username, &password, invite, client).await?),
             Request::Login {
                 username,
                 password,
                 device_name,
-            } => Response::Login(self.login(&username, &password, device_name).await?),
+                client,
+            } => Response::Login(
+                self.login(&username, &password, device_name, client)
+                    .await?,
+            ),
             Request::Authenticate { token } => Response::Device(self.authenticate(&token).await?),
             Request::Logout { ctx } => {
                 self.logout(&ctx).await?;
@@ -171,6 +187,7 @@ pub fn refusal(e: &CoreError) -> Refusal {
     Refusal {
         code: e.code(),
         message: e.public_message(),
+        retry_after_ms: e.retry_after_ms(),
     }
 }
 
@@ -193,7 +210,7 @@ pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationTo
                 };
                 async move {
                     let reply: Reply = answer.await.map_err(|e| {
-                        if !matches!(e, CoreError::Rejected { .. }) {
+                        if !e.is_refusal() {
                             tracing::error!(error = %e, "request failed");
                         }
                         refusal(&e)

@@ -12,5 +12,6 @@ mod federation_trust;
 mod http;
 mod key_rotation;
 mod lifecycle;
+mod logins;
 mod media;
 mod nats_faults;
