@@ -727,6 +727,59 @@ mod tests {
         assert_eq!(c.registration, Registration::Invite);
         assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
         assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
+        assert!(c.trusted_proxies.is_empty());
+        let logins = &c.logins;
+        assert_eq!((logins.attempt_rate, logins.attempt_burst), (1.0, 30));
+        assert_eq!(
+            (logins.free_failures, logins.free_failures_per_address),
+            (5, 50)
+        );
+        assert_eq!((logins.delay_ms, logins.max_delay_ms), (1000, 900_000));
+        assert_eq!(logins.forget_after_ms, 3_600_000);
+        assert_eq!(
+            (logins.max_records, logins.max_addresses),
+            (100_000, 100_000)
+        );
+        assert_eq!(logins.ipv6_prefix, 64);
+    }
+
+    #[test]
+    fn login_limits_and_trusted_proxies_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |text: &str| {
+            let path = dir.path().join("natter.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+        };
+        let c = config(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[logins]\nfree_failures = 3\ndelay = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            TrustedProxies::parse(&["10.0.0.0/8", "::1"]).unwrap()
+        );
+        assert_eq!((c.logins.free_failures, c.logins.delay_ms), (3, 2000));
+        for bad in [
+            "trusted_proxies = [\"proxy.example\"]\n",
+            "[logins]\nmax_delay = \"2h\"\n",
+            "[logins]\nattempt_burst = 0\n",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
+        // The flag (or NATTER_TRUSTED_PROXIES) wins over the file.
+        let c = Config::resolve(ServeArgs {
+            trusted_proxies: vec!["192.0.2.1".into()],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            TrustedProxies::parse(&["192.0.2.1"]).unwrap()
+        );
     }
 
     #[test]
