@@ -341,16 +341,24 @@ pub struct Invite {
 /// `Err` (`unauthorized`, as for a bad token) when `ctx`'s device no longer
 /// exists or its user is disabled.
 pub(super) fn session_ended(view: &Snapshot, ctx: &DeviceCtx) -> Result<(), CoreError> {
-    let live = view
-        .device(ctx.device)?
-        .is_some_and(|device| device.user == ctx.user);
-    if !live {
+    let user = view.device(ctx.device)?.map(|device| device.user);
+    live(view, user.filter(|user| *user == ctx.user))
+}
+
+/// The same for a device alone (its inbox reads).
+pub(super) fn device_ended(view: &Snapshot, device: DeviceId) -> Result<(), CoreError> {
+    live(view, view.device(device)?.map(|device| device.user))
+}
+
+/// `Err` unless `user` (the device's, `None` without a device) is enabled.
+fn live(view: &Snapshot, user: Option<Username>) -> Result<(), CoreError> {
+    let Some(user) = user else {
         return Err(CoreError::reject(
             ErrorCode::Unauthorized,
             "this device is logged out",
         ));
-    }
-    if view.user(&ctx.user)?.is_none_or(|user| user.disabled) {
+    };
+    if view.user(&user)?.is_none_or(|user| user.disabled) {
         return Err(CoreError::reject(
             ErrorCode::Unauthorized,
             "this user is disabled",

@@ -572,6 +572,7 @@ impl Core {
 
     /// A device's pending events with delivery id > `after`, oldest first, as
     /// frames: at most `limit` of them and about [`FRAMES_BUDGET`] bytes.
+    /// `unauthorized` once the device has ended or its user is disabled.
     pub async fn backlog(
         &self,
         device: DeviceId,
@@ -579,6 +580,7 @@ impl Core {
         limit: usize,
     ) -> Result<Frames, CoreError> {
         self.read(move |view| {
+            accounts::device_ended(view, device)?;
             let entries = view.inbox_after(device, after.0, limit)?;
             let read = entries.len();
             let mut frames = Vec::with_capacity(read);
@@ -606,6 +608,7 @@ impl Core {
         ids: Vec<DeliveryId>,
     ) -> Result<Frames, CoreError> {
         self.read(move |view| {
+            accounts::device_ended(view, device)?;
             let mut frames = Vec::with_capacity(ids.len());
             let mut bytes = 0;
             let mut complete = true;

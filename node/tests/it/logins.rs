@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::support::TestNode;
 use crate::support::node::{BASE_CONFIG, Topology, with_logins};
+use crate::support::ws::Closed;
 
 const RIGHT: &str = "password123";
 const WRONG: &str = "guess-guess";
@@ -293,6 +294,12 @@ async fn ended_sessions_are_refused_by_the_core_when_the_close_order_is_lost() {
     let mut phone = node.connect(&alice_phone).await;
     let mut b = node.connect(&bob).await;
     let mut c = node.connect(&carol).await;
+    // Nothing left unacknowledged: no resend reads the inbox meanwhile (that
+    // path is the next test's).
+    for client in [&mut phone, &mut c] {
+        let events = client.drain().await;
+        client.ack_events(&events).await;
+    }
 
     node.kill9();
     node.restart().await;
@@ -340,4 +347,52 @@ async fn ended_sessions_are_refused_by_the_core_when_the_close_order_is_lost() {
         .map(|m| m["message"].as_str().unwrap())
         .collect();
     assert_eq!(texts, ["bob's", "alice's"]);
+}
+
+/// The same lost orders, seen from the inbox reads a connection makes by
+/// itself (here: resends of unacknowledged events): the core answers them
+/// `unauthorized`, and the gateway closes the connection with 4401.
+#[tokio::test]
+async fn ended_sessions_close_at_their_next_inbox_read_when_the_close_order_is_lost() {
+    let config = format!(
+        "{}[websocket]\nresend_after = \"200ms\"\n",
+        BASE_CONFIG.replace("heartbeat = \"1s\"", "heartbeat = \"1h\"")
+    );
+    let mut node = TestNode::with_config(Topology::Split, &config).await;
+    let alice = node.user("alice").await;
+    let alice_phone = node.login("alice").await;
+    let carol = node.user("carol").await;
+    let mut a = node.connect(&alice).await;
+    a.ok(json!({"type":"createChat","participants":["carol"]}))
+        .await;
+    // Both get the chat's `created` event and never acknowledge it: it is
+    // sent again every 200 ms, read from the inbox each time.
+    let mut phone = node.connect(&alice_phone).await;
+    let mut c = node.connect(&carol).await;
+    phone.event().await;
+    c.event().await;
+
+    node.kill9();
+    node.restart().await;
+    let response = node
+        .http()
+        .post(format!("{}/v1/logout", node.client_url()))
+        .bearer_auth(&alice_phone.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 204);
+    let (status, _) = node
+        .admin(reqwest::Method::POST, "/users/carol/disable", None)
+        .await;
+    assert_eq!(status, 204);
+
+    for (client, who) in [(&mut phone, "phone"), (&mut c, "carol")] {
+        let closed = tokio::time::timeout(crate::support::DEADLINE, client.closed())
+            .await
+            .unwrap_or_else(|_| panic!("{who}'s connection stayed open"));
+        assert_eq!(closed, Closed::Code(4401), "{who}");
+    }
+    // Alice's other device carries on.
+    a.ok(json!({"type":"listChats"})).await;
 }
