@@ -16,7 +16,9 @@ use serde::Deserialize;
 use crate::core::Registration;
 use crate::core::federation::FederationConfig;
 use crate::core::limits::{Quotas, Rate, UserRateConfig};
+use crate::core::login_limits::LoginLimitsConfig;
 use crate::delivery::nats::{NatsAuth, NatsConfig, NatsTls, Secret};
+use crate::gateway::client_ip::TrustedProxies;
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
@@ -109,6 +111,10 @@ pub struct ServeArgs {
     /// This gateway's id on NATS (1-32 of a-z 0-9 -). Default: random per start
     #[arg(long, env = "NATTER_GATEWAY_ID")]
     pub gateway_id: Option<String>,
+    /// Reverse proxies (addresses or CIDRs, comma-separated) whose Forwarded /
+    /// X-Forwarded-For header names the client. Default: none
+    #[arg(long, env = "NATTER_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<String>,
     #[command(flatten)]
     pub nats_auth: NatsArgs,
 }
@@ -188,12 +194,33 @@ struct FileConfig {
     federation: FileFederation,
     #[serde(default)]
     admin: FileAdmin,
+    trusted_proxies: Option<Vec<String>>,
+    #[serde(default)]
+    logins: FileLogins,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLogins {
+    attempt_rate: Option<f64>,
+    attempt_burst: Option<u32>,
+    free_failures: Option<u32>,
+    free_failures_per_address: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    max_delay: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    forget_after: Option<Duration>,
+    max_records: Option<usize>,
+    max_addresses: Option<usize>,
+    ipv6_prefix: Option<u8>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -374,6 +401,10 @@ pub struct Config {
     /// This process's id on NATS (its delivery subjects and consumer).
     pub gateway_id: GatewayId,
     pub federation: FederationConfig,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Limits on logins and registrations.
+    pub logins: LoginLimitsConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -601,6 +632,16 @@ impl Config {
                 "must differ from listen: the admin API is never served to clients",
             ));
         }
+        let proxies = match args.trusted_proxies.is_empty() {
+            false => args.trusted_proxies,
+            true => file.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies =
+            TrustedProxies::parse(&proxies).map_err(|e| ConfigError::Invalid {
+                setting: "trusted_proxies",
+                reason: e,
+            })?;
+        let logins = logins_config(file.logins)?;
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -632,6 +673,8 @@ impl Config {
             nats,
             gateway_id,
             federation: federation_config(file.federation),
+            trusted_proxies,
+            logins,
         })
     }
 }
@@ -650,6 +693,29 @@ fn federation_config(file: FileFederation) -> FederationConfig {
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
         key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
+    }
+}
+
+fn logins_config(file: FileLogins) -> Result<LoginLimitsConfig, ConfigError> {
+    let d = LoginLimitsConfig::default();
+    let ms = |value: Option<Duration>, default: i64| value.map_or(default, crate::clock::millis);
+    let config = LoginLimitsConfig {
+        attempt_rate: file.attempt_rate.unwrap_or(d.attempt_rate),
+        attempt_burst: file.attempt_burst.unwrap_or(d.attempt_burst),
+        free_failures: file.free_failures.unwrap_or(d.free_failures),
+        free_failures_per_address: file
+            .free_failures_per_address
+            .unwrap_or(d.free_failures_per_address),
+        delay_ms: ms(file.delay, d.delay_ms),
+        max_delay_ms: ms(file.max_delay, d.max_delay_ms),
+        forget_after_ms: ms(file.forget_after, d.forget_after_ms),
+        max_records: file.max_records.unwrap_or(d.max_records),
+        max_addresses: file.max_addresses.unwrap_or(d.max_addresses),
+        ipv6_prefix: file.ipv6_prefix.unwrap_or(d.ipv6_prefix),
+    };
+    match config.problem() {
+        Some(reason) => Err(invalid("logins", reason)),
+        None => Ok(config),
     }
 }
 
@@ -934,6 +1000,59 @@ mod tests {
         assert_eq!(c.registration, Registration::Invite);
         assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
         assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
+        assert!(c.trusted_proxies.is_empty());
+        let logins = &c.logins;
+        assert_eq!((logins.attempt_rate, logins.attempt_burst), (1.0, 30));
+        assert_eq!(
+            (logins.free_failures, logins.free_failures_per_address),
+            (5, 50)
+        );
+        assert_eq!((logins.delay_ms, logins.max_delay_ms), (1000, 900_000));
+        assert_eq!(logins.forget_after_ms, 3_600_000);
+        assert_eq!(
+            (logins.max_records, logins.max_addresses),
+            (100_000, 100_000)
+        );
+        assert_eq!(logins.ipv6_prefix, 64);
+    }
+
+    #[test]
+    fn login_limits_and_trusted_proxies_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = |text: &str| {
+            let path = dir.path().join("natter.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+        };
+        let c = config(
+            "trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n[logins]\nfree_failures = 3\ndelay = \"2s\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            TrustedProxies::parse(&["10.0.0.0/8", "::1"]).unwrap()
+        );
+        assert_eq!((c.logins.free_failures, c.logins.delay_ms), (3, 2000));
+        for bad in [
+            "trusted_proxies = [\"proxy.example\"]\n",
+            "[logins]\nmax_delay = \"2h\"\n",
+            "[logins]\nattempt_burst = 0\n",
+        ] {
+            assert!(config(bad).is_err(), "{bad}");
+        }
+        // The flag (or NATTER_TRUSTED_PROXIES) wins over the file.
+        let c = Config::resolve(ServeArgs {
+            trusted_proxies: vec!["192.0.2.1".into()],
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.trusted_proxies,
+            TrustedProxies::parse(&["192.0.2.1"]).unwrap()
+        );
     }
 
     #[test]

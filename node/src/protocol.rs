@@ -149,6 +149,14 @@ pub struct LoginResponse {
 pub struct ErrorBody {
     pub code: ErrorCode,
     pub message: String,
+    /// Extension: with `rate_limited`, in how many milliseconds a retry may
+    /// succeed (HTTP also sends `Retry-After`, in seconds).
+    #[serde(
+        rename = "retryAfterMs",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retry_after_ms: Option<u64>,
 }
 
 // ------------------------------------------------------------ client frames

@@ -202,6 +202,7 @@ async fn run_with_store(
         sessions: TaskTracker::new(),
         admin_token_hash: auth::token_hash(&admin.token),
         ready: Arc::new(AtomicBool::new(false)),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
@@ -256,6 +257,7 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         public_url,
         rates: config.limits.user.clone(),
         quotas: config.limits.quotas.clone(),
+        logins: config.logins.clone(),
     }
 }
 
@@ -377,6 +379,7 @@ async fn run_gateway(
         // No admin API here; nothing matches this.
         admin_token_hash: auth::token_hash(&auth::new_token()),
         ready: Arc::new(AtomicBool::new(false)),
+        trusted_proxies: config.trusted_proxies.clone(),
     });
     let endpoints = Endpoints {
         clients: true,
@@ -422,7 +425,11 @@ async fn serve_until_shutdown(
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
     });
-    let served = axum::serve(listener, gateway::router(gw.clone(), endpoints))
+    // With each connection's peer address: the client's address, or its
+    // trusted proxy's (gateway::client_ip).
+    let app = gateway::router(gw.clone(), endpoints)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await;
     if let Ok(Err(e)) = admin.await {

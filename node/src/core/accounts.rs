@@ -1,24 +1,34 @@
 //! Accounts: registration, logins (devices and their tokens), users, invites.
 //!
 //! Password hashing is slow on purpose (argon2), so it runs on the blocking
-//! pool, at most one per CPU; failed logins are throttled per user name.
+//! pool, at most one per CPU. Logins and registrations are limited per client
+//! address, and failed logins throttled per (address, user) and per address
+//! ([`super::login_limits`]).
 
+use std::net::IpAddr;
+
+use super::login_limits::Wait;
 use super::writer::{Op, Outcome, WriteRequest};
 use super::{Core, CoreError, DeviceCtx, Registration, unexpected};
 use crate::auth;
 use crate::clock::rfc3339;
 use crate::ids::{DeviceId, UserRef, Username};
 use crate::protocol::{self, ErrorCode, LoginResponse};
+use crate::store::Snapshot;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 impl Core {
+    /// `client` is the client's address; `None` from a gateway of an older
+    /// build, which the per-address limits cannot apply to.
     pub async fn register(
         &self,
         username: &str,
         password: &str,
         invite: Option<String>,
+        client: Option<IpAddr>,
     ) -> Result<String, CoreError> {
+        self.take_attempt(client)?;
         let registration = self.inner.config.registration;
         if registration == Registration::Closed {
             return Err(CoreError::reject(
@@ -113,13 +123,15 @@ impl Core {
         Ok(())
     }
 
+    /// Logs in from `client` (see [`Core::register`]): a new device.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         device_name: Option<String>,
+        client: Option<IpAddr>,
     ) -> Result<LoginResponse, CoreError> {
-        let bad = || CoreError::reject(ErrorCode::BadCredentials, "wrong username or password");
+        self.take_attempt(client)?;
         if let Some(n) = &device_name
             && (n.chars().count() > protocol::MAX_DEVICE_NAME_CHARS || !protocol::displayable(n))
         {
@@ -128,14 +140,14 @@ impl Core {
                 "deviceName is too long or has control characters or bidirectional overrides",
             ));
         }
+        // Without an address (an older gateway) the pair is keyed by the
+        // unspecified address: a per-user throttle, as before addresses.
+        let client = client.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+        let limits = &self.inner.login_limits;
+        limits
+            .check(client, username, self.inner.clock.now_ms())
+            .map_err(throttled)?;
         let name = Username::parse(username);
-        let now = self.inner.clock.now_ms();
-        if self.inner.login_failures.blocked(username, now) {
-            return Err(CoreError::reject(
-                ErrorCode::RateLimited,
-                "too many failed logins for this user; try again later",
-            ));
-        }
         let record = match &name {
             Some(n) => {
                 let n = n.clone();
@@ -148,12 +160,23 @@ impl Core {
             .map(|r| r.password_hash.clone())
             .unwrap_or_else(|| auth::dummy_hash().to_owned());
         let password = password.to_owned();
-        let ok = password_work(move || auth::verify_password(&password, &phc)).await?;
+        // Checked again once a hashing slot is ours, and the guess holds its
+        // place in the budget until decided: parallel guesses cannot all pass.
+        let now = || self.inner.clock.now_ms();
+        let (ok, guess) = password_work(
+            || limits.begin(client, username, now()),
+            move || auth::verify_password(&password, &phc),
+        )
+        .await?
+        .map_err(throttled)?;
         let (Some(name), Some(record), true) = (name, record, ok) else {
-            self.inner.login_failures.failed(username, now);
-            return Err(bad());
+            guess.failed(now());
+            return Err(CoreError::reject(
+                ErrorCode::BadCredentials,
+                "wrong username or password",
+            ));
         };
-        self.inner.login_failures.succeeded(username);
+        guess.succeeded();
         if record.disabled {
             return Err(CoreError::reject(
                 ErrorCode::UserDisabled,
@@ -161,6 +184,18 @@ impl Core {
             ));
         }
         self.new_device(name, device_name).await
+    }
+
+    /// Takes a login or registration attempt from the client address's bucket.
+    fn take_attempt(&self, client: Option<IpAddr>) -> Result<(), CoreError> {
+        match client {
+            Some(client) => self
+                .inner
+                .login_limits
+                .attempt(client, self.inner.clock.now_ms())
+                .map_err(throttled),
+            None => Ok(()),
+        }
     }
 
     /// Creates a device for a user without its password (admin).
@@ -231,6 +266,14 @@ impl Core {
         .await
     }
 
+    /// Refuses a read from a session that has ended since it authenticated (a
+    /// logout, an expired device, a disabled user), should the order to close
+    /// its connection have been lost; the writer checks writes the same way.
+    pub(super) async fn check_session(&self, ctx: &DeviceCtx) -> Result<(), CoreError> {
+        let ctx = ctx.clone();
+        self.read(move |view| session_ended(view, &ctx)).await
+    }
+
     /// Ends a device: its token stops working, its inbox is dropped and its
     /// connection, wherever it is, closes.
     pub async fn logout(&self, ctx: &DeviceCtx) -> Result<(), CoreError> {
@@ -284,51 +327,6 @@ impl Core {
     }
 }
 
-/// Failed logins per user name: after [`LoginFailures::LIMIT`] within
-/// [`LoginFailures::WINDOW_MS`], further attempts are refused (`rate_limited`)
-/// without checking the password, until the window has passed. Slows guessing
-/// and keeps argon2 from being used to burn the node's CPU.
-#[derive(Default)]
-pub(super) struct LoginFailures {
-    /// name → (failures, when the first of them happened)
-    seen: std::sync::Mutex<std::collections::HashMap<String, (u32, i64)>>,
-}
-
-impl LoginFailures {
-    const LIMIT: u32 = 10;
-    const WINDOW_MS: i64 = 15 * 60 * 1000;
-    /// Beyond this many names, expired entries are dropped.
-    const MAX_NAMES: usize = 100_000;
-
-    pub(super) fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (u32, i64)>> {
-        self.seen.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn blocked(&self, name: &str, now: i64) -> bool {
-        self.lock()
-            .get(name)
-            .is_some_and(|(n, since)| *n >= Self::LIMIT && now - since < Self::WINDOW_MS)
-    }
-
-    pub(super) fn failed(&self, name: &str, now: i64) {
-        let mut seen = self.lock();
-        if seen.len() >= Self::MAX_NAMES {
-            seen.retain(|_, (_, since)| now - *since < Self::WINDOW_MS);
-        }
-        let entry = seen.entry(name.to_owned()).or_insert((0, now));
-        if now - entry.1 >= Self::WINDOW_MS {
-            *entry = (0, now);
-        }
-        entry.0 += 1;
-    }
-
-    pub(super) fn succeeded(&self, name: &str) {
-        self.lock().remove(name);
-    }
-}
-
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UserInfo {
@@ -346,13 +344,55 @@ pub struct Invite {
     pub expires_at: String,
 }
 
+/// `Err` (`unauthorized`, as for a bad token) when `ctx`'s device no longer
+/// exists or its user is disabled.
+pub(super) fn session_ended(view: &Snapshot, ctx: &DeviceCtx) -> Result<(), CoreError> {
+    let user = view.device(ctx.device)?.map(|device| device.user);
+    live(view, user.filter(|user| *user == ctx.user))
+}
+
+/// The same for a device alone (its inbox reads).
+pub(super) fn device_ended(view: &Snapshot, device: DeviceId) -> Result<(), CoreError> {
+    live(view, view.device(device)?.map(|device| device.user))
+}
+
+/// `Err` unless `user` (the device's, `None` without a device) is enabled.
+fn live(view: &Snapshot, user: Option<Username>) -> Result<(), CoreError> {
+    let Some(user) = user else {
+        return Err(CoreError::reject(
+            ErrorCode::Unauthorized,
+            "this device is logged out",
+        ));
+    };
+    if view.user(&user)?.is_none_or(|user| user.disabled) {
+        return Err(CoreError::reject(
+            ErrorCode::Unauthorized,
+            "this user is disabled",
+        ));
+    }
+    Ok(())
+}
+
+/// A refusal by the login limits, as the client sees it.
+fn throttled(wait: Wait) -> CoreError {
+    CoreError::RateLimited {
+        message: wait.reason.to_owned(),
+        retry_after_ms: wait.retry_after_ms,
+    }
+}
+
 /// Runs password hashing or verification on the blocking pool, at most one per
 /// CPU at a time. argon2 takes ~19 MiB and tens of milliseconds per call: without
 /// a bound, a burst of logins would take every core and leave the allocator
 /// holding hundreds of megabytes.
-async fn password_work<T: Send + 'static>(
+///
+/// `admit` runs once the slot is held, before the work: what it refuses costs
+/// no hashing (and what it admits is decided with the slot held, not before
+/// the wait for it).
+async fn password_work<A, E, T: Send + 'static>(
+    admit: impl FnOnce() -> Result<A, E>,
     f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, tokio::task::JoinError> {
+) -> Result<Result<(T, A), E>, tokio::task::JoinError> {
     use std::sync::OnceLock;
     use tokio::sync::Semaphore;
     static SLOTS: OnceLock<Semaphore> = OnceLock::new();
@@ -361,8 +401,12 @@ async fn password_work<T: Send + 'static>(
     });
     // The semaphore is never closed, so acquiring cannot fail.
     let _permit = slots.acquire().await.ok();
+    let admitted = match admit() {
+        Ok(admitted) => admitted,
+        Err(e) => return Ok(Err(e)),
+    };
     crate::metrics::METRICS.password_hashes.inc();
-    tokio::task::spawn_blocking(f).await
+    Ok(Ok((tokio::task::spawn_blocking(f).await?, admitted)))
 }
 
 fn check_password(password: &str) -> Result<(), CoreError> {
@@ -385,7 +429,9 @@ fn check_password(password: &str) -> Result<(), CoreError> {
 }
 
 async fn hash_password(password: String) -> Result<String, CoreError> {
-    password_work(move || auth::hash_password(&password))
-        .await?
-        .map_err(CoreError::Password)
+    let admit = || Ok::<_, std::convert::Infallible>(());
+    match password_work(admit, move || auth::hash_password(&password)).await? {
+        Ok((hashed, ())) => hashed.map_err(CoreError::Password),
+        Err(never) => match never {},
+    }
 }

@@ -2,6 +2,7 @@
 //! in another process over NATS request/reply. Both carry the same [`Request`]
 //! to [`Core::handle`], so an operation has one path whichever way it travels.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::rpc::{Answer, Refusal, Reply, Request, Response, answered};
@@ -77,30 +78,36 @@ impl CoreClient {
         self.send(request).await.await
     }
 
+    /// `client` is the client's address (`gateway::client_ip`).
     pub async fn register(
         &self,
         username: String,
         password: String,
         invite: Option<String>,
+        client: IpAddr,
     ) -> Result<String, CoreError> {
         let request = Request::Register {
             username,
             password,
             invite,
+            client: Some(client),
         };
         expect!(self.request(request).await?, Response::UserId)
     }
 
+    /// `client` is the client's address (`gateway::client_ip`).
     pub async fn login(
         &self,
         username: String,
         password: String,
         device_name: Option<String>,
+        client: IpAddr,
     ) -> Result<LoginResponse, CoreError> {
         let request = Request::Login {
             username,
             password,
             device_name,
+            client: Some(client),
         };
         expect!(self.request(request).await?, Response::Login)
     }

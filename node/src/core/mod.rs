@@ -18,12 +18,13 @@ mod attachments;
 pub mod client;
 pub mod federation;
 pub mod limits;
+pub mod login_limits;
 mod render;
 pub mod rpc;
 mod writer;
 
-use accounts::LoginFailures;
 pub use accounts::{Invite, UserInfo};
+use login_limits::LoginLimits;
 
 use std::sync::Arc;
 
@@ -188,6 +189,8 @@ pub struct CoreConfig {
     /// Per-user rates of state-changing commands.
     pub rates: limits::UserRateConfig,
     pub quotas: limits::Quotas,
+    /// Limits on logins and registrations (`[logins]`).
+    pub logins: login_limits::LoginLimitsConfig,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -206,9 +209,10 @@ struct Inner {
     clock: Clock,
     config: CoreConfig,
     media: Media,
-    login_failures: LoginFailures,
     /// Per-user token buckets, checked before a command is queued.
     rates: limits::UserRates,
+    /// Per-address attempt rates and failed-login throttling.
+    login_limits: LoginLimits,
 }
 
 /// Joins the writer thread.
@@ -262,8 +266,8 @@ impl Core {
                 writer: tx,
                 clock,
                 media,
-                login_failures: LoginFailures::default(),
                 rates: limits::UserRates::new(config.rates.clone()),
+                login_limits: LoginLimits::new(config.logins.clone()),
                 config,
             }),
         };
@@ -365,8 +369,8 @@ impl Core {
         let this = self.clone();
         let write = match command {
             Command::ListChats { limit, cursor } => {
-                let user = ctx.user.clone();
-                return Box::pin(async move { this.list_chats(user, limit, cursor).await });
+                let ctx = ctx.clone();
+                return Box::pin(async move { this.list_chats(ctx, limit, cursor).await });
             }
             Command::GetHistory {
                 chat_id,
@@ -374,9 +378,9 @@ impl Core {
                 after_seq,
                 limit,
             } => {
-                let user_id = ctx.user_id.clone();
+                let ctx = ctx.clone();
                 let range = (before_seq, after_seq, limit);
-                return Box::pin(async move { this.history(user_id, chat_id, range).await });
+                return Box::pin(async move { this.history(ctx, chat_id, range).await });
             }
             Command::GetAttachmentTarget {
                 size,
@@ -391,11 +395,17 @@ impl Core {
                     name,
                     sha256,
                 };
-                return Box::pin(async move { this.attachment_target(&ctx, upload).await });
+                return Box::pin(async move {
+                    this.check_session(&ctx).await?;
+                    this.attachment_target(&ctx, upload).await
+                });
             }
             Command::GetAttachmentUrl { attachment_id } => {
-                let user_id = ctx.user_id.clone();
-                return Box::pin(async move { this.attachment_url(user_id, attachment_id).await });
+                let ctx = ctx.clone();
+                return Box::pin(async move {
+                    this.check_session(&ctx).await?;
+                    this.attachment_url(ctx.user_id, attachment_id).await
+                });
             }
             command => match self.write_command(ctx, command).await {
                 Ok(Ok(write)) => write,
@@ -458,6 +468,8 @@ impl Core {
             if !held.is_empty() {
                 self.mark_held(from.clone(), chat, &held, false).await?;
             }
+            // Not through this node's writer: its session check is made here.
+            self.check_session(ctx).await?;
             let answer = self.forward(home, action).await?;
             let this = self.clone();
             return Ok(Err(Box::pin(async move {
@@ -518,7 +530,7 @@ impl Core {
     /// `cursor` (`<activity ms>.<chat id>` of the last one of the previous page).
     async fn list_chats(
         &self,
-        user: Username,
+        ctx: DeviceCtx,
         limit: u32,
         cursor: Option<String>,
     ) -> Result<CommandResult, CoreError> {
@@ -530,8 +542,9 @@ impl Core {
             None => None,
         };
         self.read(move |view| {
+            accounts::session_ended(view, &ctx)?;
             let mut chats: Vec<((i64, String), ChatSummary)> = Vec::new();
-            for (chat_id, membership) in view.user_chats(&user)? {
+            for (chat_id, membership) in view.user_chats(&ctx.user)? {
                 let Some(chat) = view.chat(chat_id)? else {
                     continue;
                 };
@@ -567,15 +580,17 @@ impl Core {
     /// A page of a chat's history; `range` is `(beforeSeq, afterSeq, limit)`.
     async fn history(
         &self,
-        user_id: String,
+        ctx: DeviceCtx,
         chat_id: ChatId,
         (before, after, limit): (Option<u64>, Option<u64>, u32),
     ) -> Result<CommandResult, CoreError> {
         self.read(move |view| {
+            accounts::session_ended(view, &ctx)?;
+            let user_id = &ctx.user_id;
             if view.chat(chat_id)?.is_none() {
                 return Err(CoreError::reject(ErrorCode::UnknownChat, "no such chat"));
             }
-            if !view.is_member(chat_id, &user_id)? {
+            if !view.is_member(chat_id, user_id)? {
                 return Err(CoreError::reject(
                     ErrorCode::NotParticipant,
                     "you are not a participant of this chat",
@@ -600,6 +615,7 @@ impl Core {
 
     /// A device's pending events with delivery id > `after`, oldest first, as
     /// frames: at most `limit` of them and about [`FRAMES_BUDGET`] bytes.
+    /// `unauthorized` once the device has ended or its user is disabled.
     pub async fn backlog(
         &self,
         device: DeviceId,
@@ -607,6 +623,7 @@ impl Core {
         limit: usize,
     ) -> Result<Frames, CoreError> {
         self.read(move |view| {
+            accounts::device_ended(view, device)?;
             let entries = view.inbox_after(device, after.0, limit)?;
             let read = entries.len();
             let mut frames = Vec::with_capacity(read);
@@ -634,6 +651,7 @@ impl Core {
         ids: Vec<DeliveryId>,
     ) -> Result<Frames, CoreError> {
         self.read(move |view| {
+            accounts::device_ended(view, device)?;
             let mut frames = Vec::with_capacity(ids.len());
             let mut bytes = 0;
             let mut complete = true;

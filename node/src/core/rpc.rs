@@ -14,6 +14,7 @@
 //! [`CoreClient`]: super::client::CoreClient
 
 use std::future::{Future, ready};
+use std::net::IpAddr;
 use std::pin::Pin;
 
 use bytes::Bytes;
@@ -34,11 +35,18 @@ pub enum Request {
         username: String,
         password: String,
         invite: Option<String>,
+        /// The client's address, as the gateway worked it out (added later:
+        /// optional; without it the per-address limits cannot apply).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
     },
     Login {
         username: String,
         password: String,
         device_name: Option<String>,
+        /// As for `Register`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client: Option<IpAddr>,
     },
     Authenticate {
         token: String,
@@ -133,12 +141,17 @@ impl Core {
                 username,
                 password,
                 invite,
-            } => Response::UserId(self.register(&username, &password, invite).await?),
+                client,
+            } => Response::UserId(self.register(&username, &password, invite, client).await?),
             Request::Login {
                 username,
                 password,
                 device_name,
-            } => Response::Login(self.login(&username, &password, device_name).await?),
+                client,
+            } => Response::Login(
+                self.login(&username, &password, device_name, client)
+                    .await?,
+            ),
             Request::Authenticate { token } => Response::Device(self.authenticate(&token).await?),
             Request::Logout { ctx } => {
                 self.logout(&ctx).await?;

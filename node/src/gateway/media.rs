@@ -80,6 +80,7 @@ async fn upload(
             status: StatusCode::CONFLICT,
             code: ErrorCode::Forbidden,
             message: "this attachment was sent already and cannot change".into(),
+            retry_after_ms: None,
         });
     }
     let declared = headers
@@ -113,6 +114,7 @@ fn too_large() -> ApiError {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: ErrorCode::AttachmentTooLarge,
         message: "the upload is larger than the URL allows".into(),
+        retry_after_ms: None,
     }
 }
 

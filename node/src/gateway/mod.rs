@@ -6,6 +6,7 @@
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
 pub mod admin;
+pub mod client_ip;
 mod federation;
 mod media;
 pub mod peers;
@@ -33,6 +34,7 @@ use crate::delivery::nats::Nats;
 use crate::protocol::{
     self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
 };
+use client_ip::{ClientIp, TrustedProxies};
 
 /// What every handler and session shares: one pointer, so that each of many
 /// thousands of sessions carries 8 bytes of it, not the whole struct.
@@ -70,6 +72,8 @@ pub struct Shared {
     pub admin_token_hash: [u8; 32],
     /// False while starting and once shutting down.
     pub ready: Arc<AtomicBool>,
+    /// Whose forwarding headers name the client (`trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// An HTTP error: a status and the contract's `{"code","message"}` body.
@@ -78,6 +82,9 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: ErrorCode,
     pub message: String,
+    /// With `rate_limited`: when a retry may succeed (`retryAfterMs` and
+    /// `Retry-After`).
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -86,6 +93,7 @@ impl ApiError {
             status: status_for(code),
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 }
@@ -112,7 +120,10 @@ impl From<CoreError> for ApiError {
         if !e.is_refusal() {
             tracing::error!(error = %e, "request failed");
         }
-        Self::new(e.code(), e.public_message())
+        Self {
+            retry_after_ms: e.retry_after_ms(),
+            ..Self::new(e.code(), e.public_message())
+        }
     }
 }
 
@@ -121,9 +132,22 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             code: self.code,
             message: self.message,
+            retry_after_ms: self.retry_after_ms,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(ms) = self.retry_after_ms {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after_header(ms));
+        }
+        response
     }
+}
+
+/// HTTP's `Retry-After` for a wait of `ms`: whole seconds, rounded up, so a
+/// client that honours it is never early.
+pub fn retry_after_header(ms: u64) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from(ms.div_ceil(1000).max(1))
 }
 
 /// Parses a JSON body; anything unreadable is `bad_request`.
@@ -210,11 +234,15 @@ fn local(gw: &Gateway) -> Result<&Core, ApiError> {
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not served by this process"))
 }
 
-async fn register(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+async fn register(
+    State(gw): State<Gateway>,
+    ClientIp(client): ClientIp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: RegisterRequest = json_body(&body)?;
     let user_id = gw
         .core
-        .register(req.username, req.password, req.invite)
+        .register(req.username, req.password, req.invite, client)
         .await?;
     Ok((
         StatusCode::CREATED,
@@ -223,11 +251,15 @@ async fn register(State(gw): State<Gateway>, body: Bytes) -> Result<Response, Ap
         .into_response())
 }
 
-async fn login(State(gw): State<Gateway>, body: Bytes) -> Result<Response, ApiError> {
+async fn login(
+    State(gw): State<Gateway>,
+    ClientIp(client): ClientIp,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let req: LoginRequest = json_body(&body)?;
     let response = gw
         .core
-        .login(req.username, req.password, req.device_name)
+        .login(req.username, req.password, req.device_name, client)
         .await?;
     Ok(axum::Json(response).into_response())
 }
@@ -295,6 +327,7 @@ async fn websocket(
             status: StatusCode::SERVICE_UNAVAILABLE,
             code: ErrorCode::Internal,
             message: "the node is shutting down".into(),
+            retry_after_ms: None,
         });
     }
     let ws = gw.ws.clone();

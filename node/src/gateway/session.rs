@@ -454,6 +454,10 @@ impl Session {
                 self.retry_read_at = None;
                 read
             }
+            // The session has ended (its close order was lost): end it here.
+            Err(e) if e.code() == ErrorCode::Unauthorized => {
+                return Err(self.close(close::UNAUTHORIZED, "logged out"));
+            }
             Err(e) => {
                 // The core is unreachable for now (NATS away): stay connected and
                 // try again shortly; the inbox keeps everything meanwhile.
@@ -666,6 +670,9 @@ impl Session {
         }
         let frames = match self.gw.core.pending(self.ctx.device, due.clone()).await {
             Ok(read) => read.frames,
+            Err(e) if e.code() == ErrorCode::Unauthorized => {
+                return Err(self.close(close::UNAUTHORIZED, "logged out"));
+            }
             Err(e) => {
                 tracing::error!(device = %self.ctx.device, error = %e, "reading the inbox for resends failed");
                 return Ok(());

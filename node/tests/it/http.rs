@@ -272,23 +272,6 @@ async fn close_code(
     }
 }
 
-async fn repeated_failed_logins_are_throttled(t: Topology) {
-    let node = TestNode::start(t).await;
-    node.add_user("alice").await;
-    let attempt = |password: &'static str| {
-        node.post("/v1/login", json!({"username":"alice","password":password}))
-    };
-    for _ in 0..10 {
-        assert_eq!(attempt("guess-guess").await.0, 401);
-    }
-    // Even the right password waits out the window.
-    let (status, body) = attempt("password123").await;
-    assert_eq!((status, body["code"].as_str()), (429, Some("rate_limited")));
-    node.advance_clock(std::time::Duration::from_secs(16 * 60))
-        .await;
-    assert_eq!(attempt("password123").await.0, 200);
-}
-
 async fn browsers_on_other_origins_may_call_the_client_api(t: Topology) {
     let node = TestNode::start(t).await;
     let preflight = node
@@ -342,8 +325,6 @@ async fn the_admin_api_is_not_on_the_client_listener(t: Topology) {
 crate::in_every_topology!(browsers_on_other_origins_may_call_the_client_api);
 
 crate::in_every_topology!(the_admin_api_is_not_on_the_client_listener);
-
-crate::in_every_topology!(repeated_failed_logins_are_throttled);
 
 crate::in_every_topology!(
     register_and_login_errors,

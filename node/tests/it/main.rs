@@ -14,6 +14,7 @@ mod http;
 mod key_rotation;
 mod lifecycle;
 mod limits;
+mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;

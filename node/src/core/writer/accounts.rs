@@ -6,7 +6,7 @@ use crate::clock::rfc3339;
 use crate::core::{CoreError, DeviceCtx, Invite};
 use crate::ids::{DeviceId, Username};
 use crate::protocol::ErrorCode;
-use crate::store::{DeviceRecord, InviteRecord, UserRecord, encode_hex};
+use crate::store::{DeviceRecord, InviteRecord, Tx, UserRecord, encode_hex};
 
 impl Writer {
     pub(super) fn create_user(
@@ -66,8 +66,44 @@ impl Writer {
         };
         record.disabled = disabled;
         b.tx.put_user(&record);
+        self.disabled.insert(name.clone(), disabled);
         b.sync();
         Ok(Outcome::Done)
+    }
+
+    /// Refuses (`unauthorized`, as a bad token is) a command from a device that
+    /// no longer exists (logged out, expired) or of a disabled user: the close
+    /// order to its connection may have been lost, this check cannot be. Cheap:
+    /// both answers come from the writer's caches.
+    pub(super) fn check_session(&mut self, tx: &Tx<'_>, ctx: &DeviceCtx) -> Result<(), CoreError> {
+        if !self.devices_of(tx, &ctx.user)?.contains(&ctx.device) {
+            return Err(CoreError::reject(
+                ErrorCode::Unauthorized,
+                "this device is logged out",
+            ));
+        }
+        if self.user_disabled(tx, &ctx.user)? {
+            return Err(CoreError::reject(
+                ErrorCode::Unauthorized,
+                "this user is disabled",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is disabled (or unknown), cached.
+    fn user_disabled(&mut self, tx: &Tx<'_>, name: &Username) -> Result<bool, CoreError> {
+        if let Some(disabled) = self.disabled.get(name) {
+            return Ok(*disabled);
+        }
+        let Some(record) = tx.view().user(name)? else {
+            return Ok(true);
+        };
+        if self.disabled.len() >= 100_000 {
+            self.disabled.clear();
+        }
+        self.disabled.insert(name.clone(), record.disabled);
+        Ok(record.disabled)
     }
 
     pub(super) fn create_device(

@@ -10,9 +10,13 @@
 //! transaction or to the caches, so a rejected command leaves no trace; an
 //! internal error aborts the whole group and resets the caches.
 //!
-//! The caches (chat membership, each user's devices, the counters) exist because
-//! this thread is the only writer: they are updated with the writes, loaded lazily,
-//! and dropped when a commit fails.
+//! The caches (chat membership, each user's devices, which users are disabled,
+//! the counters) exist because this thread is the only writer: they are updated
+//! with the writes, loaded lazily, and dropped when a commit fails.
+//!
+//! Invariant: a client command is applied only for a device that exists and a
+//! user that is not disabled (`check_session`, against the caches), so a logout
+//! or a disable holds even if the order to close a connection was lost.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -96,6 +100,8 @@ pub(crate) struct Writer {
     config: CoreConfig,
     chats: HashMap<ChatId, ChatState>,
     devices: HashMap<Username, Vec<DeviceId>>,
+    /// Whether each user (of those looked up) is disabled.
+    disabled: HashMap<Username, bool>,
     next_delivery: u64,
     next_update: u64,
     saved_delivery: u64,
@@ -125,6 +131,7 @@ impl Writer {
             config,
             chats: HashMap::new(),
             devices: HashMap::new(),
+            disabled: HashMap::new(),
             next_delivery: 0,
             next_update: 0,
             saved_delivery: 0,
@@ -141,6 +148,7 @@ impl Writer {
     fn reset(&mut self) -> Result<(), StoreError> {
         self.chats.clear();
         self.devices.clear();
+        self.disabled.clear();
         self.outbox_seqs.clear();
         let view = self.store.snapshot();
         self.next_delivery = view.counter(keys::COUNTER_DELIVERY)?;
@@ -451,6 +459,9 @@ impl Writer {
         actor: &Actor,
         command: WriteCommand,
     ) -> Result<CommandResult, CoreError> {
+        if let Actor::Device(ctx) = actor {
+            self.check_session(b.tx, ctx)?;
+        }
         // Commands that only concern a local device.
         let local = || {
             actor

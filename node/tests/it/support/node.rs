@@ -33,7 +33,10 @@ pub(crate) struct Creds {
     pub user_id: String,
 }
 
-/// Settings tests commonly change; the rest are the node's defaults.
+/// Settings tests commonly change; the rest are the node's defaults. The
+/// per-address login rate is lifted (tests log many users in from one
+/// address); `[logins]` stays the last table, so that [`with_logins`] can
+/// replace it.
 pub(crate) const BASE_CONFIG: &str = r#"
 registration = "open"
 [testing]
@@ -52,7 +55,18 @@ user_read_burst = 100000
 [nats]
 request_timeout = "2s"
 heartbeat = "1s"
+[logins]
+attempt_rate = 100000.0
+attempt_burst = 100000
 "#;
+
+/// [`BASE_CONFIG`] with these `[logins]` settings instead of its own.
+pub(crate) fn with_logins(logins: &str) -> String {
+    let (base, _) = BASE_CONFIG
+        .split_once("[logins]")
+        .expect("BASE_CONFIG ends with [logins]");
+    format!("{base}[logins]\n{logins}\n")
+}
 
 /// One natterd process.
 pub(crate) struct Proc {
@@ -285,7 +299,7 @@ impl TestNode {
     }
 
     /// The client URL of the next gateway (round robin), or of the one process.
-    fn client_url(&self) -> String {
+    pub(crate) fn client_url(&self) -> String {
         if self.gateways.is_empty() {
             return self.main.url.clone();
         }
