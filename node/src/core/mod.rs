@@ -402,7 +402,8 @@ impl Core {
                     "attachments in chats of other nodes are not supported yet",
                 ));
             }
-            let answer = self.forward(home, action).await?;
+            let sender = format!("{}/{}", ctx.user, ctx.device);
+            let answer = self.forward(home, sender, action).await?;
             return Ok(Err(Box::pin(async move {
                 answer.await.map_err(|_| CoreError::Stopped)?
             })));
