@@ -234,6 +234,7 @@ struct FileFederation {
     max_backoff: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     key_overlap: Option<Duration>,
+    max_actions_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -672,7 +673,7 @@ impl Config {
             role,
             nats,
             gateway_id,
-            federation: federation_config(file.federation),
+            federation: federation_config(file.federation)?,
             trusted_proxies,
             logins,
         })
@@ -686,14 +687,26 @@ fn invalid(setting: &'static str, reason: &str) -> ConfigError {
     }
 }
 
-fn federation_config(file: FileFederation) -> FederationConfig {
+fn federation_config(file: FileFederation) -> Result<FederationConfig, ConfigError> {
     let defaults = FederationConfig::default();
-    FederationConfig {
+    if file
+        .max_actions_in_flight
+        .is_some_and(|n| !(1..=4096).contains(&n))
+    {
+        return Err(invalid(
+            "federation.max_actions_in_flight",
+            "must be between 1 and 4096",
+        ));
+    }
+    Ok(FederationConfig {
         request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
         key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
-    }
+        max_actions_in_flight: file
+            .max_actions_in_flight
+            .unwrap_or(defaults.max_actions_in_flight),
+    })
 }
 
 fn logins_config(file: FileLogins) -> Result<LoginLimitsConfig, ConfigError> {

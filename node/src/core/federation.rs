@@ -15,6 +15,7 @@
 //! uploads a user of this node sends in a chat whose home is a peer.
 
 mod media;
+mod lanes;
 mod rotation;
 
 pub(super) use media::attach_held;
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::writer::{Actor, Op, Outcome, WriteCommand};
+use super::writer::{Op, Outcome, WriteCommand};
 use super::{Core, CoreError};
 use crate::clock::rfc3339;
 use crate::federation::client::{PeerClient, PeerError};
@@ -61,6 +62,9 @@ pub struct FederationConfig {
     pub max_backoff: Duration,
     /// How long a key keeps verifying after `natter key rotate` replaced it.
     pub key_overlap: Duration,
+    /// Forwarded actions (this node's users' commands in chats of a peer) in
+    /// flight to one home at once; each sending device's stay in order.
+    pub max_actions_in_flight: usize,
 }
 
 impl Default for FederationConfig {
@@ -70,6 +74,7 @@ impl Default for FederationConfig {
             dead_letter_after: Duration::from_secs(7 * 24 * 3600),
             max_backoff: Duration::from_secs(60),
             key_overlap: Duration::from_secs(7 * 24 * 3600),
+            max_actions_in_flight: 64,
         }
     }
 }
@@ -130,15 +135,10 @@ pub(super) struct Federation {
     health: Mutex<HashMap<NodeName, Health>>,
     /// One cancel per running outbox sender.
     senders: Mutex<HashMap<NodeName, CancellationToken>>,
-    /// One ordered lane per home node for this node's forwarded commands.
-    lanes: Mutex<HashMap<NodeName, mpsc::Sender<Forward>>>,
+    /// Per home node, the task forwarding this node's users' commands there.
+    lanes: Mutex<HashMap<NodeName, mpsc::Sender<lanes::Forward>>>,
     runtime: Mutex<Option<(TaskTracker, CancellationToken)>>,
 }
-
-type Forward = (
-    ActionRequest,
-    oneshot::Sender<Result<CommandResult, CoreError>>,
-);
 
 /// Who this node is, as peers see it (`/.well-known/natter/node`,
 /// `natter key show`).
@@ -721,29 +721,6 @@ impl Core {
         }
     }
 
-    /// A peer's user acts in a chat whose home is this node.
-    pub async fn act(
-        &self,
-        origin: &NodeName,
-        request: ActionRequest,
-    ) -> Result<CommandResult, CoreError> {
-        if &request.actor.node != origin {
-            return Err(CoreError::reject(
-                ErrorCode::Forbidden,
-                "a node acts only for its own users",
-            ));
-        }
-        let (command, device) = remote_command(request.action, origin)?;
-        let actor = Actor::Remote {
-            user: request.actor,
-            device,
-        };
-        match self.write(Op::Command { actor, command }).await? {
-            Outcome::Command(result) => Ok(result),
-            other => Err(super::unexpected(other)),
-        }
-    }
-
     /// Asks an attachment's home for a download URL for one of our users.
     pub(super) async fn remote_attachment_url(
         &self,
@@ -795,11 +772,13 @@ impl Core {
             .await
     }
 
-    /// Sends a command of a local user to the home of its chat, in this
-    /// connection's order; answers `unavailable` if the home cannot be reached.
+    /// Queues a command of a local user for the home of its chat; `sender`'s
+    /// commands are applied there in the order they are queued. The answer is
+    /// `unavailable` if the home cannot be reached.
     pub(super) async fn forward(
         &self,
         home: NodeName,
+        sender: String,
         request: ActionRequest,
     ) -> Result<oneshot::Receiver<Result<CommandResult, CoreError>>, CoreError> {
         let lane = {
@@ -819,81 +798,13 @@ impl Core {
             }
         };
         let (answer, rx) = oneshot::channel();
-        lane.send((request, answer))
-            .await
-            .map_err(|_| CoreError::Stopped)?;
-        Ok(rx)
-    }
-
-    /// Sends forwarded commands to `home` one at a time, in order.
-    async fn run_lane(
-        self,
-        home: NodeName,
-        mut rx: mpsc::Receiver<Forward>,
-        cancel: CancellationToken,
-    ) {
-        loop {
-            let (request, answer) = tokio::select! {
-                () = cancel.cancelled() => return,
-                next = rx.recv() => match next { Some(next) => next, None => return },
-            };
-            let result = self.send_action(&home, &request).await;
-            let _ = answer.send(result);
-        }
-    }
-
-    async fn send_action(
-        &self,
-        home: &NodeName,
-        request: &ActionRequest,
-    ) -> Result<CommandResult, CoreError> {
-        let name = home.clone();
-        let peer = self.read(move |view| Ok(view.peer(&name)?)).await?;
-        let Some(peer) = peer else {
-            return Err(CoreError::Unavailable(format!(
-                "this chat's home {home} is no longer a peer of this node"
-            )));
+        let forward = lanes::Forward {
+            sender,
+            request,
+            answer,
         };
-        let now = self.inner.clock.now_ms();
-        // A home that failed again and again is not waited for: the client is
-        // told at once and retries (its clientMsgId makes that safe).
-        let probe = crate::clock::millis(self.fed().config.request_timeout);
-        if let Some(h) = self.fed().health().get(home)
-            && h.failures >= 3
-            && h.failed_at.is_some_and(|at| now - at < probe)
-        {
-            return Err(CoreError::Unavailable(format!(
-                "this chat's home {home} is unreachable; retry shortly"
-            )));
-        }
-        if let Err(e) = self.announce_key(home, &peer.url).await {
-            self.failed(home, &e);
-            return Err(peer_unreachable(&e));
-        }
-        let client = &self.fed().client;
-        let key = self.fed().signing_key();
-        match client
-            .post(
-                &key,
-                home,
-                &peer.url,
-                "/federation/v1/actions",
-                request,
-                now,
-            )
-            .await
-        {
-            Ok(result) => {
-                self.succeeded(home);
-                Ok(result)
-            }
-            Err(e) => {
-                if matches!(e, PeerError::Unreachable { .. }) {
-                    self.failed(home, &e);
-                }
-                Err(refusal_or_unavailable(e))
-            }
-        }
+        lane.send(forward).await.map_err(|_| CoreError::Stopped)?;
+        Ok(rx)
     }
 }
 

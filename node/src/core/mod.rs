@@ -470,7 +470,8 @@ impl Core {
             }
             // Not through this node's writer: its session check is made here.
             self.check_session(ctx).await?;
-            let answer = self.forward(home, action).await?;
+            let sender = format!("{}/{}", ctx.user, ctx.device);
+            let answer = self.forward(home, sender, action).await?;
             let this = self.clone();
             return Ok(Err(Box::pin(async move {
                 let result = answer.await.map_err(|_| CoreError::Stopped)??;

@@ -39,6 +39,39 @@ pub struct Attachment {
 }
 
 /// One event of a chat, from its home.
+/// `POST /federation/v1/actions` with several actions (a node sends this form
+/// only when it has more than one to send): the home applies them in this
+/// order, so a sender's actions get their seqs in the order it sent them, and
+/// answers [`ActionResults`], one outcome per action, in the same order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActionBatch {
+    pub actions: Vec<ActionRequest>,
+}
+
+/// The answer to an [`ActionBatch`] (200): one outcome per action, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActionResults {
+    pub results: Vec<ActionOutcome>,
+}
+
+/// One action's outcome: `{"result": {...}}`, the `result` fields a client
+/// would get (as the single form's 200 answer), or `{"error": {"code",
+/// "message"}}`, what the single form answers with a 4xx/5xx.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ActionOutcome {
+    Result(crate::protocol::CommandResult),
+    Error(ActionError),
+}
+
+/// Why the home did not apply an action: a client protocol error code (kept as
+/// text, so codes of newer nodes still read) and its message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionError {
+    pub code: String,
+    pub message: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(
     tag = "type",

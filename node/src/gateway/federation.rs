@@ -19,7 +19,9 @@ use serde::Serialize;
 use super::{ApiError, Gateway, local, status_for};
 use crate::core::CoreError;
 use crate::core::federation::PeerRequest;
-use crate::federation::events::{ActionRequest, AttachmentUrlRequest, EventBatch, KeyAnnouncement};
+use crate::federation::events::{
+    ActionBatch, ActionRequest, AttachmentUrlRequest, EventBatch, KeyAnnouncement,
+};
 use crate::federation::rfc9421::Message;
 use crate::protocol::ErrorCode;
 
@@ -149,6 +151,17 @@ fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Refused> {
     })
 }
 
+fn from_value<T: serde::de::DeserializeOwned>(body: serde_json::Value) -> Result<T, Refused> {
+    serde_json::from_value(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("invalid body: {e}"),
+            None,
+        )
+    })
+}
+
 /// A home's events for chats with participants here.
 async fn events(
     State(gw): State<Gateway>,
@@ -167,12 +180,21 @@ async fn actions(
     State(gw): State<Gateway>,
     axum::Extension(v): axum::Extension<Verified>,
 ) -> Result<Response, Refused> {
-    let request: ActionRequest = parse(&v.body)?;
+    let body: serde_json::Value = parse(&v.body)?;
     let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
-    match core.act(&v.from.origin, request).await {
-        Ok(result) => Ok(axum::Json(result).into_response()),
-        Err(e) => Err(refuse_core(&e, None)),
-    }
+    // Several actions (`{"actions": [...]}`), or one, the first form.
+    let answered = if body.get("actions").is_some() {
+        let batch: ActionBatch = from_value(body)?;
+        core.act_batch(&v.from.origin, batch)
+            .await
+            .map(|results| axum::Json(results).into_response())
+    } else {
+        let request: ActionRequest = from_value(body)?;
+        core.act(&v.from.origin, request)
+            .await
+            .map(|result| axum::Json(result).into_response())
+    };
+    answered.map_err(|e| refuse_core(&e, None))
 }
 
 /// A peer's new key, announced with the key it retires.

@@ -302,6 +302,72 @@ async fn a_home_killed_mid_burst_loses_nothing_it_answered(t: Topology) {
     );
 }
 
+/// Devices on both nodes pipeline sends into a chat whose home is alpha: each
+/// device's results carry seqs in the order it sent, and every device sees
+/// every other device's message once, in seq order.
+async fn pipelined_sends_from_both_nodes_keep_each_devices_order(t: Topology) {
+    const N: usize = 20;
+    let (a, b) = two_nodes(t).await;
+    let alice = a.user("alice").await;
+    let bob = b.user("bob").await;
+    let bob2 = b.login("bob").await;
+    let carol = b.user("carol").await;
+    let mut devices = [
+        a.connect(&alice).await,
+        b.connect(&bob).await,
+        b.connect(&bob2).await,
+        b.connect(&carol).await,
+    ];
+    let created = devices[0]
+        .ok(json!({"type":"createChat","participants":["bob@beta.test","carol@beta.test"]}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    for client in devices.iter_mut() {
+        next(client, "chatUpdate").await;
+    }
+    // Every frame is sent before any answer is read: beta's three devices
+    // have up to N sends each in flight to alpha at once.
+    for i in 0..N {
+        for (d, client) in devices.iter_mut().enumerate() {
+            let text = format!("d{d}-{i}");
+            let frame = json!({"type":"sendMessage","id": text,"chatId": chat,"message": text,"clientMsgId": text});
+            client.send(&frame).await;
+        }
+    }
+    let mut seq_of = std::collections::HashMap::new();
+    for (d, client) in devices.iter_mut().enumerate() {
+        let mut seqs = Vec::new();
+        for i in 0..N {
+            let text = format!("d{d}-{i}");
+            let answer = client.answer(&text).await;
+            assert_eq!(answer["type"], "result", "{answer}");
+            let seq = answer["seq"].as_u64().unwrap();
+            seqs.push(seq);
+            seq_of.insert(text, seq);
+        }
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "device {d}'s seqs follow its send order: {seqs:?}"
+        );
+    }
+    let mut all: Vec<u64> = seq_of.values().copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (1..=4 * N as u64).collect::<Vec<_>>(), "one seq each");
+    for (d, client) in devices.iter_mut().enumerate() {
+        let got = receive(client, 3 * N).await;
+        let seqs: Vec<u64> = got.iter().map(|text| seq_of[text]).collect();
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "device {d} gets messages once, in seq order: {seqs:?}"
+        );
+        assert!(
+            got.iter().all(|text| !text.starts_with(&format!("d{d}-"))),
+            "device {d} gets no echo of its own sends"
+        );
+        assert!(client.drain().await.is_empty(), "device {d}: nothing more");
+    }
+}
+
 async fn three_nodes_share_a_chat(t: Topology) {
     let (a, b) = two_nodes(t).await;
     let c = node_named("gamma.test", t).await;
@@ -393,6 +459,7 @@ in_every_topology!(
     a_chat_spans_two_nodes,
     remote_participants_download_attachments_from_the_home,
     three_nodes_share_a_chat,
+    pipelined_sends_from_both_nodes_keep_each_devices_order,
     a_stopped_peer_catches_up_on_everything_in_order,
     sends_to_a_stopped_home_are_unavailable_then_applied_once,
     a_home_killed_mid_burst_loses_nothing_it_answered,

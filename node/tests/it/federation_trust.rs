@@ -635,6 +635,48 @@ async fn a_chats_home_gets_urls_of_uploads_offered_to_it() {
 }
 
 #[tokio::test]
+async fn a_batch_of_actions_is_applied_in_order_each_checked() {
+    let mut fed = Fed::start().await;
+    let chat = fed.local_chat().await;
+    let chat_id = ChatId::parse(&chat).unwrap();
+    let one = |actor: &str, text: &str| -> Value {
+        serde_json::from_slice(&action(actor, send_message(chat_id, text))).unwrap()
+    };
+    let x = format!("x@{EVIL}");
+    let actions = [
+        one(&x, "first"),
+        one("bob@other.test", "not mine to send"),
+        one(&x, "second"),
+        one(&x, ""),
+        one(&x, "third"),
+    ];
+    let body = serde_json::to_vec(&json!({ "actions": actions })).unwrap();
+    let req = fed.request("/federation/v1/actions", body);
+    let (status, answer) = fed.send_signed(&req).await;
+    assert_eq!(status, 200, "{answer}");
+    let results = answer["results"].as_array().expect("results").clone();
+    assert_eq!(results.len(), 5, "{answer}");
+    assert_eq!(results[0]["result"]["seq"], 1, "{answer}");
+    assert_eq!(results[1]["error"]["code"], "forbidden", "{answer}");
+    assert_eq!(results[2]["result"]["seq"], 2, "{answer}");
+    assert_eq!(results[3]["error"]["code"], "message_too_large", "{answer}");
+    assert_eq!(results[4]["result"]["seq"], 3, "{answer}");
+    assert_eq!(fed.history(&chat).await, ["first", "second", "third"]);
+
+    // More actions than a home takes in one request: refused whole.
+    let many: Vec<Value> = (0..257).map(|i| one(&x, &format!("m{i}"))).collect();
+    let body = serde_json::to_vec(&json!({ "actions": many })).unwrap();
+    let req = fed.request("/federation/v1/actions", body);
+    let answer = fed.send_signed(&req).await;
+    assert_eq!(refusal(&answer), (400, "bad_request"), "{answer:?}");
+    // A batch that is not one: refused whole, nothing applied.
+    let req = fed.request("/federation/v1/actions", br#"{"actions": [1]}"#.to_vec());
+    let answer = fed.send_signed(&req).await;
+    assert_eq!(refusal(&answer), (400, "bad_request"), "{answer:?}");
+    assert_eq!(fed.history(&chat).await, ["first", "second", "third"]);
+}
+
+#[tokio::test]
 async fn a_peer_acts_only_in_chats_whose_home_is_this_node() {
     let mut fed = Fed::start().await;
     // A chat whose home is evil.test, mirrored here for alice.
