@@ -156,6 +156,9 @@ struct FileFederation {
     max_backoff: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     key_overlap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    outbox_stream_max_age: Option<Duration>,
+    outbox_stream_max_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +476,10 @@ fn federation_config(file: FileFederation) -> FederationConfig {
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
         key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
+        outbox_stream_max_age: file.outbox_stream_max_age,
+        outbox_stream_max_bytes: file
+            .outbox_stream_max_mb
+            .map_or(defaults.outbox_stream_max_bytes, |mb| mb << 20),
     }
 }
 

@@ -412,6 +412,11 @@ impl Writer {
                 delivered,
                 dead,
             } => self.outbox_done(b, &node, from, delivered, dead),
+            Op::DeadLetter { node, seq, entry } => {
+                b.tx.put_outbox(&node, seq, &entry, true);
+                b.sync();
+                Ok(Outcome::Done)
+            }
             Op::ReplayDead { node } => self.replay_dead(b, &node),
             Op::CreateAttachment { id, record } => {
                 b.tx.put_attachment(id, &record);
