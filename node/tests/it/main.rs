@@ -8,6 +8,7 @@ mod crash;
 mod delivery;
 mod errors;
 mod federation;
+mod federation_outbox;
 mod federation_trust;
 mod http;
 mod key_rotation;

@@ -256,7 +256,15 @@ impl Core {
             let Some(consumer) = &js.consumer else {
                 return Ok(Vec::new());
             };
-            for fetched in consumer.fetch(BATCH).await? {
+            let fetched = match consumer.fetch(BATCH).await {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    // Made again on the next round (it may have been deleted).
+                    js.consumer = None;
+                    return Err(e.into());
+                }
+            };
+            for fetched in fetched {
                 match decode(&fetched.payload) {
                     Some(entries) => js.held.push_back(Held { entries, fetched }),
                     None => {
@@ -414,10 +422,11 @@ impl Core {
     /// A removed peer's JetStream outbox goes with it, once its sender
     /// (`running`) has stopped.
     pub(super) async fn drop_outbox(&self, node: &NodeName, running: Arc<tokio::sync::Mutex<()>>) {
+        let Some(stream) = self.fed().outbox.get() else {
+            return;
+        };
         let _stopped = running.lock().await;
-        if let Some(stream) = self.fed().outbox.get()
-            && let Err(e) = stream.remove(node).await
-        {
+        if let Err(e) = stream.remove(node).await {
             tracing::warn!(peer = %node, error = %e, "could not delete the peer's outbox consumer");
         }
     }
