@@ -700,6 +700,40 @@ mod tests {
     }
 
     #[test]
+    fn the_outbox_stream_limits_default_to_the_docs_and_can_be_set() {
+        let c = Config::defaults();
+        let limits = c.federation.outbox_limits();
+        assert_eq!(limits.max_age, Duration::from_secs(14 * DAY));
+        assert_eq!(limits.max_bytes, 1024 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        let toml = "[federation]\ndead_letter_after = \"1h\"\noutbox_stream_max_mb = 8\n";
+        std::fs::write(&path, toml).unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let limits = c.federation.outbox_limits();
+        assert_eq!(
+            limits.max_age,
+            Duration::from_secs(2 * 3600),
+            "twice dead_letter_after"
+        );
+        assert_eq!(limits.max_bytes, 8 << 20);
+        std::fs::write(&path, "[federation]\noutbox_stream_max_age = \"3d\"\n").unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.federation.outbox_limits().max_age,
+            Duration::from_secs(3 * DAY)
+        );
+    }
+
+    #[test]
     fn refuses_bad_settings() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.toml");
