@@ -32,6 +32,10 @@ fn js_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// How long a pull or a first publish ack is waited for before it is given
+/// up (and retried): JetStream answers both in milliseconds when it is there.
+const QUICK: Duration = Duration::from_secs(2);
+
 /// Limits of the outbox stream.
 #[derive(Clone, Copy, Debug)]
 pub struct OutboxLimits {
@@ -75,11 +79,19 @@ pub struct PeerConsumer(consumer::PullConsumer);
 impl PeerConsumer {
     /// Up to `max` messages waiting now, in order (returns at once when none).
     pub async fn fetch(&self, max: usize) -> Result<Vec<Fetched>, NatsError> {
+        // The server answers a no-wait pull at once; a pull lost in a
+        // reconnect is given up after this, not waited for.
+        tokio::time::timeout(QUICK, self.fetch_now(max))
+            .await
+            .map_err(js_error("reading a peer's outbox (timed out)"))?
+    }
+
+    async fn fetch_now(&self, max: usize) -> Result<Vec<Fetched>, NatsError> {
         let mut batch = self
             .0
             .fetch()
             .max_messages(max)
-            .expires(Duration::from_secs(2))
+            .expires(QUICK / 2)
             .messages()
             .await
             .map_err(js_error("reading a peer's outbox"))?;
@@ -136,20 +148,24 @@ impl OutboxStream {
         let publish = jetstream::message::PublishMessage::build()
             .payload(payload)
             .message_id(id);
-        let ack = match self
-            .nats
-            .js
-            .send_publish(subject.clone(), publish.clone())
-            .await
-        {
-            Ok(ack) => ack.await,
-            Err(e) => Err(e),
+        // An ack lost in a reconnect is not waited for long: the same message
+        // id makes the second publish harmless if the first was stored.
+        let first = async {
+            match self
+                .nats
+                .js
+                .send_publish(subject.clone(), publish.clone())
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
         };
-        match ack {
-            Ok(_) => Ok(()),
-            // The stream may not exist yet (first use, or NATS lost its
+        match tokio::time::timeout(QUICK, first).await {
+            Ok(true) => Ok(()),
+            // Or the stream may not exist yet (first use, or NATS lost its
             // store): make it and try once more.
-            Err(_) => {
+            _ => {
                 self.stream().await?;
                 self.nats
                     .js
@@ -204,9 +220,16 @@ impl OutboxStream {
 
     /// The first message waiting in `peer`'s outbox (the oldest not acked).
     pub async fn first(&self, peer: &NodeName) -> Result<Option<Bytes>, NatsError> {
-        let stream = self.stream().await?;
         let subject = subjects::outbox(&self.nats.node, peer);
-        match stream.get_first_raw_message_by_subject(&subject, 1).await {
+        let first = async {
+            let stream = self.stream().await?;
+            Ok::<_, NatsError>(stream.get_first_raw_message_by_subject(&subject, 1).await)
+        };
+        // `natter peer list` does not wait long for a JetStream that is away.
+        let found = tokio::time::timeout(QUICK, first)
+            .await
+            .map_err(js_error("reading a peer's outbox (timed out)"))??;
+        match found {
             Ok(message) => Ok(Some(message.payload)),
             Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(js_error("reading a peer's outbox")(e)),

@@ -129,6 +129,39 @@ async fn queued_events_wait_in_one_consumer_per_peer_split() {
     queued_events_wait_in_one_consumer_per_peer(Topology::Split).await;
 }
 
+/// NATS away at the home: sends are still answered (each event is queued on
+/// fjall with its change) and reach the peer, in order and once, when
+/// JetStream is back.
+#[tokio::test]
+async fn events_queued_while_nats_is_away_are_relayed_when_it_returns() {
+    let (mut a, b) = two_nodes(Topology::Nats).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        chat,
+        ..
+    } = chat_of_two(&a, &b).await;
+    alice
+        .ok(json!({"type":"sendMessage","chatId": chat,"message":"before"}))
+        .await;
+    assert_eq!(receive(&mut bob, 1).await, ["before"]);
+    a.nats.as_mut().expect("NATS").stop();
+    let sent: Vec<String> = (0..20).map(|i| format!("w{i}")).collect();
+    for text in &sent {
+        alice
+            .ok(json!({"type":"sendMessage","chatId": chat,"message": text}))
+            .await;
+    }
+    // Queued on fjall (the relay to JetStream fails meanwhile), not sent.
+    outbox_depth_is(&a, "beta.test", 20).await;
+    assert!(bob.drain().await.is_empty(), "nothing went past NATS");
+    a.nats.as_mut().expect("NATS").restart();
+    let got = receive(&mut bob, 20).await;
+    assert_eq!(got, sent, "all, in order");
+    assert!(bob.drain().await.is_empty(), "once");
+    outbox_depth_is(&a, "beta.test", 0).await;
+}
+
 async fn dead_letters_are_kept_shown_and_replayed_in_order(t: Topology) {
     let config = |name: &str| {
         format!(
