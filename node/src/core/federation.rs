@@ -4,8 +4,8 @@
 //!
 //! [`outbox`] is each peer's outbox (on fjall, or with NATS relayed to a
 //! JetStream stream with one durable consumer per peer) and the one task per
-//! peer that sends it. [`rotation`] is this node's own keys: `natter key rotate`, and telling
-//! peers about a new key (and taking in theirs).
+//! peer that sends it. [`rotation`] is this node's own keys: `natter key
+//! rotate`, and telling peers about a new key (and taking in theirs).
 
 mod outbox;
 mod rotation;
