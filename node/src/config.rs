@@ -234,6 +234,9 @@ struct FileFederation {
     max_backoff: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     key_overlap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    outbox_stream_max_age: Option<Duration>,
+    outbox_stream_max_mb: Option<u64>,
     max_actions_in_flight: Option<usize>,
 }
 
@@ -703,6 +706,10 @@ fn federation_config(file: FileFederation) -> Result<FederationConfig, ConfigErr
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
         max_backoff: file.max_backoff.unwrap_or(defaults.max_backoff),
         key_overlap: file.key_overlap.unwrap_or(defaults.key_overlap),
+        outbox_stream_max_age: file.outbox_stream_max_age,
+        outbox_stream_max_bytes: file
+            .outbox_stream_max_mb
+            .map_or(defaults.outbox_stream_max_bytes, |mb| mb << 20),
         max_actions_in_flight: file
             .max_actions_in_flight
             .unwrap_or(defaults.max_actions_in_flight),
@@ -1241,6 +1248,40 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("key_file"), "{err}");
+    }
+
+    #[test]
+    fn the_outbox_stream_limits_default_to_the_docs_and_can_be_set() {
+        let c = Config::defaults();
+        let limits = c.federation.outbox_limits();
+        assert_eq!(limits.max_age, Duration::from_secs(14 * DAY));
+        assert_eq!(limits.max_bytes, 1024 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("natter.toml");
+        let toml = "[federation]\ndead_letter_after = \"1h\"\noutbox_stream_max_mb = 8\n";
+        std::fs::write(&path, toml).unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path.clone()),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        let limits = c.federation.outbox_limits();
+        assert_eq!(
+            limits.max_age,
+            Duration::from_secs(2 * 3600),
+            "twice dead_letter_after"
+        );
+        assert_eq!(limits.max_bytes, 8 << 20);
+        std::fs::write(&path, "[federation]\noutbox_stream_max_age = \"3d\"\n").unwrap();
+        let c = Config::resolve(ServeArgs {
+            config: Some(path),
+            ..ServeArgs::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.federation.outbox_limits().max_age,
+            Duration::from_secs(3 * DAY)
+        );
     }
 
     #[test]

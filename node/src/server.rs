@@ -29,6 +29,7 @@ use crate::config::{Config, Role};
 use crate::core::client::{CoreClient, Transport};
 use crate::core::{Core, CoreConfig, CoreError, rpc as core_rpc};
 use crate::delivery::nats::{self, JsPublisher, Nats, NatsError, NatsRole};
+use crate::delivery::outbox::OutboxStream;
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
 use crate::gateway::{self, Endpoints, Gateway, Shared};
@@ -177,7 +178,12 @@ async fn run_with_store(
         core_config(&config, public_url),
         key,
     )?;
-    core.start_federation(&tasks, background.clone()).await?;
+    // With NATS the core's federation outboxes go through JetStream.
+    let outbox = nats
+        .as_ref()
+        .map(|n| OutboxStream::new(n.clone(), config.federation.outbox_limits()));
+    core.start_federation(&tasks, background.clone(), outbox)
+        .await?;
     if let Some(nats) = &nats {
         start_nats_roles(&config, nats, &core, &hub, live.table, &tasks, &background);
     }

@@ -51,6 +51,10 @@ pub(crate) struct Args {
     /// not watch it). Not free: natterd reads the whole outbox to count it.
     #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
     poll: Duration,
+    /// Run each node as `natterd serve --nats` on a nats-server of its own
+    /// (this binary): the home's outbox then goes through JetStream.
+    #[arg(long, value_name = "PATH")]
+    nats_server: Option<PathBuf>,
 }
 
 /// alpha's outbox for beta over the catch-up, from beta's restart.
@@ -75,7 +79,8 @@ struct Outbox {
 pub(crate) async fn run(args: Args) -> Result<()> {
     ensure!(args.events >= 1, "--events must be at least 1");
     ensure!(args.pipeline >= 1, "--pipeline must be at least 1");
-    let mut nodes = federation::start_pair(&args.natterd, "").await?;
+    let mut nodes =
+        federation::start_pair_on(&args.natterd, "", args.nats_server.as_deref()).await?;
     let [alpha_name, beta_name] = NODE_NAMES;
     let (alice_name, bob_name) = (nodes[0].username("alice"), nodes[1].username("bob"));
     nodes[0].create_user(&alice_name).await?;
@@ -234,10 +239,15 @@ fn print_results(
     let events = sent.accepted as u64;
     println!(
         "catchup: {} events of {} bytes queued at {alpha} (the home) for {beta} while it was down (kill -9); \
-         federation.max_backoff {} on both",
+         federation.max_backoff {} on both; outbox on {}",
         args.events,
         args.message_bytes,
-        humantime::format_duration(MAX_BACKOFF)
+        humantime::format_duration(MAX_BACKOFF),
+        if args.nats_server.is_some() {
+            "JetStream (serve --nats)"
+        } else {
+            "fjall (serve)"
+        }
     );
     println!(
         "sent:        {} accepted in {:.0} ms ({:.1}/s), {} in flight, errors: {}; alpha's outbox for beta: {} ({})",
@@ -296,6 +306,7 @@ fn print_results(
     report::print_json(&json!({
         "bench": "catchup",
         "topology": "federated",
+        "outbox": if args.nats_server.is_some() { "jetstream" } else { "fjall" },
         "home": alpha,
         "peer": beta,
         "events": args.events,

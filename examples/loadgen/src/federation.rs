@@ -37,6 +37,16 @@ fn federation_config() -> String {
 
 /// Spawns alpha and beta (one `natterd serve` each) and peers them both ways.
 pub(crate) async fn start_pair(natterd: &Path, user_prefix: &str) -> Result<Vec<Node>> {
+    start_pair_on(natterd, user_prefix, None).await
+}
+
+/// [`start_pair`], with `nats_server`: each node `natterd serve --nats` on a
+/// nats-server of its own (its federation outbox then goes through JetStream).
+pub(crate) async fn start_pair_on(
+    natterd: &Path,
+    user_prefix: &str,
+    nats_server: Option<&Path>,
+) -> Result<Vec<Node>> {
     let mut nodes = Vec::with_capacity(NODE_NAMES.len());
     for name in NODE_NAMES {
         let setup = NodeSetup {
@@ -44,11 +54,15 @@ pub(crate) async fn start_pair(natterd: &Path, user_prefix: &str) -> Result<Vec<
             extra_config: federation_config(),
         };
         eprintln!("starting natterd {name}");
-        // No NATS: each node is one `natterd serve` on the embedded hop.
+        // Without NATS each node is one `natterd serve` on the embedded hop.
+        let (nats, topology) = match nats_server {
+            Some(path) => (path.to_owned(), Topology::Nats),
+            None => (PathBuf::new(), Topology::Federated),
+        };
         let node = Node::spawn(
             natterd.to_owned(),
-            PathBuf::new(),
-            Topology::Federated,
+            nats,
+            topology,
             setup,
             user_prefix.to_owned(),
         )

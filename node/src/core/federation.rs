@@ -2,20 +2,18 @@
 //! sender, events and actions from peers, and forwarding this node's users'
 //! commands on chats whose home is a peer.
 //!
-//! The writer queues events in a peer's outbox in the same transaction as the
-//! change they describe; here one task per peer sends them, in order, in
-//! batches, until the peer confirms them, with capped exponential back-off and
-//! jitter while it is away, woken at once by a new event or by the peer
-//! contacting us. An entry older than `dead_letter_after`, or one the peer
-//! refuses, becomes a dead letter an admin can see and replay.
-//!
-//! [`rotation`] is this node's own keys: `natter key rotate`, and telling
-//! peers about a new key (and taking in theirs). [`media`] is attachments
-//! across nodes: download URLs asked of (and relayed for) peers, and the
-//! uploads a user of this node sends in a chat whose home is a peer.
+//! [`outbox`] is each peer's outbox (on fjall, or with NATS relayed to a
+//! JetStream stream with one durable consumer per peer) and the one task per
+//! peer that sends it. [`lanes`] forwards this node's users' commands in chats
+//! of a peer to the chat's home, in order per sending device. [`rotation`] is
+//! this node's own keys: `natter key rotate`, and telling peers about a new key
+//! (and taking in theirs). [`media`] is attachments across nodes: download URLs
+//! asked of (and relayed for) peers, and the uploads a user of this node sends
+//! in a chat whose home is a peer.
 
-mod media;
 mod lanes;
+mod media;
+mod outbox;
 mod rotation;
 
 pub(super) use media::attach_held;
@@ -38,18 +36,14 @@ use tokio_util::task::TaskTracker;
 use super::writer::{Op, Outcome, WriteCommand};
 use super::{Core, CoreError};
 use crate::clock::rfc3339;
+use crate::delivery::outbox::OutboxStream;
 use crate::federation::client::{PeerClient, PeerError};
-use crate::federation::events::{
-    Action, ActionRequest, Applied, AttachmentUrlRequest, EventBatch, Numbered,
-};
+use crate::federation::events::{Action, ActionRequest, Applied, AttachmentUrlRequest, EventBatch};
 use crate::federation::keys::{KeyLookup, PeerKey, PeerKeys, key_id};
 use crate::identity::NodeKeys;
 use crate::ids::{ChatId, NodeName};
 use crate::protocol::{self, Command, CommandResult, ErrorCode};
 use crate::store::{PeerKeyRecord, PeerRecord};
-
-/// Events sent to a peer in one request.
-const BATCH: usize = 256;
 
 /// Federation settings of a node.
 #[derive(Clone, Debug)]
@@ -65,6 +59,23 @@ pub struct FederationConfig {
     /// Forwarded actions (this node's users' commands in chats of a peer) in
     /// flight to one home at once; each sending device's stay in order.
     pub max_actions_in_flight: usize,
+    /// With NATS: how long events stay in the JetStream outbox stream unsent
+    /// (`None`: twice `dead_letter_after`).
+    pub outbox_stream_max_age: Option<Duration>,
+    /// With NATS: cap on the JetStream outbox stream (every peer's backlog).
+    pub outbox_stream_max_bytes: u64,
+}
+
+impl FederationConfig {
+    /// The limits of the JetStream outbox stream.
+    pub fn outbox_limits(&self) -> crate::delivery::outbox::OutboxLimits {
+        crate::delivery::outbox::OutboxLimits {
+            max_age: self
+                .outbox_stream_max_age
+                .unwrap_or(self.dead_letter_after.saturating_mul(2)),
+            max_bytes: self.outbox_stream_max_bytes,
+        }
+    }
 }
 
 impl Default for FederationConfig {
@@ -75,6 +86,8 @@ impl Default for FederationConfig {
             max_backoff: Duration::from_secs(60),
             key_overlap: Duration::from_secs(7 * 24 * 3600),
             max_actions_in_flight: 64,
+            outbox_stream_max_age: None,
+            outbox_stream_max_bytes: 1024 << 20,
         }
     }
 }
@@ -82,9 +95,13 @@ impl Default for FederationConfig {
 /// How a peer's outbox sender is doing.
 #[derive(Clone, Debug, Default)]
 struct Health {
-    /// Every outbox entry up to this seq is delivered (or a dead letter): reads
-    /// start after it instead of stepping over what was removed.
+    /// Every fjall outbox entry up to this seq is delivered (or a dead
+    /// letter), or with NATS handed to JetStream: reads start after it
+    /// instead of stepping over what was removed.
     delivered: u64,
+    /// With NATS: every event up to this seq is with the peer (or a dead
+    /// letter).
+    confirmed: u64,
     last_contact: Option<i64>,
     failures: u32,
     failed_at: Option<i64>,
@@ -133,11 +150,19 @@ pub(super) struct Federation {
     keys: Keys,
     verifier: Verifier<PeerKeyring>,
     health: Mutex<HashMap<NodeName, Health>>,
-    /// One cancel per running outbox sender.
-    senders: Mutex<HashMap<NodeName, CancellationToken>>,
+    /// One per running outbox sender.
+    senders: Mutex<HashMap<NodeName, Sender>>,
+    /// With NATS, the JetStream outbox stream (set once at start).
+    outbox: std::sync::OnceLock<OutboxStream>,
     /// Per home node, the task forwarding this node's users' commands there.
     lanes: Mutex<HashMap<NodeName, mpsc::Sender<lanes::Forward>>>,
     runtime: Mutex<Option<(TaskTracker, CancellationToken)>>,
+}
+
+/// A peer's outbox sender: how to stop it, and a lock it holds while it runs.
+struct Sender {
+    stop: CancellationToken,
+    running: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Who this node is, as peers see it (`/.well-known/natter/node`,
@@ -234,6 +259,7 @@ impl Federation {
             verifier,
             health: Mutex::default(),
             senders: Mutex::default(),
+            outbox: std::sync::OnceLock::new(),
             lanes: Mutex::default(),
             runtime: Mutex::default(),
         }
@@ -341,12 +367,17 @@ fn peer_unreachable(e: &PeerError) -> CoreError {
 
 impl Core {
     /// Loads the peers and starts one outbox sender per peer; senders of peers
-    /// added later start with them. Stops with `cancel`.
+    /// added later start with them. Stops with `cancel`. With `outbox` (NATS
+    /// configured) the outboxes go through that JetStream stream.
     pub async fn start_federation(
         &self,
         tasks: &TaskTracker,
         cancel: CancellationToken,
+        outbox: Option<OutboxStream>,
     ) -> Result<(), CoreError> {
+        if let Some(stream) = outbox {
+            let _ = self.fed().outbox.set(stream);
+        }
         *self.fed().runtime.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((tasks.clone(), cancel));
         for (node, record) in self.read(|view| Ok(view.peers()?)).await? {
@@ -391,20 +422,37 @@ impl Core {
     }
 
     /// A peer was added, changed or removed: refresh its keys, and start or
-    /// stop its outbox sender.
-    fn peer_changed(&self, node: &NodeName, record: Option<&PeerRecord>) {
+    /// stop its outbox sender. Returns the lock a sender of the peer holds
+    /// while it runs (a new sender waits for the one it replaces).
+    fn peer_changed(
+        &self,
+        node: &NodeName,
+        record: Option<&PeerRecord>,
+    ) -> Arc<tokio::sync::Mutex<()>> {
         let fed = self.fed();
         self.refresh_keys(node, record);
         let mut senders = fed.senders.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stop) = senders.remove(node) {
-            stop.cancel();
-        }
+        let running = match senders.remove(node) {
+            Some(previous) => {
+                previous.stop.cancel();
+                previous.running
+            }
+            None => Arc::default(),
+        };
         let runtime = fed.runtime.lock().unwrap_or_else(|e| e.into_inner());
         if let (Some(_), Some((tasks, cancel))) = (record, runtime.as_ref()) {
             let stop = cancel.child_token();
-            senders.insert(node.clone(), stop.clone());
-            tasks.spawn(self.clone().send_outbox(node.clone(), stop));
+            let sender = Sender {
+                stop: stop.clone(),
+                running: running.clone(),
+            };
+            senders.insert(node.clone(), sender);
+            tasks.spawn(
+                self.clone()
+                    .send_outbox(node.clone(), stop, running.clone()),
+            );
         }
+        running
     }
 
     /// Adds a peer, or replaces its URL and keys (with the one given).
@@ -448,7 +496,8 @@ impl Core {
         let node = NodeName::parse(node)
             .ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
         self.write(Op::RemovePeer { node: node.clone() }).await?;
-        self.peer_changed(&node, None);
+        let running = self.peer_changed(&node, None);
+        self.drop_outbox(&node, running).await;
         self.fed().health().remove(&node);
         Ok(())
     }
@@ -465,35 +514,21 @@ impl Core {
     async fn peer_info(&self, node: NodeName) -> Result<PeerInfo, CoreError> {
         let now = self.inner.clock.now_ms();
         let name = node.clone();
-        let after = self.fed().health().get(&node).map_or(0, |h| h.delivered);
-        let (record, oldest, last, dead) = self
-            .read(move |view| {
-                let record = view.peer(&name)?;
-                let oldest = view.outbox(&name, after, 1, false)?.pop();
-                let last = view.outbox_counter(&name)?;
-                let dead = view.outbox(&name, 0, usize::MAX, true)?.len();
-                Ok((record, oldest, last, dead))
-            })
-            .await?;
-        // Seqs are contiguous from the oldest queued entry to the last given out
-        // (dead letters leave from the front), so the depth needs no scan.
-        let depth = oldest
-            .as_ref()
-            .map_or(0, |(first, _)| (last + 1).saturating_sub(*first));
+        let record = self.read(move |view| Ok(view.peer(&name)?)).await?;
         let record =
             record.ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
         let health = self.fed().health().get(&node).cloned().unwrap_or_default();
         let public_keys: Vec<String> = record.keys.iter().map(|k| k.public_key.clone()).collect();
         let fingerprint = current_fingerprint(&record, now);
-        Ok(PeerInfo {
+        let mut info = PeerInfo {
             node: node.to_string(),
             url: record.url,
             fingerprint,
             public_keys,
             last_contact: health.last_contact.map(rfc3339),
-            outbox_depth: usize::try_from(depth).unwrap_or(usize::MAX),
-            oldest_queued_age_ms: oldest.map(|(_, e)| now - e.queued_at),
-            dead_letters: dead,
+            outbox_depth: 0,
+            oldest_queued_age_ms: None,
+            dead_letters: 0,
             state: if health.failures == 0 {
                 "ok"
             } else {
@@ -503,32 +538,9 @@ impl Core {
             failures: health.failures,
             retry_at: health.retry_at.map(rfc3339),
             last_error: health.last_error,
-        })
-    }
-
-    /// A peer's dead letters (`replay`: put back in its outbox).
-    pub async fn dead_letters(
-        &self,
-        node: &str,
-        replay: bool,
-    ) -> Result<Vec<serde_json::Value>, CoreError> {
-        let node = NodeName::parse(node)
-            .ok_or_else(|| CoreError::reject(ErrorCode::NotFound, "no such peer"))?;
-        let name = node.clone();
-        let dead = self
-            .read(move |view| Ok(view.outbox(&name, 0, usize::MAX, true)?))
-            .await?;
-        if replay
-            && let Outcome::Count(n) = self.write(Op::ReplayDead { node: node.clone() }).await?
-        {
-            tracing::info!(peer = %node, events = n, "dead letters back in the outbox");
-        }
-        Ok(dead
-            .into_iter()
-            .map(|(seq, e)| {
-                serde_json::json!({"seq": seq, "queuedAt": rfc3339(e.queued_at), "event": e.event})
-            })
-            .collect())
+        };
+        self.outbox_depth(&node, &mut info).await?;
+        Ok(info)
     }
 
     /// A peer contacted us: it is up, so its outbox is worth trying now.
@@ -541,133 +553,13 @@ impl Core {
         self.inner.wakers.wake(node);
     }
 
-    /// Sends `node`'s outbox until `stop`. After a failure it waits out the
-    /// back-off: new events do not shorten it, the peer contacting us does
-    /// (that clears the back-off).
-    async fn send_outbox(self, node: NodeName, stop: CancellationToken) {
-        let wake = self.inner.wakers.of(&node);
-        loop {
-            let backoff = self.retry_in(&node);
-            let wait = if backoff.is_some() {
-                backoff
-            } else {
-                match self.send_some(&node).await {
-                    Ok(true) => continue,
-                    Ok(false) => None,
-                    Err(e) => Some(self.failed(&node, &e)),
-                }
-            };
-            let sleep = wait.unwrap_or(Duration::from_secs(60));
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = wake.notified() => {}
-                () = tokio::time::sleep(sleep) => {
-                    if let Some(h) = self.fed().health().get_mut(&node) {
-                        h.retry_at = None;
-                    }
-                }
-            }
-        }
-    }
-
-    /// How long the peer's back-off still runs, if it does.
-    fn retry_in(&self, node: &NodeName) -> Option<Duration> {
-        let now = self.inner.clock.now_ms();
-        let retry_at = self.fed().health().get(node)?.retry_at?;
-        (retry_at > now).then(|| Duration::from_millis((retry_at - now) as u64))
-    }
-
-    /// Sends one batch. `Ok(true)` when more may be waiting.
-    async fn send_some(&self, node: &NodeName) -> Result<bool, PeerError> {
-        let name = node.clone();
-        let after = self.fed().health().get(node).map_or(0, |h| h.delivered);
-        let read = self
-            .read(move |view| Ok((view.peer(&name)?, view.outbox(&name, after, BATCH, false)?)))
-            .await;
-        let Ok((Some(peer), batch)) = read else {
-            return Ok(false);
-        };
-        self.announce_key(node, &peer.url).await?;
-        let Some((first, _)) = batch.first() else {
-            return Ok(false);
-        };
-        let first = *first;
-        let now = self.inner.clock.now_ms();
-        let too_old = crate::clock::millis(self.fed().config.dead_letter_after);
-        let mut events = Vec::with_capacity(batch.len());
-        for (seq, entry) in &batch {
-            match serde_json::from_value(entry.event.clone()) {
-                Ok(event) if now - entry.queued_at <= too_old => {
-                    events.push(Numbered { seq: *seq, event });
-                }
-                // Unreadable or too old: the events before it go first, then
-                // it becomes a dead letter on its own.
-                _ if events.is_empty() => {
-                    tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
-                    self.outbox_done(node, first, seq - 1, Some(*seq)).await;
-                    return Ok(true);
-                }
-                _ => break,
-            }
-        }
-        let last = events.last().map_or(first, |e| e.seq);
-        let sent: Result<Applied, _> = self
-            .fed()
-            .client
-            .post(
-                &self.fed().signing_key(),
-                node,
-                &peer.url,
-                "/federation/v1/events",
-                &EventBatch { events },
-                now,
-            )
-            .await;
-        match sent {
-            Ok(Applied { applied }) => {
-                self.succeeded(node);
-                self.outbox_done(node, first, applied, None).await;
-                Ok(batch.len() == BATCH || applied < last)
-            }
-            Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
-                // The peer refused one event; the ones before it are applied.
-                let applied = body["applied"].as_u64().unwrap_or(first - 1);
-                tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
-                self.succeeded(node);
-                self.outbox_done(node, first, applied, Some(applied + 1))
-                    .await;
-                Ok(true)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn outbox_done(&self, node: &NodeName, from: u64, delivered: u64, dead: Option<u64>) {
-        let op = Op::OutboxDone {
-            node: node.clone(),
-            from,
-            delivered,
-            dead,
-        };
-        match self.write(op).await {
-            Ok(_) => {
-                let done = dead.unwrap_or(delivered).max(delivered);
-                let mut health = self.fed().health();
-                let h = health.entry(node.clone()).or_default();
-                h.delivered = h.delivered.max(done);
-            }
-            Err(e) => {
-                tracing::warn!(peer = %node, error = %e, "could not clear delivered outbox entries");
-            }
-        }
-    }
-
     fn succeeded(&self, node: &NodeName) {
         let now = self.inner.clock.now_ms();
         let mut health = self.fed().health();
         let h = health.entry(node.clone()).or_default();
         *h = Health {
             delivered: h.delivered,
+            confirmed: h.confirmed,
             last_contact: Some(now),
             ..Health::default()
         };
@@ -806,14 +698,6 @@ impl Core {
         lane.send(forward).await.map_err(|_| CoreError::Stopped)?;
         Ok(rx)
     }
-}
-
-/// Whether a refusal is about an event (which then becomes a dead letter), not
-/// about the request: an answer naming how far the batch was applied, or a
-/// batch the peer cannot read at all. Anything else (signature, key, wrong
-/// destination, the peer's own faults) is retried: an admin can fix it.
-fn refused_event(status: u16, body: &serde_json::Value) -> bool {
-    body.get("applied").is_some_and(serde_json::Value::is_u64) || matches!(status, 400 | 413)
 }
 
 /// The writer's form of a peer user's action, checked like a client's frame.

@@ -17,6 +17,7 @@
 //! commit order, so a connection sees ids ascending on this hop.
 
 pub(crate) mod nats;
+pub(crate) mod outbox;
 pub(crate) mod presence;
 pub(crate) mod rpc;
 pub(crate) mod subjects;

@@ -12,6 +12,7 @@
 //! | `natter.<node>.presence` | gateway → core: connects, disconnects, heartbeats |
 //! | `natter.<node>.gw.<gateway>` | core → one gateway: displace, resync |
 //! | `natter.<node>.core.started` | core → all gateways: "I (re)started" |
+//! | `natter.<node>.fed.<peer>` | the federation outbox of one peer (JetStream, work queue) |
 //! | `_INBOX.natter.<node>.<gateway>.>` | answers to one gateway (RPC replies, JetStream) |
 //! | `_INBOX.natter_core.<node>.>` | answers to the core (JetStream) |
 //!
@@ -51,6 +52,32 @@ pub(crate) fn deliveries(node: &NodeName, gateway: &GatewayId) -> String {
 /// The durable consumer of one gateway.
 pub(crate) fn consumer_name(gateway: &GatewayId) -> String {
     format!("gw_{}", gateway.as_str().replace('-', "_"))
+}
+
+/// The JetStream stream that holds the federation outboxes (one subject and
+/// one durable consumer per peer).
+pub(crate) fn outbox_stream_name(node: &NodeName) -> String {
+    format!(
+        "NATTER_{}_FED",
+        node_token(node).to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+/// Everything the outbox stream captures.
+pub(crate) fn outbox_all(node: &NodeName) -> String {
+    format!("natter.{}.fed.>", node_token(node))
+}
+
+/// The outbox of one peer: where the core publishes its events and what the
+/// peer's consumer reads.
+pub(crate) fn outbox(node: &NodeName, peer: &NodeName) -> String {
+    format!("natter.{}.fed.{}", node_token(node), node_token(peer))
+}
+
+/// The durable consumer of one peer's outbox (`-` is allowed in consumer
+/// names, `.` is not; node names have no `_`, so this is unambiguous).
+pub(crate) fn outbox_consumer(peer: &NodeName) -> String {
+    format!("fed_{}", node_token(peer))
 }
 
 pub(crate) fn rpc(node: &NodeName) -> String {
@@ -101,5 +128,11 @@ mod tests {
         assert!(!stream_name(&node).contains('.'));
         assert_eq!(consumer_name(&gw), "gw_gw_1");
         assert!(subject.starts_with(deliveries_for_gateway(&node, &gw).trim_end_matches('>')));
+        let peer = NodeName::parse("beta.example-2.org").unwrap();
+        let subject = outbox(&node, &peer);
+        assert_eq!(subject, "natter.chat_example-1_org.fed.beta_example-2_org");
+        assert!(subject.starts_with(outbox_all(&node).trim_end_matches('>')));
+        assert_eq!(outbox_consumer(&peer), "fed_beta_example-2_org");
+        assert_eq!(outbox_stream_name(&node), "NATTER_CHAT_EXAMPLE_1_ORG_FED");
     }
 }

@@ -9,6 +9,7 @@ mod delivery;
 mod errors;
 mod federation;
 mod federation_media;
+mod federation_outbox;
 mod federation_trust;
 mod http;
 mod key_rotation;

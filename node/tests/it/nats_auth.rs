@@ -195,10 +195,9 @@ async fn nats_natter_logs_in_with_an_nkey_over_tls() {
         user.public_key()
     ));
     let url = nats.url();
-    // BASE_CONFIG ends in [nats].
-    let config = format!(
-        "{BASE_CONFIG}nkey_file = {seed_file:?}\n[nats.tls]\nca_file = {ca:?}\nrequired = true\n"
-    );
+    // Into BASE_CONFIG's [nats] table (the one before [logins]).
+    let base = BASE_CONFIG.replace("[logins]", &format!("nkey_file = {seed_file:?}\n[logins]"));
+    let config = format!("{base}[nats.tls]\nca_file = {ca:?}\nrequired = true\n");
     let node = TestNode::with_nats(Topology::Nats, &config, Some(nats)).await;
     let alice = node.user("alice").await;
     let bob = node.user("bob").await;

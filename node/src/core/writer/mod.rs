@@ -426,6 +426,11 @@ impl Writer {
                 delivered,
                 dead,
             } => self.outbox_done(b, &node, from, delivered, dead),
+            Op::DeadLetter { node, seq, entry } => {
+                b.tx.put_outbox(&node, seq, &entry, true);
+                b.sync();
+                Ok(Outcome::Done)
+            }
             Op::ReplayDead { node } => self.replay_dead(b, &node),
             Op::CreateAttachment { id, record } => self.create_attachment(b, id, &record),
             Op::DropAttachment {

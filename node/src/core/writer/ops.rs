@@ -12,7 +12,7 @@ use crate::core::{CoreError, DeviceCtx, Invite};
 use crate::federation::events::Numbered;
 use crate::ids::{AttachmentId, ChatId, DeliveryId, DeviceId, NodeName, UserRef, Username};
 use crate::protocol::{CommandResult, Operation};
-use crate::store::{AttachmentRecord, AttachmentRef, PeerRecord};
+use crate::store::{AttachmentRecord, AttachmentRef, OutboxEntry, PeerRecord};
 
 /// Who a command is applied for.
 #[derive(Debug)]
@@ -135,6 +135,13 @@ pub(crate) enum Op {
         from: u64,
         delivered: u64,
         dead: Option<u64>,
+    },
+    /// An event read from the JetStream outbox becomes a dead letter (the
+    /// peer refused it, or it is too old); dead letters stay on fjall.
+    DeadLetter {
+        node: NodeName,
+        seq: u64,
+        entry: OutboxEntry,
     },
     /// A peer's dead letters go back to its outbox, in their order.
     ReplayDead {

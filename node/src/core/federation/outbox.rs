@@ -1,0 +1,513 @@
+//! Each peer's outbox and the one task per peer that sends it.
+//!
+//! The writer queues every federated event on fjall, in the same transaction
+//! as the change it describes, so an event is queued if and only if the
+//! change is stored (the write-ahead record). From there:
+//! - **without NATS** ([`Queue::Fjall`]) the sender reads the fjall outbox
+//!   directly and removes what the peer confirmed;
+//! - **with NATS** ([`Queue::JetStream`]) the sender first relays what is on
+//!   fjall to the peer's subject of the JetStream outbox stream (one message
+//!   per chunk of entries, waiting for JetStream's ack) and then removes it
+//!   from fjall; it reads from the peer's durable consumer and acks a message
+//!   once the peer has every event in it. On start it relays whatever is
+//!   still on fjall again (message ids deduplicate a relay cut short by a
+//!   crash; the peer applies each event seq once anyway).
+//!
+//! Both send the same way: batches in outbox order, the same wire format and
+//! seqs, capped exponential back-off with jitter while the peer is away, woken
+//! at once by a new event or by the peer contacting us. An event older than
+//! `dead_letter_after`, or one the peer refuses, becomes a dead letter on
+//! fjall that an admin can see and replay.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
+
+use super::PeerInfo;
+use crate::core::writer::{Op, Outcome};
+use crate::core::{Core, CoreError};
+use crate::delivery::nats::NatsError;
+use crate::delivery::outbox::{Fetched, OutboxStream, PeerConsumer};
+use crate::federation::client::PeerError;
+use crate::federation::events::{Applied, EventBatch, Numbered};
+use crate::ids::NodeName;
+use crate::store::OutboxEntry;
+
+/// Events sent to a peer in one request.
+const BATCH: usize = 256;
+/// Most outbox entries relayed to JetStream in one message.
+const RELAY_CHUNK: usize = 256;
+/// Most bytes of one relayed message (NATS' default payload limit is 1 MiB).
+const RELAY_BYTES: usize = 512 * 1024;
+/// How soon a failed relay or JetStream read is tried again.
+const QUEUE_RETRY: Duration = Duration::from_secs(1);
+
+/// Where a peer's events wait for it, as its sender sees them.
+pub(super) enum Queue {
+    /// On fjall: read after the last confirmed seq, removed once confirmed.
+    Fjall,
+    /// Relayed from fjall to the JetStream outbox; read from the peer's
+    /// durable consumer.
+    JetStream(Box<JsQueue>),
+}
+
+pub(super) struct JsQueue {
+    stream: OutboxStream,
+    consumer: Option<PeerConsumer>,
+    /// Messages fetched and not acked yet, oldest first: the sender sends
+    /// from here until the peer has everything in them, and reads no further
+    /// before (so nothing overtakes an older event).
+    held: VecDeque<Held>,
+}
+
+struct Held {
+    entries: Vec<(u64, OutboxEntry)>,
+    fetched: Fetched,
+}
+
+impl JsQueue {
+    /// Acks (and forgets) the held messages the peer has everything of.
+    async fn ack_confirmed(&mut self, confirmed: u64) -> Result<(), NatsError> {
+        while self
+            .held
+            .front()
+            .is_some_and(|h| h.entries.last().is_none_or(|(seq, _)| *seq <= confirmed))
+        {
+            if let Some(held) = self.held.pop_front() {
+                held.fetched.ack().await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a round of sending stopped.
+pub(super) enum SendError {
+    /// The peer did not take the batch: back off.
+    Peer(PeerError),
+    /// JetStream (or the writer) failed: try again shortly.
+    Queue(String),
+}
+
+impl From<PeerError> for SendError {
+    fn from(e: PeerError) -> Self {
+        Self::Peer(e)
+    }
+}
+
+impl From<NatsError> for SendError {
+    fn from(e: NatsError) -> Self {
+        Self::Queue(e.to_string())
+    }
+}
+
+/// The payload of a JetStream outbox message: entries with their seqs.
+fn encode(entries: &[(u64, OutboxEntry)]) -> Bytes {
+    serde_json::to_vec(entries).unwrap_or_default().into()
+}
+
+fn decode(payload: &[u8]) -> Option<Vec<(u64, OutboxEntry)>> {
+    serde_json::from_slice(payload).ok()
+}
+
+impl Core {
+    /// The queue a new sender of a peer reads.
+    fn queue(&self) -> Queue {
+        match self.fed().outbox.get() {
+            Some(stream) => Queue::JetStream(Box::new(JsQueue {
+                stream: stream.clone(),
+                consumer: None,
+                held: VecDeque::new(),
+            })),
+            None => Queue::Fjall,
+        }
+    }
+
+    /// Sends `node`'s outbox until `stop`. After a failure it waits out the
+    /// back-off: new events do not shorten it (they are still relayed to
+    /// JetStream), the peer contacting us does (that clears the back-off).
+    /// `running` is held while it runs: the next sender of the same peer, or
+    /// its removal, waits for it.
+    pub(super) async fn send_outbox(
+        self,
+        node: NodeName,
+        stop: CancellationToken,
+        running: Arc<tokio::sync::Mutex<()>>,
+    ) {
+        let _running = running.lock_owned().await;
+        if stop.is_cancelled() {
+            return;
+        }
+        let wake = self.inner.wakers.of(&node);
+        let mut queue = self.queue();
+        loop {
+            let relayed = match self.relay(&node, &mut queue).await {
+                Ok(more) => Ok(more),
+                Err(e) => {
+                    tracing::warn!(peer = %node, error = %e, "cannot hand the outbox to JetStream yet");
+                    Err(())
+                }
+            };
+            let backoff = self.retry_in(&node);
+            let mut wait = if backoff.is_some() {
+                backoff
+            } else {
+                match self.send_some(&node, &mut queue).await {
+                    Ok(true) => continue,
+                    Ok(false) => None,
+                    Err(SendError::Peer(e)) => Some(self.failed(&node, &e)),
+                    Err(SendError::Queue(e)) => {
+                        tracing::warn!(peer = %node, error = %e, "cannot read the outbox");
+                        Some(QUEUE_RETRY)
+                    }
+                }
+            };
+            match relayed {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(()) => wait = Some(wait.map_or(QUEUE_RETRY, |w| w.min(QUEUE_RETRY))),
+            }
+            let sleep = wait.unwrap_or(Duration::from_secs(60));
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(sleep) => {
+                    if let Some(h) = self.fed().health().get_mut(&node) {
+                        h.retry_at = None;
+                    }
+                }
+            }
+        }
+    }
+
+    /// How long the peer's back-off still runs, if it does.
+    fn retry_in(&self, node: &NodeName) -> Option<Duration> {
+        let now = self.inner.clock.now_ms();
+        let retry_at = self.fed().health().get(node)?.retry_at?;
+        (retry_at > now).then(|| Duration::from_millis((retry_at - now) as u64))
+    }
+
+    /// With JetStream: makes sure the peer's consumer exists, and hands one
+    /// chunk of what is queued on fjall to the stream, then removes it from
+    /// fjall. `Ok(true)` when more is waiting on fjall.
+    async fn relay(&self, node: &NodeName, queue: &mut Queue) -> Result<bool, NatsError> {
+        let Queue::JetStream(js) = queue else {
+            return Ok(false);
+        };
+        if js.consumer.is_none() {
+            js.consumer = Some(js.stream.consumer(node).await?);
+        }
+        // Entries up to `delivered` are in the stream already.
+        let after = self.fed().health().get(node).map_or(0, |h| h.delivered);
+        let name = node.clone();
+        let read = self
+            .read(move |view| Ok(view.outbox(&name, after, RELAY_CHUNK, false)?))
+            .await;
+        let Ok(mut chunk) = read else {
+            return Ok(false);
+        };
+        let full = chunk.len() == RELAY_CHUNK;
+        let mut bytes = 0;
+        let keep = chunk
+            .iter()
+            .position(|(_, e)| {
+                bytes += e.event.to_string().len() + 64;
+                bytes > RELAY_BYTES
+            })
+            .unwrap_or(chunk.len())
+            .max(1);
+        let more = full || keep < chunk.len();
+        chunk.truncate(keep);
+        let (Some((first, _)), Some((last, _))) = (chunk.first(), chunk.last()) else {
+            return Ok(false);
+        };
+        let (first, last) = (*first, *last);
+        let id = format!("{node}:{first}-{last}");
+        js.stream.publish(node, id, encode(&chunk)).await?;
+        // On JetStream now: drop from fjall (a crash before this relays them
+        // again; the message id or the peer's apply-once drops the copy).
+        self.outbox_done(node, first, last, None).await;
+        Ok(more)
+    }
+
+    /// Up to [`BATCH`] events not yet confirmed, in outbox order.
+    async fn peek(
+        &self,
+        node: &NodeName,
+        queue: &mut Queue,
+    ) -> Result<Vec<(u64, OutboxEntry)>, SendError> {
+        let confirmed = self.fed().health().get(node).map_or(0, |h| h.confirmed);
+        let js = match queue {
+            Queue::Fjall => {
+                let name = node.clone();
+                let after = self.fed().health().get(node).map_or(0, |h| h.delivered);
+                return self
+                    .read(move |view| Ok(view.outbox(&name, after, BATCH, false)?))
+                    .await
+                    .map_err(|e| SendError::Queue(e.to_string()));
+            }
+            Queue::JetStream(js) => js,
+        };
+        js.ack_confirmed(confirmed).await?;
+        if js.held.is_empty() {
+            let Some(consumer) = &js.consumer else {
+                return Ok(Vec::new());
+            };
+            let fetched = match consumer.fetch(BATCH).await {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    // Made again on the next round (it may have been deleted).
+                    js.consumer = None;
+                    return Err(e.into());
+                }
+            };
+            for fetched in fetched {
+                match decode(&fetched.payload) {
+                    Some(entries) => js.held.push_back(Held { entries, fetched }),
+                    None => {
+                        tracing::error!(peer = %node, "unreadable outbox message dropped");
+                        fetched.ack().await?;
+                    }
+                }
+            }
+        }
+        Ok(js
+            .held
+            .iter()
+            .flat_map(|h| h.entries.iter())
+            .filter(|(seq, _)| *seq > confirmed)
+            .take(BATCH)
+            .cloned()
+            .collect())
+    }
+
+    /// Sends one batch. `Ok(true)` when more may be waiting.
+    async fn send_some(&self, node: &NodeName, queue: &mut Queue) -> Result<bool, SendError> {
+        let name = node.clone();
+        let peer = self.read(move |view| Ok(view.peer(&name)?)).await;
+        let Ok(Some(peer)) = peer else {
+            return Ok(false);
+        };
+        self.announce_key(node, &peer.url).await?;
+        let batch = self.peek(node, queue).await?;
+        let Some((first, _)) = batch.first() else {
+            return Ok(false);
+        };
+        let first = *first;
+        let now = self.inner.clock.now_ms();
+        let too_old = crate::clock::millis(self.fed().config.dead_letter_after);
+        let mut events = Vec::with_capacity(batch.len());
+        for (seq, entry) in &batch {
+            match serde_json::from_value(entry.event.clone()) {
+                Ok(event) if now - entry.queued_at <= too_old => {
+                    events.push(Numbered { seq: *seq, event });
+                }
+                // Unreadable or too old: the events before it go first, then
+                // it becomes a dead letter on its own.
+                _ if events.is_empty() => {
+                    tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
+                    self.done(node, queue, first, seq - 1, Some((*seq, entry)))
+                        .await?;
+                    return Ok(true);
+                }
+                _ => break,
+            }
+        }
+        let last = events.last().map_or(first, |e| e.seq);
+        let sent: Result<Applied, _> = self
+            .fed()
+            .client
+            .post(
+                &self.fed().signing_key(),
+                node,
+                &peer.url,
+                "/federation/v1/events",
+                &EventBatch { events },
+                now,
+            )
+            .await;
+        match sent {
+            Ok(Applied { applied }) => {
+                self.succeeded(node);
+                self.done(node, queue, first, applied, None).await?;
+                // From JetStream a batch is what was fetched: more may have
+                // come since (new events rang while this one was away).
+                let fetched = matches!(queue, Queue::JetStream(_));
+                Ok(fetched || batch.len() == BATCH || applied < last)
+            }
+            Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
+                // The peer refused one event; the ones before it are applied.
+                let applied = body["applied"].as_u64().unwrap_or(first - 1);
+                tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
+                self.succeeded(node);
+                let dead = batch.iter().find(|(seq, _)| *seq == applied + 1);
+                self.done(node, queue, first, applied, dead.map(|(s, e)| (*s, e)))
+                    .await?;
+                Ok(true)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The peer has every event up to `delivered`; `dead`, if any, becomes a
+    /// dead letter.
+    async fn done(
+        &self,
+        node: &NodeName,
+        queue: &mut Queue,
+        from: u64,
+        delivered: u64,
+        dead: Option<(u64, &OutboxEntry)>,
+    ) -> Result<(), SendError> {
+        let js = match queue {
+            Queue::Fjall => {
+                self.outbox_done(node, from, delivered, dead.map(|(seq, _)| seq))
+                    .await;
+                return Ok(());
+            }
+            Queue::JetStream(js) => js,
+        };
+        let mut upto = delivered;
+        if let Some((seq, entry)) = dead.filter(|(seq, _)| *seq > delivered) {
+            let op = Op::DeadLetter {
+                node: node.clone(),
+                seq,
+                entry: entry.clone(),
+            };
+            self.write(op)
+                .await
+                .map_err(|e| SendError::Queue(e.to_string()))?;
+            upto = seq;
+        }
+        {
+            let mut health = self.fed().health();
+            let h = health.entry(node.clone()).or_default();
+            h.confirmed = h.confirmed.max(upto);
+        }
+        js.ack_confirmed(upto).await?;
+        Ok(())
+    }
+
+    /// Removes the fjall outbox entries from `from` to `delivered` (they are
+    /// with the peer, or with JetStream); `dead` becomes a dead letter.
+    pub(super) async fn outbox_done(
+        &self,
+        node: &NodeName,
+        from: u64,
+        delivered: u64,
+        dead: Option<u64>,
+    ) {
+        let op = Op::OutboxDone {
+            node: node.clone(),
+            from,
+            delivered,
+            dead,
+        };
+        match self.write(op).await {
+            Ok(_) => {
+                let done = dead.unwrap_or(delivered).max(delivered);
+                let mut health = self.fed().health();
+                let h = health.entry(node.clone()).or_default();
+                h.delivered = h.delivered.max(done);
+            }
+            Err(e) => {
+                tracing::warn!(peer = %node, error = %e, "could not clear delivered outbox entries");
+            }
+        }
+    }
+
+    /// A removed peer's JetStream outbox goes with it, once its sender
+    /// (`running`) has stopped.
+    pub(super) async fn drop_outbox(&self, node: &NodeName, running: Arc<tokio::sync::Mutex<()>>) {
+        let Some(stream) = self.fed().outbox.get() else {
+            return;
+        };
+        let _stopped = running.lock().await;
+        if let Err(e) = stream.remove(node).await {
+            tracing::warn!(peer = %node, error = %e, "could not delete the peer's outbox consumer");
+        }
+    }
+
+    /// Fills in `info`'s outbox depth and oldest queued age. Seqs are
+    /// contiguous from the oldest queued entry to the last given out (dead
+    /// letters leave from the front), so the depth needs no scan; with
+    /// JetStream the oldest entry is in the stream if it has any for the peer
+    /// (relayed in order), else on fjall.
+    pub(super) async fn outbox_depth(
+        &self,
+        node: &NodeName,
+        info: &mut PeerInfo,
+    ) -> Result<(), CoreError> {
+        let now = self.inner.clock.now_ms();
+        let (after, confirmed) = self
+            .fed()
+            .health()
+            .get(node)
+            .map_or((0, 0), |h| (h.delivered, h.confirmed));
+        let name = node.clone();
+        let (fjall_front, last, dead) = self
+            .read(move |view| {
+                let oldest = view.outbox(&name, after, 1, false)?.pop();
+                let last = view.outbox_counter(&name)?;
+                let dead = view.outbox(&name, 0, usize::MAX, true)?.len();
+                Ok((oldest, last, dead))
+            })
+            .await?;
+        let mut front = None;
+        if let Some(stream) = self.fed().outbox.get() {
+            match stream.first(node).await {
+                Ok(payload) => {
+                    front = payload
+                        .and_then(|p| decode(&p))
+                        .and_then(|entries| entries.into_iter().find(|(s, _)| *s > confirmed));
+                }
+                Err(e) => tracing::warn!(peer = %node, error = %e, "cannot read the outbox stream"),
+            }
+        }
+        let front = front.or(fjall_front);
+        let depth = front
+            .as_ref()
+            .map_or(0, |(first, _)| (last + 1).saturating_sub(*first));
+        info.outbox_depth = usize::try_from(depth).unwrap_or(usize::MAX);
+        info.oldest_queued_age_ms = front.map(|(_, e)| now - e.queued_at);
+        info.dead_letters = dead;
+        Ok(())
+    }
+
+    /// A peer's dead letters (`replay`: put back in its outbox).
+    pub async fn dead_letters(
+        &self,
+        node: &str,
+        replay: bool,
+    ) -> Result<Vec<serde_json::Value>, CoreError> {
+        let node = NodeName::parse(node).ok_or_else(|| {
+            CoreError::reject(crate::protocol::ErrorCode::NotFound, "no such peer")
+        })?;
+        let name = node.clone();
+        let dead = self
+            .read(move |view| Ok(view.outbox(&name, 0, usize::MAX, true)?))
+            .await?;
+        if replay
+            && let Outcome::Count(n) = self.write(Op::ReplayDead { node: node.clone() }).await?
+        {
+            tracing::info!(peer = %node, events = n, "dead letters back in the outbox");
+        }
+        Ok(dead
+            .into_iter()
+            .map(|(seq, e)| {
+                serde_json::json!({"seq": seq, "queuedAt": crate::clock::rfc3339(e.queued_at), "event": e.event})
+            })
+            .collect())
+    }
+}
+
+/// Whether a refusal is about an event (which then becomes a dead letter), not
+/// about the request: an answer naming how far the batch was applied, or a
+/// batch the peer cannot read at all. Anything else (signature, key, wrong
+/// destination, the peer's own faults) is retried: an admin can fix it.
+fn refused_event(status: u16, body: &serde_json::Value) -> bool {
+    body.get("applied").is_some_and(serde_json::Value::is_u64) || matches!(status, 400 | 413)
+}
