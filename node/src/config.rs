@@ -375,6 +375,7 @@ struct FileS3 {
 #[serde(deny_unknown_fields)]
 struct FileTesting {
     adjustable_clock: Option<bool>,
+    store_faults: Option<bool>,
 }
 
 // ----------------------------------------------------------- typed config
@@ -394,6 +395,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Lets the admin API move the node's clock forward (tests only).
     pub adjustable_clock: bool,
+    /// Lets the admin API make the store's next commit fail (tests only).
+    pub store_faults: bool,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     pub media: MediaConfig,
@@ -670,6 +673,7 @@ impl Config {
             limits,
             store,
             adjustable_clock: file.testing.adjustable_clock.unwrap_or(false),
+            store_faults: file.testing.store_faults.unwrap_or(false),
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             media,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),

@@ -145,6 +145,10 @@ async fn run_with_store(
             memtable_bytes: config.store.memtable_bytes,
         },
     )?;
+    if config.store_faults {
+        tracing::warn!("testing.store_faults is on: the admin API can make a commit fail");
+        store.allow_faults();
+    }
     let clock = if config.adjustable_clock {
         tracing::warn!("testing.adjustable_clock is on: the admin API can move time forward");
         Clock::adjustable()

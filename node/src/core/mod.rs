@@ -300,6 +300,16 @@ impl Core {
         self.inner.store.stats()
     }
 
+    /// False once the store has failed a commit (`/readyz` answers 503).
+    pub fn store_healthy(&self) -> bool {
+        self.inner.store.healthy()
+    }
+
+    /// Makes the store's next commit fail (tests: `testing.store_faults`).
+    pub fn inject_store_fault(&self) -> bool {
+        self.inner.store.fail_next_commit()
+    }
+
     /// Queues a write; the returned receiver answers after the commit.
     async fn enqueue(
         &self,

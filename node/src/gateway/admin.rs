@@ -32,6 +32,7 @@ pub(super) fn router(gw: Gateway) -> Router<Gateway> {
         .route("/invites", post(create_invite))
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
+        .route("/store-fault", post(store_fault))
         .route("/status", get(status))
         .merge(super::peers::routes())
         // A route layer: unknown paths stay 404 without a token.
@@ -199,6 +200,17 @@ async fn advance_clock(State(gw): State<Gateway>, body: Bytes) -> Result<Respons
     }
     let now = local(&gw)?.clock().now_ms();
     Ok(axum::Json(serde_json::json!({ "now": crate::clock::rfc3339(now) })).into_response())
+}
+
+/// Makes the store's next commit fail. Only with `testing.store_faults = true`.
+async fn store_fault(State(gw): State<Gateway>) -> Result<StatusCode, ApiError> {
+    if !local(&gw)?.inject_store_fault() {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "store faults are off (testing.store_faults)",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// The answer of `GET /status`.

@@ -297,8 +297,15 @@ async fn metrics(State(gw): State<Gateway>) -> Response {
 
 async fn readyz(State(gw): State<Gateway>) -> Response {
     let nats_up = gw.nats.as_ref().is_none_or(Nats::is_connected);
-    if gw.ready.load(Ordering::Acquire) && nats_up {
+    let store_ok = gw.local.as_ref().is_none_or(Core::store_healthy);
+    if gw.ready.load(Ordering::Acquire) && nats_up && store_ok {
         (StatusCode::OK, "ready").into_response()
+    } else if !store_ok {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the store failed a write; see the log and restart",
+        )
+            .into_response()
     } else if !nats_up {
         (
             StatusCode::SERVICE_UNAVAILABLE,

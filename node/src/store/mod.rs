@@ -15,6 +15,8 @@ pub(crate) mod keys;
 pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord, RemoteAttachment};
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use fjall::{
     KeyspaceCreateOptions, PersistMode, Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace,
@@ -290,6 +292,16 @@ pub(crate) struct Keyspaces {
 pub struct Store {
     db: SingleWriterTxDatabase,
     ks: Keyspaces,
+    health: Arc<Health>,
+}
+
+/// Whether a commit has failed (fjall refuses every later write then: it is
+/// "poisoned"), and a fault tests may inject (`testing.store_faults`).
+#[derive(Default)]
+struct Health {
+    failed: AtomicBool,
+    faults_allowed: AtomicBool,
+    fail_next: AtomicBool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -332,7 +344,32 @@ impl Store {
             media: open("media")?,
             fed: open("fed")?,
         };
-        Ok(Self { db, ks })
+        Ok(Self {
+            db,
+            ks,
+            health: Arc::default(),
+        })
+    }
+
+    /// False once a commit has failed: the node cannot store anything more
+    /// until it is restarted (`/readyz` answers 503).
+    pub fn healthy(&self) -> bool {
+        !self.health.failed.load(Ordering::Acquire)
+    }
+
+    /// Lets [`Self::fail_next_commit`] work (`testing.store_faults`).
+    pub fn allow_faults(&self) {
+        self.health.faults_allowed.store(true, Ordering::Release);
+    }
+
+    /// Makes the next commit fail as a failed disk write would. Only when
+    /// faults are allowed (tests); false otherwise.
+    pub fn fail_next_commit(&self) -> bool {
+        let allowed = self.health.faults_allowed.load(Ordering::Acquire);
+        if allowed {
+            self.health.fail_next.store(true, Ordering::Release);
+        }
+        allowed
     }
 
     /// A consistent read-only view of what is committed now.
@@ -358,10 +395,17 @@ impl Store {
             Durability::Buffer => PersistMode::Buffer,
             Durability::Sync => PersistMode::SyncData,
         };
-        tx.tx
-            .durability(Some(mode))
-            .commit()
-            .map_err(StoreError::from)?;
+        let committed = if self.health.fail_next.swap(false, Ordering::AcqRel) {
+            Err(fjall::Error::Io(std::io::Error::other(
+                "injected store fault",
+            )))
+        } else {
+            tx.tx.durability(Some(mode)).commit()
+        };
+        if let Err(e) = committed {
+            self.health.failed.store(true, Ordering::Release);
+            return Err(StoreError::from(e).into());
+        }
         Ok(value)
     }
 

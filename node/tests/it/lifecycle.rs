@@ -100,6 +100,54 @@ async fn the_sweep_pages_through_every_old_key(t: Topology) {
     assert_eq!(report["idempotencyKeysRemoved"], 0, "{report}");
 }
 
+/// A failed commit is answered (nothing of it stored) and takes the node out
+/// of rotation: `/readyz` answers 503 from then on.
+async fn a_failed_store_write_makes_the_node_unready(t: Topology) {
+    let config = BASE_CONFIG.replace(
+        "adjustable_clock = true",
+        "adjustable_clock = true\nstore_faults = true",
+    );
+    let node = TestNode::with_config(t, &config).await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a.ok(json!({"type":"createChat","participants":[]})).await["chatId"].clone();
+    a.ok(json!({"type":"sendMessage","chatId":chat,"message":"stored"}))
+        .await;
+    let readyz = |url: String| {
+        let request = node.http().get(format!("{url}/readyz"));
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(readyz(node.main_url().to_owned()).await.0, 200);
+    let (status, _) = node
+        .admin(reqwest::Method::POST, "/store-fault", None)
+        .await;
+    assert_eq!(status, 204);
+    let code = a
+        .error_code(json!({"type":"sendMessage","chatId":chat,"message":"lost"}))
+        .await;
+    assert_eq!(code, "internal");
+    for url in [node.main_url().to_owned(), node.main_admin_url().to_owned()] {
+        let (status, body) = readyz(url).await;
+        assert_eq!(status, 503, "{body}");
+        assert!(body.contains("store failed a write"), "{body}");
+    }
+    let history = a.ok(json!({"type":"getHistory","chatId":chat})).await;
+    let messages = history["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "only what was answered ok is stored");
+}
+
+/// Without `testing.store_faults` the admin API cannot break the store.
+async fn store_faults_are_off_by_default(t: Topology) {
+    let node = TestNode::start(t).await;
+    let (status, _) = node
+        .admin(reqwest::Method::POST, "/store-fault", None)
+        .await;
+    assert_eq!(status, 403);
+}
+
 async fn unused_devices_are_deactivated(t: Topology) {
     let node = TestNode::with_config(
         t,
@@ -345,6 +393,8 @@ crate::in_every_topology!(metrics_count_what_happened);
 crate::in_every_topology!(
     retention_drops_old_events_and_tells_the_device,
     the_sweep_pages_through_every_old_key,
+    a_failed_store_write_makes_the_node_unready,
+    store_faults_are_off_by_default,
     unused_devices_are_deactivated,
     a_second_connection_of_a_device_displaces_the_first,
     a_silent_client_is_dropped_after_the_ping_timeout,
