@@ -23,7 +23,7 @@ use super::nats::{Nats, next_or_cancel};
 use super::subjects;
 use crate::ids::GatewayId;
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
+type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Bytes, CallError>>>>>;
 
 /// Why a request got no answer. Each means "retry shortly" to a client.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,10 @@ pub enum CallError {
     Publish(#[source] async_nats::PublishError),
     #[error("the core did not answer in time; retry shortly")]
     Timeout,
+    /// NATS answered for the core: nobody listens on its subject (it is not
+    /// running, or restarting).
+    #[error("the core is not running; retry shortly")]
+    NoResponders,
     #[error("the reply inbox could not be subscribed")]
     Subscribe(#[source] async_nats::SubscribeError),
 }
@@ -76,7 +80,12 @@ impl RpcClient {
                 };
                 let waiter = routes.lock().unwrap_or_else(|e| e.into_inner()).remove(&n);
                 if let Some(waiter) = waiter {
-                    let _ = waiter.send(message.payload);
+                    // An empty status message, not the core's answer.
+                    let answer = match message.status {
+                        Some(async_nats::StatusCode::NO_RESPONDERS) => Err(CallError::NoResponders),
+                        _ => Ok(message.payload),
+                    };
+                    let _ = waiter.send(answer);
                 }
             }
         });
@@ -129,7 +138,7 @@ impl RpcClient {
         let timeout = self.nats.config.request_timeout;
         Ok(async move {
             match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(bytes)) => Ok(bytes),
+                Ok(Ok(answer)) => answer,
                 _ => {
                     this.forget(n);
                     Err(CallError::Timeout)

@@ -113,6 +113,21 @@ async fn devices_on_two_gateways_chat_and_a_device_moves_with_its_backlog() {
     );
 }
 
+/// With the core gone (NATS up, nobody on the core's subject), NATS answers a
+/// gateway's request at once with an empty "no responders" status: the client
+/// gets `unavailable` (retry), not `internal`.
+#[tokio::test]
+async fn a_request_nobody_answers_is_unavailable() {
+    let mut node = TestNode::start(Topology::Split).await;
+    let alice = node.user("alice").await;
+    let mut a = node.connect(&alice).await;
+    let chat = a.ok(json!({"type":"createChat","participants":[]})).await["chatId"].clone();
+    node.kill9();
+    let send = json!({"type":"sendMessage","chatId":chat,"message":"x","clientMsgId":"n1"});
+    let answer = a.request(send).await;
+    assert_eq!(answer["code"], "unavailable", "{answer}");
+}
+
 #[tokio::test]
 async fn killing_a_gateway_mid_burst_loses_nothing() {
     let mut node = TestNode::start(Topology::Split).await;
