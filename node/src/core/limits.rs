@@ -136,15 +136,17 @@ impl Class {
     }
 }
 
-/// One bucket: tokens left at `at_ms`.
+/// One token bucket: tokens left at `at_ms`. The one bucket of the node: the
+/// per-user command rates here, the per-address login attempts
+/// (`login_limits`) and each connection's sends (`gateway::session`).
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+pub(crate) struct Bucket {
     tokens: f64,
     at_ms: i64,
 }
 
 impl Bucket {
-    fn full(rate: Rate, now_ms: i64) -> Self {
+    pub(crate) fn full(rate: Rate, now_ms: i64) -> Self {
         Self {
             tokens: f64::from(rate.burst),
             at_ms: now_ms,
@@ -159,7 +161,7 @@ impl Bucket {
 
     /// Takes a token, or says in how many milliseconds one will be there.
     /// A refusal takes nothing.
-    fn take(&mut self, rate: Rate, now_ms: i64) -> Result<(), u64> {
+    pub(crate) fn take(&mut self, rate: Rate, now_ms: i64) -> Result<(), u64> {
         self.tokens = self.level(rate, now_ms);
         self.at_ms = self.at_ms.max(now_ms);
         if self.tokens >= 1.0 {

@@ -28,6 +28,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use lru::LruCache;
 
+use crate::core::limits::{Bucket, Rate};
+
 /// The `[logins]` settings (docs/configuration.md).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoginLimitsConfig {
@@ -130,13 +132,6 @@ struct Record {
     in_flight: u32,
 }
 
-/// One token bucket: `tokens` at `at_ms`.
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at_ms: i64,
-}
-
 struct Maps {
     buckets: LruCache<Net, Bucket>,
     pairs: LruCache<(Net, u64), Record>,
@@ -221,27 +216,14 @@ impl LoginLimits {
     /// Takes one attempt from the address's bucket (logins and
     /// registrations). Checked first, before any other work.
     pub(crate) fn attempt(&self, client: IpAddr, now_ms: i64) -> Result<(), Wait> {
-        let (rate, burst) = (
-            self.config.attempt_rate,
-            f64::from(self.config.attempt_burst),
-        );
+        let rate = Rate::new(self.config.attempt_rate, self.config.attempt_burst);
         let net = Net::of(client, self.config.ipv6_prefix);
         let mut maps = self.lock();
-        let bucket = maps.buckets.get_or_insert_mut(net, || Bucket {
-            tokens: burst,
-            at_ms: now_ms,
-        });
-        // A clock that went back refills nothing.
-        let elapsed = now_ms.saturating_sub(bucket.at_ms).max(0) as f64 / 1000.0;
-        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
-        bucket.at_ms = bucket.at_ms.max(now_ms);
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            return Ok(());
-        }
-        let wait = ((1.0 - bucket.tokens) / rate * 1000.0).ceil() as u64;
-        Err(Wait {
-            retry_after_ms: wait.max(1),
+        let bucket = maps
+            .buckets
+            .get_or_insert_mut(net, || Bucket::full(rate, now_ms));
+        bucket.take(rate, now_ms).map_err(|retry_after_ms| Wait {
+            retry_after_ms,
             reason: "too many login or registration attempts from this address; try again later",
         })
     }

@@ -35,6 +35,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::Gateway;
+use crate::core::limits::{Bucket, Rate};
 use crate::core::{CoreError, DeviceCtx};
 use crate::delivery::{Attachment, Delivery, Push};
 use crate::ids::DeliveryId;
@@ -198,43 +199,44 @@ async fn write_loop(
     }
 }
 
-/// Sends a device may make: a token bucket holding up to `burst` tokens, refilled
-/// at `rate` per second. Pure: the caller passes the time.
+/// Sends a device may make on this connection: the node's token bucket
+/// ([`Bucket`]), timed by the connection's own clock (milliseconds since it
+/// started). Pure: the caller passes the time.
 struct RateLimit {
-    tokens: f64,
-    rate: f64,
-    burst: f64,
-    at: Instant,
+    bucket: Bucket,
+    rate: Rate,
+    start: Instant,
+    /// After a refused `take`: milliseconds until a token is there.
+    wait_ms: u64,
 }
 
 impl RateLimit {
     /// Starts full.
     fn new(rate: f64, burst: u32, now: Instant) -> Self {
+        let rate = Rate::new(rate, burst);
         Self {
-            tokens: f64::from(burst),
+            bucket: Bucket::full(rate, 0),
             rate,
-            burst: f64::from(burst),
-            at: now,
+            start: now,
+            wait_ms: 0,
         }
     }
 
     /// Takes a token if one is there.
     fn take(&mut self, now: Instant) -> bool {
-        let elapsed = now.duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let at_ms = now.saturating_duration_since(self.start).as_millis() as i64;
+        match self.bucket.take(self.rate, at_ms) {
+            Ok(()) => true,
+            Err(wait_ms) => {
+                self.wait_ms = wait_ms;
+                false
+            }
         }
     }
 
     /// After a refused `take`: milliseconds until a token is there.
     fn retry_after_ms(&self) -> u64 {
-        let wait = (1.0 - self.tokens).max(0.0) / self.rate * 1000.0;
-        (wait.ceil() as u64).max(1)
+        self.wait_ms
     }
 }
 
