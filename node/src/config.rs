@@ -238,6 +238,7 @@ struct FileFederation {
     outbox_stream_max_age: Option<Duration>,
     outbox_stream_max_mb: Option<u64>,
     max_actions_in_flight: Option<usize>,
+    max_batches_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -705,6 +706,15 @@ fn federation_config(file: FileFederation) -> Result<FederationConfig, ConfigErr
             "must be between 1 and 4096",
         ));
     }
+    if file
+        .max_batches_in_flight
+        .is_some_and(|n| !(1..=64).contains(&n))
+    {
+        return Err(invalid(
+            "federation.max_batches_in_flight",
+            "must be between 1 and 64",
+        ));
+    }
     Ok(FederationConfig {
         request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
         dead_letter_after: file.dead_letter_after.unwrap_or(defaults.dead_letter_after),
@@ -717,6 +727,9 @@ fn federation_config(file: FileFederation) -> Result<FederationConfig, ConfigErr
         max_actions_in_flight: file
             .max_actions_in_flight
             .unwrap_or(defaults.max_actions_in_flight),
+        max_batches_in_flight: file
+            .max_batches_in_flight
+            .unwrap_or(defaults.max_batches_in_flight),
     })
 }
 

@@ -59,6 +59,9 @@ pub struct FederationConfig {
     /// Forwarded actions (this node's users' commands in chats of a peer) in
     /// flight to one home at once; each sending device's stay in order.
     pub max_actions_in_flight: usize,
+    /// Event batches in flight to one peer at once (its outbox); the peer
+    /// applies them in order.
+    pub max_batches_in_flight: usize,
     /// With NATS: how long events stay in the JetStream outbox stream unsent
     /// (`None`: twice `dead_letter_after`).
     pub outbox_stream_max_age: Option<Duration>,
@@ -86,6 +89,7 @@ impl Default for FederationConfig {
             max_backoff: Duration::from_secs(60),
             key_overlap: Duration::from_secs(7 * 24 * 3600),
             max_actions_in_flight: 64,
+            max_batches_in_flight: 4,
             outbox_stream_max_age: None,
             outbox_stream_max_bytes: 1024 << 20,
         }
@@ -96,8 +100,9 @@ impl Default for FederationConfig {
 #[derive(Clone, Debug, Default)]
 struct Health {
     /// Every fjall outbox entry up to this seq is delivered (or a dead
-    /// letter), or with NATS handed to JetStream: reads start after it
-    /// instead of stepping over what was removed.
+    /// letter; its removal from fjall may still be being written), or with
+    /// NATS handed to JetStream: reads start after it instead of stepping
+    /// over what was removed.
     delivered: u64,
     /// With NATS: every event up to this seq is with the peer (or a dead
     /// letter).
@@ -157,6 +162,29 @@ pub(super) struct Federation {
     /// Per home node, the task forwarding this node's users' commands there.
     lanes: Mutex<HashMap<NodeName, mpsc::Sender<lanes::Forward>>>,
     runtime: Mutex<Option<(TaskTracker, CancellationToken)>>,
+    /// Per peer, the last event seq handed to the writer (applied or about
+    /// to be): batches in flight together wait here for the one before.
+    submitted: Mutex<HashMap<NodeName, u64>>,
+    submitted_changed: tokio::sync::Notify,
+}
+
+/// The refusal code of an event batch whose `after` is not applied.
+pub const OUT_OF_ORDER: &str = "out_of_order";
+
+/// How long an event batch waits for the batch before it (its `after`) to
+/// reach the writer before it is tried anyway.
+const ORDER_WAIT: Duration = Duration::from_secs(1);
+
+/// Why a peer's event batch was not applied (`Core::apply_events`).
+#[derive(Debug)]
+pub enum EventsRefused {
+    /// This node failed: nothing applied.
+    Failed(CoreError),
+    /// An event was refused; the ones before it, up to the seq, are applied.
+    Event(CoreError, u64),
+    /// The batch before it (its `after`) is not applied: nothing applied;
+    /// events up to the seq are.
+    OutOfOrder(u64),
 }
 
 /// A peer's outbox sender: how to stop it, and a lock it holds while it runs.
@@ -262,7 +290,39 @@ impl Federation {
             outbox: std::sync::OnceLock::new(),
             lanes: Mutex::default(),
             runtime: Mutex::default(),
+            submitted: Mutex::default(),
+            submitted_changed: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Waits until events up to `after` from `origin` have been handed to the
+    /// writer, or [`ORDER_WAIT`] has passed.
+    async fn wait_submitted(&self, origin: &NodeName, after: u64) {
+        let deadline = tokio::time::Instant::now() + ORDER_WAIT;
+        loop {
+            let changed = self.submitted_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let reached = self
+                .submitted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(origin)
+                .is_some_and(|s| *s >= after);
+            if reached || tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Events up to `last` from `origin` are with the writer.
+    fn submitted(&self, origin: &NodeName, last: u64) {
+        {
+            let mut submitted = self.submitted.lock().unwrap_or_else(|e| e.into_inner());
+            let seq = submitted.entry(origin.clone()).or_default();
+            *seq = (*seq).max(last);
+        }
+        self.submitted_changed.notify_waiters();
     }
 
     fn has_peers(&self) -> bool {
@@ -587,29 +647,47 @@ impl Core {
 
     // ------------------------------------------------------------ inbound
 
-    /// A peer's events for chats whose home it is.
+    /// A peer's events for chats whose home it is. A batch sent while the
+    /// one before it (`after`) may still be on its way waits (up to
+    /// [`ORDER_WAIT`]) until that one has reached the writer, so that batches
+    /// in flight together are applied in order and share a commit; the
+    /// writer refuses it if that one is not applied after all.
     pub async fn apply_events(
         &self,
         origin: NodeName,
         batch: EventBatch,
-    ) -> Result<Applied, (CoreError, u64)> {
-        let outcome = self
-            .write(Op::ApplyEvents {
-                origin,
-                events: batch.events,
-            })
+    ) -> Result<Applied, EventsRefused> {
+        let last = batch.events.last().map(|e| e.seq);
+        if let Some(after) = batch.after {
+            self.fed().wait_submitted(&origin, after).await;
+        }
+        let op = Op::ApplyEvents {
+            origin: origin.clone(),
+            events: batch.events,
+            after: batch.after,
+        };
+        let reply = self.enqueue(op).await.map_err(EventsRefused::Failed)?;
+        if let Some(last) = last {
+            self.fed().submitted(&origin, last);
+        }
+        let outcome = reply
             .await
-            .map_err(|e| (e, 0))?;
+            .map_err(|_| EventsRefused::Failed(CoreError::Stopped))?
+            .map_err(EventsRefused::Failed)?;
         match outcome {
             Outcome::Applied {
                 applied,
                 refused: None,
-            } => Ok(Applied { applied }),
+            } => Ok(Applied {
+                applied,
+                ordered: true,
+            }),
             Outcome::Applied {
                 applied,
                 refused: Some(e),
-            } => Err((e, applied)),
-            other => Err((super::unexpected(other), 0)),
+            } => Err(EventsRefused::Event(e, applied)),
+            Outcome::OutOfOrder { applied } => Err(EventsRefused::OutOfOrder(applied)),
+            other => Err(EventsRefused::Failed(super::unexpected(other))),
         }
     }
 

@@ -123,10 +123,17 @@ impl Event {
 }
 
 /// `POST /federation/v1/events`: events for the receiver, numbered per
-/// (sender, receiver) from 1 without gaps, oldest first.
+/// (sender, receiver) from 1, growing, oldest first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct EventBatch {
     pub events: Vec<Numbered>,
+    /// The last seq of the batch the sender sent just before this one, when
+    /// that one may still be on its way: the receiver applies this batch only
+    /// once that seq is applied (it waits a little for it, then refuses with
+    /// `out_of_order`), so several batches can be in flight and still be
+    /// applied in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -140,6 +147,11 @@ pub struct Numbered {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Applied {
     pub applied: u64,
+    /// The receiver honours [`EventBatch::after`]: the sender may keep
+    /// several batches in flight. Absent from a node of an earlier version,
+    /// which is then sent one batch at a time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ordered: bool,
 }
 
 /// `POST /federation/v1/actions`: a participating node asks a chat's home to do

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::{ApiError, Gateway, local, status_for};
 use crate::core::CoreError;
-use crate::core::federation::PeerRequest;
+use crate::core::federation::{EventsRefused, OUT_OF_ORDER, PeerRequest};
 use crate::federation::events::{
     ActionBatch, ActionRequest, AttachmentUrlRequest, EventBatch, KeyAnnouncement,
 };
@@ -171,7 +171,15 @@ async fn events(
     let core = local(&gw).map_err(|e| refuse(e.status, e.code.as_str(), e.message, None))?;
     match core.apply_events(v.from.origin, batch).await {
         Ok(applied) => Ok(axum::Json(applied).into_response()),
-        Err((e, applied)) => Err(refuse_core(&e, Some(applied))),
+        Err(EventsRefused::Event(e, applied)) => Err(refuse_core(&e, Some(applied))),
+        Err(EventsRefused::Failed(e)) => Err(refuse_core(&e, None)),
+        // No `applied` here: the sender must not take it for a refused event.
+        Err(EventsRefused::OutOfOrder(applied)) => Err(refuse(
+            StatusCode::CONFLICT,
+            OUT_OF_ORDER,
+            format!("the batch before this one is not applied (applied up to {applied})"),
+            None,
+        )),
     }
 }
 

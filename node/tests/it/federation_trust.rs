@@ -56,8 +56,33 @@ fn fresh_nonce() -> String {
 fn batch(seq: u64, event: Event) -> Vec<u8> {
     let batch = EventBatch {
         events: vec![Numbered { seq, event }],
+        after: None,
     };
     serde_json::to_vec(&batch).unwrap()
+}
+
+/// A batch of one event numbered `seq`, sent while the batch ending at
+/// `after` may still be on its way.
+fn batch_after(seq: u64, after: u64, event: Event) -> Vec<u8> {
+    let batch = EventBatch {
+        events: vec![Numbered { seq, event }],
+        after: Some(after),
+    };
+    serde_json::to_vec(&batch).unwrap()
+}
+
+/// A message from `x@evil.test` in `chat`, the chat's `seq`.
+fn message_in(chat: ChatId, seq: u64, text: &str) -> Event {
+    Event::Message {
+        chat_id: chat,
+        seq,
+        message_id: natter::ids::MessageId::generate(),
+        from: format!("x@{EVIL}"),
+        sent_at: now_ms(),
+        text: text.into(),
+        attachments: Vec::new(),
+        sender_device: None,
+    }
 }
 
 /// A chat created at evil.test by `x@evil.test`, with `participants`.
@@ -255,7 +280,10 @@ impl Fed {
     async fn applied_with_alice(&mut self, seq: u64, chat: ChatId) {
         let req = self.request("/federation/v1/events", chat_with_alice(seq, chat));
         let (status, body) = self.send_signed(&req).await;
-        assert_eq!((status, &body), (200, &json!({"applied": seq})));
+        assert_eq!(
+            (status, &body),
+            (200, &json!({"applied": seq, "ordered": true}))
+        );
         let update = self.alice.event().await;
         assert_eq!(update["type"], "chatUpdate", "{update}");
         assert_eq!(update["chatId"], chat.to_string());
@@ -434,7 +462,7 @@ async fn a_replayed_request_is_refused() {
     let req = fed.request("/federation/v1/events", chat_with_alice(1, chat));
     let headers = fed.sign(&evil_key(), &req);
     let first = fed.send(&req, Some(&headers), req.body.clone()).await;
-    assert_eq!(first, (200, json!({"applied": 1})));
+    assert_eq!(first, (200, json!({"applied": 1, "ordered": true})));
     let again = fed.send(&req, Some(&headers), req.body.clone()).await;
     assert_eq!(refusal(&again), (401, "replayed_request"), "{again:?}");
     // The same nonce with another body (signed anew) is a replay too.
@@ -718,6 +746,53 @@ async fn events_for_a_chat_without_participants_here_are_refused() {
     let answer = fed.send_signed(&req).await;
     assert_eq!(refusal(&answer), (404, "unknown_chat"), "{answer:?}");
     assert_eq!(answer.1["applied"], 1, "{answer:?}");
+}
+
+#[tokio::test]
+async fn a_batch_whose_predecessor_is_not_applied_is_refused_and_applies_nothing() {
+    let mut fed = Fed::start().await;
+    let chat = ChatId::generate();
+    // Event 2 names event 1's batch, which never came: nothing of it is
+    // applied, and the refusal names no refused event.
+    let early = batch_after(2, 1, message_in(chat, 1, "too early"));
+    let answer = fed
+        .send_signed(&fed.request("/federation/v1/events", early.clone()))
+        .await;
+    assert_eq!(refusal(&answer), (409, "out_of_order"), "{answer:?}");
+    assert_eq!(answer.1.get("applied"), None, "{answer:?}");
+    assert_eq!(fed.alice.drain().await, Vec::<Value>::new());
+    // Once event 1 is applied, the same batch is.
+    fed.applied_with_alice(1, chat).await;
+    let answer = fed
+        .send_signed(&fed.request("/federation/v1/events", early))
+        .await;
+    assert_eq!(answer, (200, json!({"applied": 2, "ordered": true})));
+    let message = fed.alice.event().await;
+    assert_eq!(message["message"], "too early", "{message}");
+}
+
+#[tokio::test]
+async fn batches_in_flight_together_are_applied_in_the_order_sent() {
+    let mut fed = Fed::start().await;
+    let chat = ChatId::generate();
+    // The second batch is sent first; it waits for the one it names, which
+    // follows: both are applied, in order.
+    let second = fed.request(
+        "/federation/v1/events",
+        batch_after(2, 1, message_in(chat, 1, "second")),
+    );
+    let first = fed.request("/federation/v1/events", chat_with_alice(1, chat));
+    let (second, first) = tokio::join!(fed.send_signed(&second), async {
+        // Sent once the second one is on its way (its request started).
+        tokio::task::yield_now().await;
+        fed.send_signed(&first).await
+    });
+    assert_eq!(first, (200, json!({"applied": 1, "ordered": true})));
+    assert_eq!(second, (200, json!({"applied": 2, "ordered": true})));
+    let update = fed.alice.event().await;
+    assert_eq!(update["type"], "chatUpdate", "{update}");
+    let message = fed.alice.event().await;
+    assert_eq!(message["message"], "second", "{message}");
 }
 
 #[tokio::test]

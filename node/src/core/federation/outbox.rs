@@ -20,10 +20,15 @@
 //! fjall that an admin can see and replay.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::PeerInfo;
@@ -48,10 +53,32 @@ const QUEUE_RETRY: Duration = Duration::from_secs(1);
 /// Where a peer's events wait for it, as its sender sees them.
 pub(super) enum Queue {
     /// On fjall: read after the last confirmed seq, removed once confirmed.
-    Fjall,
+    Fjall(FjallQueue),
     /// Relayed from fjall to the JetStream outbox; read from the peer's
     /// durable consumer.
     JetStream(Box<JsQueue>),
+}
+
+/// The fjall outbox as its sender reads it.
+#[derive(Default)]
+pub(super) struct FjallQueue {
+    /// The removal of the entries the peer confirmed last, still being
+    /// written. The next batch is sent meanwhile (reads start after the
+    /// confirmed seq, kept in memory), so the writer's commit of a removal is
+    /// not on the path of every event: only one removal is outstanding at a
+    /// time, and the sender waits for it before it stops.
+    cleanup: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FjallQueue {
+    /// Waits for the outstanding removal, if any.
+    async fn settle(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            // A removal that failed leaves entries the peer has; they are
+            // sent again after a restart and skipped by the peer.
+            let _ = cleanup.await;
+        }
+    }
 }
 
 pub(super) struct JsQueue {
@@ -82,6 +109,39 @@ impl JsQueue {
         }
         Ok(())
     }
+}
+
+/// What a peer's outbox holds next.
+enum Next {
+    /// Events to send: the entries, and the events read from them.
+    Batch(Vec<(u64, OutboxEntry)>, Vec<Numbered>),
+    /// The oldest entry cannot be sent (unreadable, or too old).
+    Dead(u64, OutboxEntry),
+    Nothing,
+}
+
+/// A batch that was sent, with the peer's answer.
+type Sending = Pin<Box<dyn Future<Output = (Posted, Result<Applied, PeerError>)> + Send>>;
+
+/// The entries of a batch that was sent.
+struct Posted {
+    batch: Vec<(u64, OutboxEntry)>,
+}
+
+impl Posted {
+    /// Its first and last seq.
+    fn seqs(&self) -> (u64, u64) {
+        let seq = |e: Option<&(u64, OutboxEntry)>| e.map_or(0, |(seq, _)| *seq);
+        (seq(self.batch.first()), seq(self.batch.last()))
+    }
+}
+
+/// What a batch's answer means for the batches after it.
+enum Settled {
+    /// All applied: go on (`ordered`: the peer honours `after`).
+    Next { ordered: bool },
+    /// Start again from what the peer confirmed.
+    Restart,
 }
 
 /// Why a round of sending stopped.
@@ -122,7 +182,7 @@ impl Core {
                 consumer: None,
                 held: VecDeque::new(),
             })),
-            None => Queue::Fjall,
+            None => Queue::Fjall(FjallQueue::default()),
         }
     }
 
@@ -155,7 +215,7 @@ impl Core {
             let mut wait = if backoff.is_some() {
                 backoff
             } else {
-                match self.send_some(&node, &mut queue).await {
+                match self.send_some(&node, &mut queue, &wake, &stop).await {
                     Ok(true) => continue,
                     Ok(false) => None,
                     Err(SendError::Peer(e)) => Some(self.failed(&node, &e)),
@@ -172,7 +232,12 @@ impl Core {
             }
             let sleep = wait.unwrap_or(Duration::from_secs(60));
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    if let Queue::Fjall(fjall) = &mut queue {
+                        fjall.settle().await;
+                    }
+                    return;
+                }
                 () = wake.notified() => {}
                 () = tokio::time::sleep(sleep) => {
                     if let Some(h) = self.fed().health().get_mut(&node) {
@@ -233,26 +298,35 @@ impl Core {
         Ok(more)
     }
 
-    /// Up to [`BATCH`] events not yet confirmed, in outbox order.
+    /// Up to [`BATCH`] events not yet confirmed and after `after` (the last
+    /// one in flight), in outbox order.
     async fn peek(
         &self,
         node: &NodeName,
         queue: &mut Queue,
+        after: Option<u64>,
     ) -> Result<Vec<(u64, OutboxEntry)>, SendError> {
         let confirmed = self.fed().health().get(node).map_or(0, |h| h.confirmed);
         let js = match queue {
-            Queue::Fjall => {
+            Queue::Fjall(_) => {
                 let name = node.clone();
-                let after = self.fed().health().get(node).map_or(0, |h| h.delivered);
+                let delivered = self.fed().health().get(node).map_or(0, |h| h.delivered);
+                let from = delivered.max(after.unwrap_or(0));
                 return self
-                    .read(move |view| Ok(view.outbox(&name, after, BATCH, false)?))
+                    .read(move |view| Ok(view.outbox(&name, from, BATCH, false)?))
                     .await
                     .map_err(|e| SendError::Queue(e.to_string()));
             }
             Queue::JetStream(js) => js,
         };
         js.ack_confirmed(confirmed).await?;
-        if js.held.is_empty() {
+        let from = confirmed.max(after.unwrap_or(0));
+        let unsent = |js: &JsQueue| {
+            js.held
+                .iter()
+                .any(|h| h.entries.last().is_some_and(|(seq, _)| *seq > from))
+        };
+        if !unsent(js) {
             let Some(consumer) = &js.consumer else {
                 return Ok(Vec::new());
             };
@@ -278,25 +352,21 @@ impl Core {
             .held
             .iter()
             .flat_map(|h| h.entries.iter())
-            .filter(|(seq, _)| *seq > confirmed)
+            .filter(|(seq, _)| *seq > from)
             .take(BATCH)
             .cloned()
             .collect())
     }
 
-    /// Sends one batch. `Ok(true)` when more may be waiting.
-    async fn send_some(&self, node: &NodeName, queue: &mut Queue) -> Result<bool, SendError> {
-        let name = node.clone();
-        let peer = self.read(move |view| Ok(view.peer(&name)?)).await;
-        let Ok(Some(peer)) = peer else {
-            return Ok(false);
-        };
-        self.announce_key(node, &peer.url).await?;
-        let batch = self.peek(node, queue).await?;
-        let Some((first, _)) = batch.first() else {
-            return Ok(false);
-        };
-        let first = *first;
+    /// The next batch after `after`: the events up to the first one that
+    /// cannot be sent (unreadable, or older than `dead_letter_after`).
+    async fn next_batch(
+        &self,
+        node: &NodeName,
+        queue: &mut Queue,
+        after: Option<u64>,
+    ) -> Result<Next, SendError> {
+        let mut batch = self.peek(node, queue, after).await?;
         let now = self.inner.clock.now_ms();
         let too_old = crate::clock::millis(self.fed().config.dead_letter_after);
         let mut events = Vec::with_capacity(batch.len());
@@ -305,48 +375,144 @@ impl Core {
                 Ok(event) if now - entry.queued_at <= too_old => {
                     events.push(Numbered { seq: *seq, event });
                 }
-                // Unreadable or too old: the events before it go first, then
-                // it becomes a dead letter on its own.
-                _ if events.is_empty() => {
-                    tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
-                    self.done(node, queue, first, seq - 1, Some((*seq, entry)))
-                        .await?;
-                    return Ok(true);
-                }
+                // The events before it go first, then it becomes a dead
+                // letter on its own.
+                _ if events.is_empty() => return Ok(Next::Dead(*seq, entry.clone())),
                 _ => break,
             }
         }
-        let last = events.last().map_or(first, |e| e.seq);
-        let sent: Result<Applied, _> = self
-            .fed()
-            .client
-            .post(
-                &self.fed().signing_key(),
-                node,
-                &peer.url,
-                "/federation/v1/events",
-                &EventBatch { events },
-                now,
-            )
-            .await;
-        match sent {
-            Ok(Applied { applied }) => {
+        if events.is_empty() {
+            return Ok(Next::Nothing);
+        }
+        batch.truncate(events.len());
+        Ok(Next::Batch(batch, events))
+    }
+
+    /// Sends the outbox while there is something to send: up to
+    /// `federation.max_batches_in_flight` batches at once (one until the peer
+    /// shows it applies them in order), each batch naming the one before it
+    /// (`after`), answers taken in order. `Ok(true)`: start again from what
+    /// the peer confirmed (an event refused, a batch out of order).
+    async fn send_some(
+        &self,
+        node: &NodeName,
+        queue: &mut Queue,
+        wake: &Notify,
+        stop: &CancellationToken,
+    ) -> Result<bool, SendError> {
+        let name = node.clone();
+        let peer = self.read(move |view| Ok(view.peer(&name)?)).await;
+        let Ok(Some(peer)) = peer else {
+            return Ok(false);
+        };
+        self.announce_key(node, &peer.url).await?;
+        let mut window = 1;
+        let mut in_flight = FuturesOrdered::new();
+        // The last seq handed out in this round; `idle`: nothing to send now.
+        let (mut sent, mut idle, mut woken) = (None, false, false);
+        loop {
+            if std::mem::take(&mut woken)
+                && let Err(e) = self.relay(node, queue).await
+            {
+                tracing::warn!(peer = %node, error = %e, "cannot hand the outbox to JetStream yet");
+            }
+            while !idle && in_flight.len() < window {
+                match self.next_batch(node, queue, sent).await? {
+                    Next::Batch(batch, events) => {
+                        let after = sent.filter(|_| !in_flight.is_empty());
+                        sent = batch.last().map(|(seq, _)| *seq);
+                        in_flight.push_back(self.post_batch(node, &peer.url, batch, events, after));
+                    }
+                    Next::Dead(seq, entry) if in_flight.is_empty() => {
+                        tracing::warn!(peer = %node, seq, "outbox entry becomes a dead letter");
+                        self.done(node, queue, seq, seq - 1, Some((seq, &entry)))
+                            .await?;
+                        return Ok(true);
+                    }
+                    Next::Dead(..) | Next::Nothing => idle = true,
+                }
+            }
+            if in_flight.is_empty() {
+                return Ok(false);
+            }
+            tokio::select! {
+                Some((posted, answer)) = in_flight.next() => {
+                    match self.settle(node, queue, posted, answer).await? {
+                        Settled::Next { ordered } => {
+                            if ordered {
+                                window = self.fed().config.max_batches_in_flight.max(1);
+                            }
+                            idle = false;
+                        }
+                        Settled::Restart => return Ok(true),
+                    }
+                }
+                () = wake.notified() => (idle, woken) = (false, true),
+                () = stop.cancelled() => return Ok(false),
+            }
+        }
+    }
+
+    /// Signs and posts one batch (owned, so several can be in flight).
+    fn post_batch(
+        &self,
+        node: &NodeName,
+        url: &str,
+        batch: Vec<(u64, OutboxEntry)>,
+        events: Vec<Numbered>,
+        after: Option<u64>,
+    ) -> Sending {
+        let (core, node, url) = (self.clone(), node.clone(), url.to_owned());
+        Box::pin(async move {
+            let now = core.inner.clock.now_ms();
+            let answer = core
+                .fed()
+                .client
+                .post(
+                    &core.fed().signing_key(),
+                    &node,
+                    &url,
+                    "/federation/v1/events",
+                    &EventBatch { events, after },
+                    now,
+                )
+                .await;
+            (Posted { batch }, answer)
+        })
+    }
+
+    /// Takes a batch's answer: what the peer has leaves the outbox.
+    async fn settle(
+        &self,
+        node: &NodeName,
+        queue: &mut Queue,
+        posted: Posted,
+        answer: Result<Applied, PeerError>,
+    ) -> Result<Settled, SendError> {
+        let (first, last) = posted.seqs();
+        match answer {
+            Ok(Applied { applied, ordered }) => {
                 self.succeeded(node);
                 self.done(node, queue, first, applied, None).await?;
-                // From JetStream a batch is what was fetched: more may have
-                // come since (new events rang while this one was away).
-                let fetched = matches!(queue, Queue::JetStream(_));
-                Ok(fetched || batch.len() == BATCH || applied < last)
+                Ok(if applied >= last {
+                    Settled::Next { ordered }
+                } else {
+                    Settled::Restart
+                })
+            }
+            Err(PeerError::Refused { status, body, .. }) if out_of_order(status, &body) => {
+                self.succeeded(node);
+                Ok(Settled::Restart)
             }
             Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
                 // The peer refused one event; the ones before it are applied.
                 let applied = body["applied"].as_u64().unwrap_or(first - 1);
                 tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
                 self.succeeded(node);
-                let dead = batch.iter().find(|(seq, _)| *seq == applied + 1);
+                let dead = posted.batch.iter().find(|(seq, _)| *seq == applied + 1);
                 self.done(node, queue, first, applied, dead.map(|(s, e)| (*s, e)))
                     .await?;
-                Ok(true)
+                Ok(Settled::Restart)
             }
             Err(e) => Err(e.into()),
         }
@@ -363,9 +529,18 @@ impl Core {
         dead: Option<(u64, &OutboxEntry)>,
     ) -> Result<(), SendError> {
         let js = match queue {
-            Queue::Fjall => {
-                self.outbox_done(node, from, delivered, dead.map(|(seq, _)| seq))
-                    .await;
+            Queue::Fjall(fjall) => {
+                fjall.settle().await;
+                let dead = dead.map(|(seq, _)| seq);
+                if dead.is_some() {
+                    self.outbox_done(node, from, delivered, dead).await;
+                } else {
+                    self.confirmed_on_fjall(node, delivered);
+                    let (core, node) = (self.clone(), node.clone());
+                    fjall.cleanup = Some(tokio::spawn(async move {
+                        core.outbox_done(&node, from, delivered, None).await;
+                    }));
+                }
                 return Ok(());
             }
             Queue::JetStream(js) => js,
@@ -389,6 +564,14 @@ impl Core {
         }
         js.ack_confirmed(upto).await?;
         Ok(())
+    }
+
+    /// Without NATS: the peer has every event up to `delivered`, so the next
+    /// batch starts after it, whether or not their removal is written yet.
+    fn confirmed_on_fjall(&self, node: &NodeName, delivered: u64) {
+        let mut health = self.fed().health();
+        let h = health.entry(node.clone()).or_default();
+        h.delivered = h.delivered.max(delivered);
     }
 
     /// Removes the fjall outbox entries from `from` to `delivered` (they are
@@ -509,5 +692,13 @@ impl Core {
 /// batch the peer cannot read at all. Anything else (signature, key, wrong
 /// destination, the peer's own faults) is retried: an admin can fix it.
 fn refused_event(status: u16, body: &serde_json::Value) -> bool {
+    if out_of_order(status, body) {
+        return false;
+    }
     body.get("applied").is_some_and(serde_json::Value::is_u64) || matches!(status, 400 | 413)
+}
+
+/// Whether a refusal says the batch before it is not applied (nothing was).
+fn out_of_order(status: u16, body: &serde_json::Value) -> bool {
+    status == 409 && body["code"] == super::OUT_OF_ORDER
 }

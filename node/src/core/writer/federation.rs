@@ -83,8 +83,12 @@ impl Writer {
         b: &mut Batch<'_, '_>,
         origin: &NodeName,
         events: Vec<Numbered>,
+        after: Option<u64>,
     ) -> Result<Outcome, CoreError> {
         let mut applied = b.tx.view().applied(origin)?;
+        if after.is_some_and(|after| applied < after) {
+            return Ok(Outcome::OutOfOrder { applied });
+        }
         for Numbered { seq, event } in events {
             if seq <= applied {
                 continue;

@@ -419,7 +419,11 @@ impl Writer {
             }
             Op::PutPeer { node, record } => Ok(self.put_peer(b, &node, &record)),
             Op::RemovePeer { node } => self.remove_peer(b, &node),
-            Op::ApplyEvents { origin, events } => self.apply_events(b, &origin, events),
+            Op::ApplyEvents {
+                origin,
+                events,
+                after,
+            } => self.apply_events(b, &origin, events, after),
             Op::OutboxDone {
                 node,
                 from,

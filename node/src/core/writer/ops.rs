@@ -126,6 +126,8 @@ pub(crate) enum Op {
     ApplyEvents {
         origin: NodeName,
         events: Vec<Numbered>,
+        /// Applied only if the events up to this seq are (`EventBatch::after`).
+        after: Option<u64>,
     },
     /// A peer confirmed every outbox entry up to `delivered`; `dead`, if any,
     /// becomes a dead letter (the peer refused it, or it is too old).
@@ -191,6 +193,11 @@ pub(crate) enum Outcome {
     Applied {
         applied: u64,
         refused: Option<CoreError>,
+    },
+    /// Nothing applied: the batch before it is not (events up to `applied`
+    /// are).
+    OutOfOrder {
+        applied: u64,
     },
     /// How many entries an operation moved.
     Count(u64),
