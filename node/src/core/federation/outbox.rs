@@ -63,10 +63,10 @@ pub(super) enum Queue {
 #[derive(Default)]
 pub(super) struct FjallQueue {
     /// The removal of the entries the peer confirmed last, still being
-    /// written. The next batch is sent meanwhile (reads start after the
-    /// confirmed seq, kept in memory), so the writer's commit of a removal is
-    /// not on the path of every event: only one removal is outstanding at a
-    /// time, and the sender waits for it before it stops.
+    /// written (after the removals before it, which it waits for). The next
+    /// batch is sent meanwhile (reads start after the confirmed seq, kept in
+    /// memory), so the writer's commit of a removal is not on the path of
+    /// any event; the sender waits for the removals before it stops.
     cleanup: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -530,14 +530,18 @@ impl Core {
     ) -> Result<(), SendError> {
         let js = match queue {
             Queue::Fjall(fjall) => {
-                fjall.settle().await;
                 let dead = dead.map(|(seq, _)| seq);
                 if dead.is_some() {
+                    fjall.settle().await;
                     self.outbox_done(node, from, delivered, dead).await;
                 } else {
                     self.confirmed_on_fjall(node, delivered);
                     let (core, node) = (self.clone(), node.clone());
+                    let before = fjall.cleanup.take();
                     fjall.cleanup = Some(tokio::spawn(async move {
+                        if let Some(before) = before {
+                            let _ = before.await;
+                        }
                         core.outbox_done(&node, from, delivered, None).await;
                     }));
                 }
