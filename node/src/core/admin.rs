@@ -20,14 +20,29 @@ use crate::ids::{ChatId, DeviceId, NodeName, UserRef, Username};
 use crate::protocol::{ErrorCode, Operation};
 use crate::store::Snapshot;
 
-/// A device's inbox is counted up to this many events (`device list`).
-const INBOX_COUNT_CAP: usize = 1_000_000;
-/// `stats` reads at most this many inbox entries to find the deepest inboxes.
-const STATS_INBOX_SCAN: usize = 5_000_000;
 /// How many of the deepest inboxes `stats` names.
 const DEEPEST: usize = 10;
-/// Chats per page of `GET /admin/v1/chats`, at most.
-const MAX_CHAT_PAGE: usize = 10_000;
+
+/// What one admin read may scan (`[admin]` in the config file).
+#[derive(Clone, Debug)]
+pub struct AdminLimits {
+    /// A device's pending events are counted up to this many (`device list`).
+    pub inbox_count_cap: usize,
+    /// `stats` reads at most this many inbox entries for the deepest inboxes.
+    pub stats_inbox_scan: usize,
+    /// Chats per page of `GET /admin/v1/chats`, at most.
+    pub max_chat_page: usize,
+}
+
+impl Default for AdminLimits {
+    fn default() -> Self {
+        Self {
+            inbox_count_cap: 1_000_000,
+            stats_inbox_scan: 5_000_000,
+            max_chat_page: 10_000,
+        }
+    }
+}
 
 /// Messages stored per second, in a ring of the last 60 seconds (node clock).
 pub(crate) struct MessageRate {
@@ -89,7 +104,8 @@ pub struct DeviceInfo {
     pub name: Option<String>,
     pub created_at: String,
     pub last_active: String,
-    /// Events waiting for the device's ack (counted up to 1,000,000).
+    /// Events waiting for the device's ack (counted up to
+    /// `admin.inbox_count_cap`, 1,000,000 by default).
     pub inbox_depth: u64,
     /// When the oldest of them was queued, and how long ago.
     pub oldest_pending_at: Option<String>,
@@ -171,7 +187,8 @@ pub struct NodeStats {
     pub messages_per_second: f64,
     /// The devices with the most events waiting, deepest first (at most 10).
     pub deepest_inboxes: Vec<InboxDepth>,
-    /// False when the inbox was too large to read whole (5,000,000 entries).
+    /// False when the inbox was too large to read whole
+    /// (`admin.stats_inbox_scan` entries, 5,000,000 by default).
     pub inbox_scan_complete: bool,
     /// The store's size on disk, bytes.
     pub disk_bytes: u64,
@@ -314,12 +331,13 @@ impl Core {
     pub async fn devices(&self, username: &str) -> Result<Vec<DeviceInfo>, CoreError> {
         let name = parse_user(username)?;
         let now = self.inner.clock.now_ms();
+        let cap = self.inner.config.admin.inbox_count_cap;
         let mut devices = self
             .read(move |view| {
                 view.user(&name)?.ok_or_else(unknown_user)?;
                 let mut out = Vec::new();
                 for device in view.user_devices(&name)? {
-                    if let Some(info) = device_info(view, device, now)? {
+                    if let Some(info) = device_info(view, device, now, cap)? {
                         out.push(info);
                     }
                 }
@@ -394,7 +412,7 @@ impl Core {
     ) -> Result<(Vec<ChatInfo>, Option<String>), CoreError> {
         let user = user.map(parse_user).transpose()?;
         let after = after.map(parse_chat).transpose()?;
-        let limit = limit.clamp(1, MAX_CHAT_PAGE);
+        let limit = limit.clamp(1, self.inner.config.admin.max_chat_page);
         self.read(move |view| {
             let (ids, more) = match &user {
                 Some(name) => {
@@ -493,6 +511,7 @@ impl Core {
         let now = self.inner.clock.now_ms();
         let messages_last_minute = self.inner.message_rate.last_minute(now);
         let node = self.node().clone();
+        let scan = self.inner.config.admin.stats_inbox_scan;
         let (users, chats, deepest_inboxes, inbox_scan_complete) = self
             .read(move |view| {
                 let users = view.users()?.iter().filter(|u| !u.deleted).count();
@@ -506,7 +525,7 @@ impl Core {
                         _ => break,
                     }
                 }
-                let (mut depths, complete) = view.inbox_depths(STATS_INBOX_SCAN)?;
+                let (mut depths, complete) = view.inbox_depths(scan)?;
                 depths.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 let mut deepest = Vec::new();
                 for (device, depth) in depths.into_iter().take(DEEPEST) {
@@ -544,11 +563,12 @@ fn device_info(
     view: &Snapshot,
     device: DeviceId,
     now: i64,
+    cap: usize,
 ) -> Result<Option<DeviceInfo>, CoreError> {
     let Some(record) = view.device(device)? else {
         return Ok(None);
     };
-    let (depth, oldest) = view.inbox_depth(device, INBOX_COUNT_CAP)?;
+    let (depth, oldest) = view.inbox_depth(device, cap)?;
     Ok(Some(DeviceInfo {
         device_id: device.to_string(),
         name: record.name,

@@ -26,8 +26,8 @@ mod writer;
 
 pub use accounts::{Invite, UserInfo};
 pub use admin::{
-    ChatDetail, ChatInfo, DeletedChat, DeletedUser, DeviceInfo, InboxDepth, InviteInfo, NodeStats,
-    UserDetail,
+    AdminLimits, ChatDetail, ChatInfo, DeletedChat, DeletedUser, DeviceInfo, InboxDepth,
+    InviteInfo, NodeStats, UserDetail,
 };
 use login_limits::LoginLimits;
 
@@ -196,6 +196,8 @@ pub struct CoreConfig {
     pub quotas: limits::Quotas,
     /// Limits on logins and registrations (`[logins]`).
     pub logins: login_limits::LoginLimitsConfig,
+    /// Bounds on admin reads (`[admin]`).
+    pub admin: AdminLimits,
 }
 
 /// Handle to the core. Cheap to clone.
