@@ -527,6 +527,15 @@ async fn users_devices_and_invites_through_the_cli() {
     assert_eq!(again.status.code(), Some(1));
     assert!(refused(&again).contains("not_found"));
 
+    // Commands the node answers without a body print what they did.
+    stdout(&node.cli(&["user", "add", "dave"]).await);
+    let disabled = json_out(&node.cli(&["--json", "user", "disable", "dave"]).await);
+    assert_eq!(disabled, json!({"user": "dave", "disabled": true}));
+    let shown = json_out(&node.cli(&["--json", "user", "show", "dave"]).await);
+    assert_eq!(shown["disabled"], true);
+    let enabled = json_out(&node.cli(&["--json", "user", "enable", "dave"]).await);
+    assert_eq!(enabled, json!({"user": "dave", "disabled": false}));
+
     // A new password: the old one stops working.
     let reset = json_out(
         &node
