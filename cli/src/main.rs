@@ -1,21 +1,30 @@
 //! `natter`: the admin command line of a natter node.
 //!
 //! It talks to the node's admin HTTP API with the admin token and never opens the
-//! store. The token comes from `--token`/`NATTER_ADMIN_TOKEN`, or is read from
+//! store: every command is one admin API call (docs/operations.md lists them).
+//! The token comes from `--token`/`NATTER_ADMIN_TOKEN`, or is read from
 //! `<data>/admin.token` (`--data`/`NATTER_DATA`, default `./natter-data`).
 //! Answers are read as the node's own types (`natter::gateway::{admin, peers}`,
 //! `natter::core`, `natter::protocol`); `--json` prints them as the node sent them.
-//! `key` and `peer` (federation) are in [`peers`].
+//! `user`, `device` and `invite` are in [`users`]; `chat` and `stats` in
+//! [`chats`]; `key` and `peer` (federation) in [`peers`].
+//!
+//! Exit codes: 0 ok, 1 the command failed, 2 bad usage, 3 the node is
+//! unreachable, 4 unauthorized (no token, or the node refused it).
 
+mod chats;
 mod peers;
+mod table;
+mod users;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use natter::core::Invite;
-use natter::gateway::admin::{AddedUser, NodeStatus, UserList};
-use natter::protocol::ErrorBody;
+use anyhow::Context;
+use clap::{CommandFactory, Parser, Subcommand};
+use natter::gateway::admin::NodeStatus;
+use natter::protocol::{ErrorBody, ErrorCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -47,7 +56,7 @@ struct Cli {
         global = true
     )]
     data: PathBuf,
-    /// Print the node's JSON answers instead of text.
+    /// Print the node's JSON answers instead of text (errors too, on stdout).
     #[arg(long, global = true)]
     json: bool,
     #[command(subcommand)]
@@ -58,10 +67,18 @@ struct Cli {
 enum Command {
     /// Users of this node.
     #[command(subcommand)]
-    User(UserCommand),
+    User(users::UserCommand),
+    /// A user's devices (logins).
+    #[command(subcommand)]
+    Device(users::DeviceCommand),
     /// Invites for registration in invite mode.
     #[command(subcommand)]
-    Invite(InviteCommand),
+    Invite(users::InviteCommand),
+    /// Chats on this node.
+    #[command(subcommand)]
+    Chat(chats::ChatCommand),
+    /// Connected devices, users, chats, message rate, deepest inboxes, disk.
+    Stats,
     /// The node's name, version and online devices.
     Status,
     /// Run retention and device expiry now.
@@ -72,45 +89,39 @@ enum Command {
     /// Peers: nodes this node federates with.
     #[command(subcommand)]
     Peer(peers::PeerCommand),
-}
-
-#[derive(Debug, Subcommand)]
-enum UserCommand {
-    /// Add a user; without --password one is generated and printed.
-    Add {
-        name: String,
-        #[arg(long)]
-        password: Option<String>,
-    },
-    /// List users.
-    List,
-    /// Disable a user: no new logins or connections.
-    Disable { name: String },
-    /// Enable a disabled user.
-    Enable { name: String },
-}
-
-#[derive(Debug, Subcommand)]
-enum InviteCommand {
-    /// Create an invite code.
-    Create {
-        /// How many registrations it allows.
-        #[arg(long, default_value_t = 1)]
-        uses: u32,
-        /// How long it is valid, e.g. 7d or 12h (default: the node's invite_ttl).
-        #[arg(long)]
-        ttl: Option<String>,
+    /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
     },
 }
 
-struct Admin {
+/// Why a command failed, with its exit code (docs/operations.md).
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// 1 failed, 3 unreachable, 4 unauthorized.
+    exit: u8,
+    /// The node's error code, or `unreachable` / `failed`.
+    code: String,
+    message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+pub(crate) struct Admin {
     http: reqwest::Client,
     base: String,
     token: String,
 }
 
 impl Admin {
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -121,10 +132,15 @@ impl Admin {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the node at {}", self.base))?;
+        let response = request.send().await.map_err(|e| Failure {
+            exit: 3,
+            code: "unreachable".into(),
+            message: format!(
+                "cannot reach the node's admin API at {} ({}); is natterd running, and is --node its admin.listen?",
+                self.base,
+                root_cause(&e)
+            ),
+        })?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let value: Value = if text.is_empty() {
@@ -132,19 +148,43 @@ impl Admin {
         } else {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
-        if !status.is_success() {
-            let (code, message) = match serde_json::from_value::<ErrorBody>(value) {
-                Ok(error) => (error.code.as_str(), error.message),
-                Err(_) => ("error", String::new()),
-            };
-            bail!("{status}: {code}: {message}");
+        if status.is_success() {
+            return Ok(value);
         }
-        Ok(value)
+        let (code, message) = match serde_json::from_value::<ErrorBody>(value.clone()) {
+            Ok(error) => (error.code.as_str().to_owned(), error.message),
+            Err(_) => ("failed".to_owned(), value.as_str().unwrap_or("").to_owned()),
+        };
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(Failure {
+                exit: 4,
+                code: ErrorCode::Unauthorized.as_str().to_owned(),
+                message: format!(
+                    "unauthorized: the node refused the admin token ({message}); pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder"
+                ),
+            }
+            .into());
+        }
+        Err(Failure {
+            exit: 1,
+            message: format!("{status}: {code}: {message}"),
+            code,
+        }
+        .into())
     }
 }
 
+/// The innermost cause of an error (e.g. "Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 /// Reads an answer as the node's type for it.
-fn parse<T: DeserializeOwned>(value: &Value) -> anyhow::Result<T> {
+pub(crate) fn parse<T: DeserializeOwned>(value: &Value) -> anyhow::Result<T> {
     serde_json::from_value(value.clone()).context("unexpected answer from the node")
 }
 
@@ -156,90 +196,34 @@ fn wire_name(value: &impl Serialize) -> String {
     }
 }
 
-fn admin_token(cli: &Cli) -> anyhow::Result<String> {
+fn admin_token(cli: &Cli) -> Result<String, Failure> {
     if let Some(token) = &cli.token {
         return Ok(token.clone());
     }
     let path = cli.data.join("admin.token");
-    let token = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no admin token: pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder ({} unreadable)",
-            path.display()
-        )
-    })?;
-    Ok(token.trim().to_owned())
+    match std::fs::read_to_string(&path) {
+        Ok(token) => Ok(token.trim().to_owned()),
+        Err(e) => Err(Failure {
+            exit: 4,
+            code: ErrorCode::Unauthorized.as_str().to_owned(),
+            message: format!(
+                "no admin token: pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder ({} unreadable: {e})",
+                path.display()
+            ),
+        }),
+    }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let admin = Admin {
-        http: reqwest::Client::new(),
-        base: cli.node.clone(),
-        token: admin_token(&cli)?,
-    };
+/// Carries out one command: the node's answer (or what the CLI prints for
+/// an answer without a body) and its text.
+async fn run(cli: &Cli, admin: &Admin) -> anyhow::Result<(Value, String)> {
     use reqwest::Method;
-    let (value, text) = match &cli.command {
-        Command::User(UserCommand::Add { name, password }) => {
-            let v = admin
-                .call(
-                    Method::POST,
-                    "/users",
-                    Some(json!({"username": name, "password": password})),
-                )
-                .await?;
-            let added: AddedUser = parse(&v)?;
-            let mut text = format!("added {}", added.user_id);
-            if let Some(p) = added.password {
-                text.push_str(&format!("\npassword: {p}"));
-            }
-            (v, text)
-        }
-        Command::User(UserCommand::List) => {
-            let v = admin.call(Method::GET, "/users", None).await?;
-            let mut text = format!(
-                "{:<40} {:<8} {:>7}  {}",
-                "USER", "STATE", "DEVICES", "CREATED"
-            );
-            let list: UserList = parse(&v)?;
-            for u in list.users {
-                text.push_str(&format!(
-                    "\n{:<40} {:<8} {:>7}  {}",
-                    u.user_id,
-                    if u.disabled { "disabled" } else { "active" },
-                    u.devices,
-                    u.created_at,
-                ));
-            }
-            (v, text)
-        }
-        Command::User(UserCommand::Disable { name }) => {
-            let v = admin
-                .call(Method::POST, &format!("/users/{name}/disable"), None)
-                .await?;
-            (v, format!("disabled {name}"))
-        }
-        Command::User(UserCommand::Enable { name }) => {
-            let v = admin
-                .call(Method::POST, &format!("/users/{name}/enable"), None)
-                .await?;
-            (v, format!("enabled {name}"))
-        }
-        Command::Invite(InviteCommand::Create { uses, ttl }) => {
-            let v = admin
-                .call(
-                    Method::POST,
-                    "/invites",
-                    Some(json!({"uses": uses, "ttl": ttl})),
-                )
-                .await?;
-            let invite: Invite = parse(&v)?;
-            let text = format!(
-                "{}\n(valid for {} registration(s) until {})",
-                invite.code, invite.uses, invite.expires_at
-            );
-            (v, text)
-        }
+    Ok(match &cli.command {
+        Command::User(command) => users::user(admin, command).await?,
+        Command::Device(command) => users::device(admin, command).await?,
+        Command::Invite(command) => users::invite(admin, command).await?,
+        Command::Chat(command) => chats::chat(admin, command).await?,
+        Command::Stats => chats::stats(admin).await?,
         Command::Status => {
             let v = admin.call(Method::GET, "/status", None).await?;
             let status: NodeStatus = parse(&v)?;
@@ -256,13 +240,67 @@ async fn main() -> anyhow::Result<()> {
             let v = admin.call(Method::POST, "/sweep", None).await?;
             (v.clone(), format!("swept: {v}"))
         }
-        Command::Key(command) => peers::key(&admin, command).await?,
-        Command::Peer(command) => peers::peer(&admin, command).await?,
-    };
-    if cli.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
-    } else {
-        println!("{text}");
+        Command::Key(command) => peers::key(admin, command).await?,
+        Command::Peer(command) => peers::peer(admin, command).await?,
+        Command::Completions { .. } => unreachable!("handled before a token is read"),
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // Usage errors exit with 2 (clap's own code), --help and --version with 0.
+    let cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        clap_complete::generate(
+            *shell,
+            &mut Cli::command(),
+            "natter",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
     }
-    Ok(())
+    let result = match admin_token(&cli) {
+        Ok(token) => {
+            let http = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default();
+            let admin = Admin {
+                http,
+                base: cli.node.clone(),
+                token,
+            };
+            run(&cli, &admin).await
+        }
+        Err(failure) => Err(failure.into()),
+    };
+    match result {
+        Ok((value, text)) => {
+            if cli.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&value).unwrap_or_default()
+                );
+            } else {
+                println!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (exit, code) = match e.downcast_ref::<Failure>() {
+                Some(f) => (f.exit, f.code.clone()),
+                None => (1, "failed".to_owned()),
+            };
+            let message = format!("{e:#}");
+            if cli.json {
+                let error = json!({"error": {"code": code, "message": message, "exitCode": exit}});
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&error).unwrap_or_default()
+                );
+            }
+            eprintln!("natter: {message}");
+            ExitCode::from(exit)
+        }
+    }
 }

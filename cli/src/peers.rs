@@ -149,9 +149,10 @@ pub(crate) async fn peer(admin: &Admin, command: &PeerCommand) -> anyhow::Result
             Ok((v, peer_table(&list.peers)))
         }
         PeerCommand::Remove { peer: node } => {
-            let v = admin
+            admin
                 .call(Method::DELETE, &format!("/peers/{node}"), None)
                 .await?;
+            let v = serde_json::json!({"node": node.as_str(), "removed": true});
             Ok((v, format!("removed peer {node}")))
         }
         PeerCommand::Outbox { peer: node, replay } => {
@@ -298,7 +299,7 @@ fn peer_table(peers: &[PeerInfo]) -> String {
 }
 
 /// A queue age, in its largest whole unit (`45s`, `12m`, `3h`, `2d`).
-fn age(ms: i64) -> String {
+pub(crate) fn age(ms: i64) -> String {
     let s = ms.max(0) / 1000;
     match s {
         0..60 => format!("{s}s"),

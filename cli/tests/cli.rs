@@ -337,3 +337,451 @@ async fn key_rotate_through_the_cli() {
     );
     node.stop().await;
 }
+
+/// A user's login: its token and device id.
+async fn login_device(url: &str, name: &str, password: &str) -> (String, String) {
+    let response: Value = reqwest::Client::new()
+        .post(format!("{url}/v1/login"))
+        .json(&json!({"username": name, "password": password, "deviceName": "phone"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        response["token"].as_str().unwrap().to_owned(),
+        response["deviceId"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// A protocol v1 client, just enough to see what the admin's commands do.
+struct Ws {
+    stream: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next: u32,
+}
+
+const WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+impl Ws {
+    async fn connect(url: &str, token: &str) -> Self {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("{}/v1/ws", url.replacen("http", "ws", 1))
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        let mut ws = Self { stream, next: 0 };
+        let ready = ws.frame().await.expect("ready");
+        assert_eq!(ready["type"], "ready", "{ready}");
+        ws
+    }
+
+    /// The next text frame; `None` once the socket closed (with its close code
+    /// in `Err`).
+    async fn next_message(&mut self) -> Result<Value, Option<u16>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let message = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("no frame in time");
+            match message {
+                Some(Ok(Message::Text(text))) => return Ok(serde_json::from_str(&text).unwrap()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| u16::from(f.code))),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    async fn frame(&mut self) -> Option<Value> {
+        self.next_message().await.ok()
+    }
+
+    /// Sends a command and returns its answer (events in between are skipped).
+    async fn command(&mut self, mut command: Value) -> Value {
+        use futures_util::SinkExt;
+        self.next += 1;
+        let id = format!("r{}", self.next);
+        command["id"] = json!(id);
+        self.stream
+            .send(tokio_tungstenite::tungstenite::Message::text(
+                command.to_string(),
+            ))
+            .await
+            .unwrap();
+        loop {
+            let frame = self.frame().await.expect("socket closed");
+            if frame["id"] == json!(id) {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for an event matching `want`.
+    async fn event(&mut self, want: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let frame = self.frame().await.expect("socket closed");
+            if frame.get("deliveryId").is_some() && want(&frame) {
+                return frame;
+            }
+        }
+    }
+
+    /// Waits for the socket to close; its close code.
+    async fn closed(&mut self) -> Option<u16> {
+        loop {
+            if let Err(code) = self.next_message().await {
+                return code;
+            }
+        }
+    }
+}
+
+/// Runs `natter` with `args` (no node needed) and returns its output.
+fn natter(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_natter"))
+        .args(args)
+        .env_remove("NATTER_ADMIN_TOKEN")
+        .env_remove("NATTER_NODE")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_devices_and_invites_through_the_cli() {
+    let node = Node::start().await;
+    for name in ["alice", "bob"] {
+        stdout(
+            &node
+                .cli(&["user", "add", name, "--password", "password123"])
+                .await,
+        );
+    }
+    let (alice_token, _) = login_device(&node.url, "alice", "password123").await;
+    let (bob_token, bob_device) = login_device(&node.url, "bob", "password123").await;
+    let mut alice = Ws::connect(&node.url, &alice_token).await;
+    let mut bob = Ws::connect(&node.url, &bob_token).await;
+    let created = alice
+        .command(json!({"type": "createChat", "participants": ["bob"], "name": "Study"}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    for text in ["one", "two"] {
+        let sent = alice
+            .command(json!({"type": "sendMessage", "chatId": chat, "message": text}))
+            .await;
+        assert_eq!(sent["type"], "result", "{sent}");
+    }
+    // Bob's device has the chat's creation and two messages, unacked.
+    bob.event(|e| e["message"] == "two").await;
+
+    let shown = json_out(&node.cli(&["--json", "user", "show", "bob"]).await);
+    assert_eq!(shown["userId"], "bob@localhost");
+    assert_eq!(shown["devices"], 1);
+    assert_eq!(shown["onlineDevices"], 1);
+    assert_eq!(shown["chats"], 1);
+    assert_eq!(shown["deleted"], false);
+    let text = stdout(&node.cli(&["user", "show", "bob"]).await);
+    assert!(text.contains("devices:  1 (1 online)"), "{text}");
+
+    let devices = json_out(&node.cli(&["--json", "device", "list", "bob"]).await);
+    let list = devices["devices"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{devices}");
+    assert_eq!(list[0]["deviceId"], bob_device.as_str());
+    assert_eq!(list[0]["name"], "phone");
+    assert_eq!(list[0]["inboxDepth"], 3, "{devices}");
+    assert!(list[0]["oldestPendingAgeMs"].as_i64().unwrap() >= 0);
+    assert!(list[0]["online"].is_string(), "{devices}");
+    let table = stdout(&node.cli(&["device", "list", "bob"]).await);
+    assert!(table.starts_with("DEVICE"), "{table}");
+    assert!(table.contains(&bob_device), "{table}");
+
+    // An invite with two uses and a TTL; listed; revoked, it no longer registers.
+    let invite = json_out(
+        &node
+            .cli(&["--json", "invite", "create", "--uses", "2", "--ttl", "1h"])
+            .await,
+    );
+    let code = invite["code"].as_str().unwrap();
+    let invites = json_out(&node.cli(&["--json", "invite", "list"]).await);
+    let listed = invites["invites"].as_array().unwrap();
+    assert_eq!(listed.len(), 1, "{invites}");
+    assert_eq!(listed[0]["code"], code);
+    assert_eq!(listed[0]["usesLeft"], 2);
+    assert_eq!(listed[0]["expired"], false);
+    let revoked = json_out(&node.cli(&["--json", "invite", "revoke", code]).await);
+    assert_eq!(revoked["revoked"], true);
+    let registered = reqwest::Client::new()
+        .post(format!("{}/v1/register", node.url))
+        .json(&json!({"username":"carol","password":"password123","invite":code}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(registered.status(), 403);
+    let again = node.cli(&["invite", "revoke", code]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(refused(&again).contains("not_found"));
+
+    // Commands the node answers without a body print what they did.
+    stdout(&node.cli(&["user", "add", "dave"]).await);
+    let disabled = json_out(&node.cli(&["--json", "user", "disable", "dave"]).await);
+    assert_eq!(disabled, json!({"user": "dave", "disabled": true}));
+    let shown = json_out(&node.cli(&["--json", "user", "show", "dave"]).await);
+    assert_eq!(shown["disabled"], true);
+    let enabled = json_out(&node.cli(&["--json", "user", "enable", "dave"]).await);
+    assert_eq!(enabled, json!({"user": "dave", "disabled": false}));
+
+    // A new password: the old one stops working.
+    let reset = json_out(
+        &node
+            .cli(&[
+                "--json",
+                "user",
+                "reset-password",
+                "alice",
+                "--password",
+                "another-secret",
+            ])
+            .await,
+    );
+    assert_eq!(reset["userId"], "alice@localhost");
+    assert_eq!(login(&node.url, "alice", "password123").await, 401);
+    assert_eq!(login(&node.url, "alice", "another-secret").await, 200);
+    let generated = json_out(
+        &node
+            .cli(&["--json", "user", "reset-password", "alice"])
+            .await,
+    );
+    let password = generated["password"].as_str().unwrap();
+    assert_eq!(login(&node.url, "alice", password).await, 200);
+
+    // Revoking bob's device closes its connection with 4401 and ends its token.
+    let revoked = json_out(
+        &node
+            .cli(&["--json", "device", "revoke", "bob", &bob_device])
+            .await,
+    );
+    assert_eq!(revoked["revoked"], true);
+    assert_eq!(bob.closed().await, Some(4401));
+    let devices = json_out(&node.cli(&["--json", "device", "list", "bob"]).await);
+    assert_eq!(devices["devices"], json!([]));
+    let gone = node.cli(&["device", "revoke", "bob", &bob_device]).await;
+    assert_eq!(gone.status.code(), Some(1));
+
+    // Deleting bob: he leaves the chat (alice is told), his messages stay,
+    // his name stays taken, he cannot log in.
+    let (bob_token, _) = login_device(&node.url, "bob", "password123").await;
+    let mut bob = Ws::connect(&node.url, &bob_token).await;
+    let sent = bob
+        .command(json!({"type": "sendMessage", "chatId": chat, "message": "from bob"}))
+        .await;
+    assert_eq!(sent["type"], "result", "{sent}");
+    let deleted = json_out(&node.cli(&["--json", "user", "delete", "bob"]).await);
+    assert_eq!(deleted["userId"], "bob@localhost");
+    assert_eq!(deleted["devicesRemoved"], 1);
+    assert_eq!(deleted["chatsLeft"], 1);
+    assert_eq!(bob.closed().await, Some(4401));
+    let update = alice
+        .event(|e| e["type"] == "chatUpdate" && e["reason"] == "removed")
+        .await;
+    assert_eq!(update["participants"], json!(["alice@localhost"]));
+    let history = alice
+        .command(json!({"type": "getHistory", "chatId": chat}))
+        .await;
+    let messages = history["messages"].as_array().unwrap();
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["from"] == "bob@localhost" && m["message"] == "from bob"),
+        "{history}"
+    );
+    assert_eq!(login(&node.url, "bob", "password123").await, 401);
+    let shown = json_out(&node.cli(&["--json", "user", "show", "bob"]).await);
+    assert_eq!(shown["deleted"], true);
+    assert_eq!(shown["devices"], 0);
+    assert_eq!(shown["chats"], 0);
+    let users = json_out(&node.cli(&["--json", "user", "list"]).await);
+    assert!(
+        users["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u["userId"] == "bob@localhost" && u["deleted"] == true),
+        "{users}"
+    );
+    let taken = node
+        .cli(&["user", "add", "bob", "--password", "password123"])
+        .await;
+    assert!(refused(&taken).contains("username_taken"));
+    let twice = node.cli(&["user", "delete", "bob"]).await;
+    assert!(refused(&twice).contains("unknown_user"));
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chats_and_stats_through_the_cli() {
+    let node = Node::start().await;
+    for name in ["alice", "bob", "carol"] {
+        stdout(
+            &node
+                .cli(&["user", "add", name, "--password", "password123"])
+                .await,
+        );
+    }
+    let (alice_token, _) = login_device(&node.url, "alice", "password123").await;
+    let (bob_token, _) = login_device(&node.url, "bob", "password123").await;
+    let mut alice = Ws::connect(&node.url, &alice_token).await;
+    let mut bob = Ws::connect(&node.url, &bob_token).await;
+    let created = alice
+        .command(json!({"type": "createChat", "participants": ["bob"], "name": "Study"}))
+        .await;
+    let chat = created["chatId"].as_str().unwrap().to_owned();
+    let other = alice
+        .command(json!({"type": "createChat", "participants": ["carol"]}))
+        .await;
+    let other = other["chatId"].as_str().unwrap().to_owned();
+    for text in ["one", "two", "three"] {
+        alice
+            .command(json!({"type": "sendMessage", "chatId": chat, "message": text}))
+            .await;
+    }
+
+    let all = json_out(&node.cli(&["--json", "chat", "list"]).await);
+    assert_eq!(all["chats"].as_array().unwrap().len(), 2, "{all}");
+    assert!(all.get("nextAfter").is_none(), "{all}");
+    let page = json_out(&node.cli(&["--json", "chat", "list", "--limit", "1"]).await);
+    assert_eq!(page["chats"].as_array().unwrap().len(), 1, "{page}");
+    let next = page["nextAfter"].as_str().unwrap();
+    let rest = json_out(&node.cli(&["--json", "chat", "list", "--after", next]).await);
+    assert_eq!(rest["chats"].as_array().unwrap().len(), 1, "{rest}");
+    assert_ne!(rest["chats"][0]["chatId"], page["chats"][0]["chatId"]);
+    let bobs = json_out(&node.cli(&["--json", "chat", "list", "--user", "bob"]).await);
+    let bobs = bobs["chats"].as_array().unwrap();
+    assert_eq!(bobs.len(), 1);
+    assert_eq!(bobs[0]["chatId"], chat.as_str());
+    assert_eq!(bobs[0]["name"], "Study");
+    assert_eq!(bobs[0]["participants"], 2);
+    assert_eq!(bobs[0]["lastSeq"], 3);
+    let table = stdout(&node.cli(&["chat", "list"]).await);
+    assert!(table.starts_with("CHAT"), "{table}");
+    assert!(table.contains("Study"), "{table}");
+
+    let shown = json_out(&node.cli(&["--json", "chat", "show", &chat]).await);
+    assert_eq!(shown["name"], "Study");
+    assert_eq!(shown["lastSeq"], 3);
+    assert_eq!(shown["messageCount"], 3);
+    assert_eq!(shown["creator"], "alice@localhost");
+    assert_eq!(
+        shown["participants"],
+        json!(["alice@localhost", "bob@localhost"])
+    );
+    assert!(shown["home"].is_null());
+
+    let stats = json_out(&node.cli(&["--json", "stats"]).await);
+    assert_eq!(stats["users"], 3, "{stats}");
+    assert_eq!(stats["chats"], 2);
+    assert_eq!(stats["onlineDevices"], 2);
+    assert_eq!(stats["messagesLastMinute"], 3, "{stats}");
+    assert!(stats["messagesPerSecond"].as_f64().unwrap() > 0.0);
+    assert!(stats["diskBytes"].as_u64().unwrap() > 0);
+    assert_eq!(stats["inboxScanComplete"], true);
+    // Bob has acked nothing: his device is the deepest (creation + 3 messages).
+    let deepest = &stats["deepestInboxes"][0];
+    assert_eq!(deepest["userId"], "bob@localhost", "{stats}");
+    assert_eq!(deepest["depth"], 4, "{stats}");
+    let text = stdout(&node.cli(&["stats"]).await);
+    assert!(text.contains("deepest inboxes"), "{text}");
+
+    // Deleting the chat: both participants are told, and it is gone.
+    let deleted = json_out(&node.cli(&["--json", "chat", "delete", &chat]).await);
+    assert_eq!(deleted["chatId"], chat.as_str());
+    assert_eq!(deleted["participants"], 2);
+    assert_eq!(deleted["messagesRemoved"], 3);
+    for ws in [&mut alice, &mut bob] {
+        let update = ws
+            .event(|e| e["type"] == "chatUpdate" && e["reason"] == "deleted")
+            .await;
+        assert_eq!(update["chatId"], chat.as_str());
+        assert_eq!(update["participants"], json!([]));
+        assert_eq!(update["name"], "Study");
+    }
+    let history = alice
+        .command(json!({"type": "getHistory", "chatId": chat}))
+        .await;
+    assert_eq!(history["code"], "unknown_chat", "{history}");
+    let sent = bob
+        .command(json!({"type": "sendMessage", "chatId": chat, "message": "late"}))
+        .await;
+    assert_eq!(sent["code"], "unknown_chat", "{sent}");
+    let missing = node.cli(&["--json", "chat", "show", &chat]).await;
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(json_out_any(&missing)["error"]["code"], "unknown_chat");
+    let left = json_out(&node.cli(&["--json", "chat", "list"]).await);
+    let left = left["chats"].as_array().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["chatId"], other.as_str());
+    node.stop().await;
+}
+
+/// The JSON a command printed, whether it succeeded or not.
+fn json_out_any(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_say_what_went_wrong() {
+    let node = Node::start().await;
+    // Wrong token: 4, explained, and with --json an error object.
+    let wrong = node.cli(&["--token", "nope", "--json", "stats"]).await;
+    assert_eq!(wrong.status.code(), Some(4));
+    assert_eq!(json_out_any(&wrong)["error"]["code"], "unauthorized");
+    assert_eq!(json_out_any(&wrong)["error"]["exitCode"], 4);
+    assert!(refused(&wrong).contains("refused the admin token"));
+    // No token at all: 4 too.
+    let none = natter(&["--data", "/nonexistent/natter-data", "user", "list"]);
+    assert_eq!(none.status.code(), Some(4));
+    // A refusal by the node: 1.
+    let unknown = node.cli(&["user", "show", "nobody"]).await;
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(refused(&unknown).contains("unknown_user"));
+    // Nothing listening: 3.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let node_url = format!("http://127.0.0.1:{port}");
+    let away = natter(&["--node", &node_url, "--token", "t", "--json", "status"]);
+    assert_eq!(away.status.code(), Some(3));
+    assert_eq!(json_out_any(&away)["error"]["code"], "unreachable");
+    let message = String::from_utf8_lossy(&away.stderr).into_owned();
+    assert!(message.contains("cannot reach the node"), "{message}");
+    // Bad usage: 2, whatever the node.
+    for args in [
+        &["user"][..],
+        &["bogus"],
+        &["invite", "create", "--ttl", "soon"],
+        &["invite", "create", "--uses", "0"],
+        &["chat", "list", "--limit", "0"],
+        &["completions", "tcsh"],
+    ] {
+        let output = natter(args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {output:?}");
+    }
+    node.stop().await;
+}
+
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = natter(&["completions", shell]);
+        let script = stdout(&output);
+        assert!(script.contains("natter"), "{shell}");
+        // Subcommands are in it.
+        assert!(script.contains("reset-password"), "{shell}: {script}");
+    }
+}

@@ -203,6 +203,9 @@ struct FileConfig {
 #[serde(deny_unknown_fields)]
 struct FileAdmin {
     listen: Option<SocketAddr>,
+    inbox_count_cap: Option<usize>,
+    stats_inbox_scan: Option<usize>,
+    max_chat_page: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -387,6 +390,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The admin API and `/metrics` (never on `listen`).
     pub admin_listen: SocketAddr,
+    /// Bounds on what one admin read may scan (`[admin]`).
+    pub admin: crate::core::AdminLimits,
     pub node: NodeName,
     pub registration: Registration,
     pub log: LogConfig,
@@ -650,6 +655,7 @@ impl Config {
                 reason: e,
             })?;
         let logins = logins_config(file.logins)?;
+        let admin = admin_limits(&file.admin)?;
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -660,6 +666,7 @@ impl Config {
             data,
             listen,
             admin_listen,
+            admin,
             node,
             registration: args
                 .registration
@@ -1023,6 +1030,26 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })
 }
 
+/// The `[admin]` bounds on admin reads, each at least 1.
+fn admin_limits(file: &FileAdmin) -> Result<crate::core::AdminLimits, ConfigError> {
+    let defaults = crate::core::AdminLimits::default();
+    let limits = crate::core::AdminLimits {
+        inbox_count_cap: file.inbox_count_cap.unwrap_or(defaults.inbox_count_cap),
+        stats_inbox_scan: file.stats_inbox_scan.unwrap_or(defaults.stats_inbox_scan),
+        max_chat_page: file.max_chat_page.unwrap_or(defaults.max_chat_page),
+    };
+    for (setting, value) in [
+        ("admin.inbox_count_cap", limits.inbox_count_cap),
+        ("admin.stats_inbox_scan", limits.stats_inbox_scan),
+        ("admin.max_chat_page", limits.max_chat_page),
+    ] {
+        if value == 0 {
+            return Err(invalid(setting, "must not be zero"));
+        }
+    }
+    Ok(limits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1051,6 +1078,38 @@ mod tests {
             (100_000, 100_000)
         );
         assert_eq!(logins.ipv6_prefix, 64);
+    }
+
+    #[test]
+    fn admin_bounds_are_read_and_checked() {
+        let d = Config::defaults().admin;
+        assert_eq!(
+            (d.inbox_count_cap, d.stats_inbox_scan, d.max_chat_page),
+            (1_000_000, 5_000_000, 10_000)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let config = |text: &str| {
+            let path = dir.path().join("natter.toml");
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(ServeArgs {
+                config: Some(path),
+                ..ServeArgs::default()
+            })
+        };
+        let c = config("[admin]\ninbox_count_cap = 10\nmax_chat_page = 5\n").unwrap();
+        assert_eq!((c.admin.inbox_count_cap, c.admin.max_chat_page), (10, 5));
+        assert_eq!(c.admin.stats_inbox_scan, 5_000_000);
+        let zero = config("[admin]\nstats_inbox_scan = 0\n").unwrap_err();
+        assert!(
+            matches!(
+                zero,
+                ConfigError::Invalid {
+                    setting: "admin.stats_inbox_scan",
+                    ..
+                }
+            ),
+            "{zero:?}"
+        );
     }
 
     #[test]

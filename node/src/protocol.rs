@@ -861,6 +861,8 @@ pub enum UpdateReason {
     Added,
     Removed,
     Renamed,
+    /// *Extension*: an admin deleted the chat; `participants` is empty.
+    Deleted,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

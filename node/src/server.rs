@@ -268,6 +268,7 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         rates: config.limits.user.clone(),
         quotas: config.limits.quotas.clone(),
         logins: config.logins.clone(),
+        admin: config.admin.clone(),
     }
 }
 

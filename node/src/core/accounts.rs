@@ -151,7 +151,9 @@ impl Core {
         let record = match &name {
             Some(n) => {
                 let n = n.clone();
-                self.read(move |view| Ok(view.user(&n)?)).await?
+                // A deleted user is a tombstone: no password to check.
+                self.read(move |view| Ok(view.user(&n)?.filter(|u| !u.deleted)))
+                    .await?
             }
             None => None,
         };
@@ -304,6 +306,7 @@ impl Core {
                     .to_string(),
                     created_at: rfc3339(user.created_at),
                     disabled: user.disabled,
+                    deleted: user.deleted,
                     devices,
                 });
             }
@@ -333,6 +336,9 @@ pub struct UserInfo {
     pub user_id: String,
     pub created_at: String,
     pub disabled: bool,
+    /// A deleted user (its name stays taken).
+    #[serde(default)]
+    pub deleted: bool,
     pub devices: usize,
 }
 
@@ -409,7 +415,7 @@ async fn password_work<A, E, T: Send + 'static>(
     Ok(Ok((tokio::task::spawn_blocking(f).await?, admitted)))
 }
 
-fn check_password(password: &str) -> Result<(), CoreError> {
+pub(super) fn check_password(password: &str) -> Result<(), CoreError> {
     if password.chars().count() < protocol::MIN_PASSWORD_CHARS {
         return Err(CoreError::reject(
             ErrorCode::WeakPassword,
@@ -428,7 +434,7 @@ fn check_password(password: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
-async fn hash_password(password: String) -> Result<String, CoreError> {
+pub(super) async fn hash_password(password: String) -> Result<String, CoreError> {
     let admit = || Ok::<_, std::convert::Infallible>(());
     match password_work(admit, move || auth::hash_password(&password)).await? {
         Ok((hashed, ())) => hashed.map_err(CoreError::Password),

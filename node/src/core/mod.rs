@@ -14,6 +14,7 @@
 //! talk to it over NATS request/reply.
 
 mod accounts;
+mod admin;
 mod attachments;
 pub mod client;
 pub mod federation;
@@ -24,6 +25,10 @@ pub mod rpc;
 mod writer;
 
 pub use accounts::{Invite, UserInfo};
+pub use admin::{
+    AdminLimits, ChatDetail, ChatInfo, DeletedChat, DeletedUser, DeviceInfo, InboxDepth,
+    InviteInfo, NodeStats, UserDetail,
+};
 use login_limits::LoginLimits;
 
 use std::sync::Arc;
@@ -191,6 +196,8 @@ pub struct CoreConfig {
     pub quotas: limits::Quotas,
     /// Limits on logins and registrations (`[logins]`).
     pub logins: login_limits::LoginLimitsConfig,
+    /// Bounds on admin reads (`[admin]`).
+    pub admin: AdminLimits,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -213,6 +220,8 @@ struct Inner {
     rates: limits::UserRates,
     /// Per-address attempt rates and failed-login throttling.
     login_limits: LoginLimits,
+    /// Messages stored per second over the last minute (`stats`).
+    message_rate: Arc<admin::MessageRate>,
 }
 
 /// Joins the writer thread.
@@ -245,6 +254,7 @@ impl Core {
         );
         let (tx, rx) = mpsc::channel(4096);
         let wakers = Wakers::default();
+        let message_rate = Arc::new(admin::MessageRate::default());
         let writer = Writer::new(
             store.clone(),
             publisher,
@@ -252,6 +262,7 @@ impl Core {
             clock.clone(),
             config.clone(),
             wakers.clone(),
+            message_rate.clone(),
         )?;
         let handle = std::thread::Builder::new()
             .name("natter-writer".into())
@@ -268,6 +279,7 @@ impl Core {
                 media,
                 rates: limits::UserRates::new(config.rates.clone()),
                 login_limits: LoginLimits::new(config.logins.clone()),
+                message_rate,
                 config,
             }),
         };
@@ -366,6 +378,7 @@ impl Core {
             }
         }
         self.sweep_media(&mut total).await?;
+        total.deleted_chat_messages_removed += self.purge_deleted_chats().await?;
         Ok(total)
     }
 

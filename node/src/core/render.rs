@@ -42,6 +42,7 @@ pub(super) fn update_view(u: &UpdateRecord) -> ChatUpdateView {
             UpdateReason::Added => WireReason::Added,
             UpdateReason::Removed => WireReason::Removed,
             UpdateReason::Renamed => WireReason::Renamed,
+            UpdateReason::Deleted => WireReason::Deleted,
         },
     }
 }

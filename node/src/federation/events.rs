@@ -20,6 +20,10 @@ pub enum Reason {
     Added,
     Removed,
     Renamed,
+    /// The home deleted the chat (an admin did): the receiver deletes its
+    /// mirror. `participants` is empty. Nodes of builds before it refuse the
+    /// event (it becomes a dead letter at the home).
+    Deleted,
 }
 
 /// An attachment as a message carries it.

@@ -5,31 +5,39 @@
 //! route layer ([`require_admin`]) checks it before any handler runs.
 //!
 //! **Boundary**: the answers' types ([`AddedUser`], [`UserList`], [`NodeStatus`],
-//! and the core's `Invite` and `SweepReport`) are public so that the CLI parses
+//! [`DeviceList`], [`InviteList`], [`ChatList`], and the core's `Invite`,
+//! `SweepReport` and those of `core::admin`) are public so that the CLI parses
 //! the node's own types; extend them, never break them.
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, Gateway, bearer, json_body, local};
 use crate::auth;
-use crate::core::{Registration, UserInfo};
+use crate::core::{ChatInfo, DeviceInfo, InviteInfo, Registration, UserInfo};
 use crate::protocol::ErrorCode;
 use crate::store::StoreStats;
 
 pub(super) fn router(gw: Gateway) -> Router<Gateway> {
     Router::new()
         .route("/users", get(list_users).post(add_user))
+        .route("/users/{name}", get(show_user).delete(delete_user))
+        .route("/users/{name}/password", post(reset_password))
         .route("/users/{name}/disable", post(disable_user))
         .route("/users/{name}/enable", post(enable_user))
-        .route("/users/{name}/devices", post(add_device))
-        .route("/invites", post(create_invite))
+        .route("/users/{name}/devices", get(list_devices).post(add_device))
+        .route("/users/{name}/devices/{device}", delete(revoke_device))
+        .route("/invites", get(list_invites).post(create_invite))
+        .route("/invites/{code}", delete(revoke_invite))
+        .route("/chats", get(list_chats))
+        .route("/chats/{chat}", get(show_chat).delete(delete_chat))
+        .route("/stats", get(stats))
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
         .route("/store-fault", post(store_fault))
@@ -242,4 +250,144 @@ async fn status(State(gw): State<Gateway>) -> Result<Response, ApiError> {
         registration: core.config().registration,
         store: core.store_stats(),
     }))
+}
+
+async fn show_user(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(sorted_json(&local(&gw)?.user_detail(&name).await?))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ResetPassword {
+    password: Option<String>,
+}
+
+/// A new password (generated and answered when the body has none).
+async fn reset_password(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: ResetPassword = if body.is_empty() {
+        ResetPassword::default()
+    } else {
+        json_body(&body)?
+    };
+    let (password, generated) = match req.password {
+        Some(p) => (p, None),
+        None => {
+            let p = auth::new_invite_code();
+            (p.clone(), Some(p))
+        }
+    };
+    let core = local(&gw)?;
+    core.reset_password(&name, &password).await?;
+    let user_id = core.user_detail(&name).await?.user_id;
+    Ok(sorted_json(&AddedUser {
+        user_id,
+        password: generated,
+    }))
+}
+
+async fn delete_user(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(sorted_json(&local(&gw)?.delete_user(&name).await?))
+}
+
+/// The answer of `GET /users/{name}/devices`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceList {
+    pub devices: Vec<DeviceInfo>,
+}
+
+async fn list_devices(
+    State(gw): State<Gateway>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let devices = local(&gw)?.devices(&name).await?;
+    Ok(sorted_json(&DeviceList { devices }))
+}
+
+async fn revoke_device(
+    State(gw): State<Gateway>,
+    Path((name, device)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    local(&gw)?.revoke_device(&name, &device).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The answer of `GET /invites`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InviteList {
+    pub invites: Vec<InviteInfo>,
+}
+
+async fn list_invites(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    let invites = local(&gw)?.invites().await?;
+    Ok(sorted_json(&InviteList { invites }))
+}
+
+async fn revoke_invite(
+    State(gw): State<Gateway>,
+    Path(code): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    local(&gw)?.revoke_invite(&code).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatQuery {
+    /// Only this user's chats.
+    user: Option<String>,
+    /// The page after this chat id.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The answer of `GET /chats`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChatList {
+    pub chats: Vec<ChatInfo>,
+    /// Present when more chats follow: pass it as `after`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+async fn list_chats(
+    State(gw): State<Gateway>,
+    Query(q): Query<ChatQuery>,
+) -> Result<Response, ApiError> {
+    let (chats, next_after) = local(&gw)?
+        .chats(
+            q.user.as_deref(),
+            q.after.as_deref(),
+            q.limit.unwrap_or(1000),
+        )
+        .await?;
+    Ok(sorted_json(&ChatList { chats, next_after }))
+}
+
+async fn show_chat(
+    State(gw): State<Gateway>,
+    Path(chat): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(sorted_json(&local(&gw)?.chat_detail(&chat).await?))
+}
+
+async fn delete_chat(
+    State(gw): State<Gateway>,
+    Path(chat): Path<String>,
+) -> Result<Response, ApiError> {
+    Ok(sorted_json(&local(&gw)?.delete_chat(&chat).await?))
+}
+
+async fn stats(State(gw): State<Gateway>) -> Result<Response, ApiError> {
+    Ok(sorted_json(&local(&gw)?.stats().await?))
 }

@@ -16,6 +16,7 @@
 //! | devices | `t` sha256(token) | device(16) |
 //! | chats | `c` chat(16) | [`ChatRecord`](super::ChatRecord) |
 //! | chats | `m` chat(16) userId | [`MemberRecord`](super::MemberRecord): chat → users |
+//! | chats | `x` chat(16) | empty: a deleted chat whose messages are still being removed |
 //! | messages | `m` chat(16) seq(8) | [`MessageRecord`](super::MessageRecord) |
 //! | messages | `u` update(8) | [`UpdateRecord`](super::UpdateRecord) |
 //! | inbox | device(16) delivery(8) | [`InboxEntry`](super::InboxEntry), binary |
@@ -101,8 +102,16 @@ pub(crate) fn token(hash: &[u8; 32]) -> Vec<u8> {
     tagged(b't', &[hash])
 }
 
+pub(crate) const CHAT_PREFIX: &[u8] = b"c";
+
 pub(crate) fn chat(chat: ChatId) -> Vec<u8> {
     tagged(b'c', &[&chat.to_bytes()])
+}
+
+pub(crate) const DELETED_CHAT_PREFIX: &[u8] = b"x";
+
+pub(crate) fn deleted_chat(chat: ChatId) -> Vec<u8> {
+    tagged(b'x', &[&chat.to_bytes()])
 }
 
 pub(crate) fn members_prefix(chat: ChatId) -> Vec<u8> {

@@ -57,6 +57,10 @@ pub struct UserRecord {
     pub created_at: i64,
     #[serde(default)]
     pub disabled: bool,
+    /// Deleted by an admin: a tombstone that keeps the name taken (its
+    /// messages still carry it), with no password, devices or chats.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -138,6 +142,8 @@ pub enum UpdateReason {
     Removed,
     #[serde(rename = "renamed")]
     Renamed,
+    #[serde(rename = "deleted")]
+    Deleted,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -818,6 +824,108 @@ impl<R: Source> View<R> {
     }
 }
 
+impl<R: Source> View<R> {
+    /// How many events a device has pending (counted up to `cap`), and when
+    /// the oldest was queued.
+    pub fn inbox_depth(&self, device: DeviceId, cap: usize) -> Result<(u64, Option<i64>)> {
+        let range = keys::inbox(device, 0)..=keys::inbox(device, u64::MAX);
+        let mut count = 0;
+        let mut oldest = None;
+        for item in self.r.readable().range(&self.ks.inbox, range).take(cap) {
+            if oldest.is_none() {
+                let (key, value) = item.into_inner()?;
+                oldest = Some(decode_inbox(&key, &value)?.1.queued_at);
+            } else {
+                item.key()?;
+            }
+            count += 1;
+        }
+        Ok((count, oldest))
+    }
+
+    /// Pending events per device over the whole inbox, counted up to `cap`
+    /// entries in all (keys only).
+    pub fn inbox_depths(&self, cap: usize) -> Result<(Vec<(DeviceId, u64)>, bool)> {
+        let mut out: Vec<(DeviceId, u64)> = Vec::new();
+        for (seen, item) in self.r.readable().iter(&self.ks.inbox).enumerate() {
+            if seen >= cap {
+                return Ok((out, false));
+            }
+            let key = item.key()?;
+            let Some(device) = key.get(..16).and_then(DeviceId::from_slice) else {
+                continue;
+            };
+            match out.last_mut() {
+                Some((last, count)) if *last == device => *count += 1,
+                _ => out.push((device, 1)),
+            }
+        }
+        Ok((out, true))
+    }
+
+    /// Every chat (home here or mirrored), in id order, after `after`, at
+    /// most `limit`.
+    pub fn chats_after(
+        &self,
+        after: Option<ChatId>,
+        limit: usize,
+    ) -> Result<Vec<(ChatId, ChatRecord)>> {
+        let page = self.page(
+            &self.ks.chats,
+            "chats",
+            keys::CHAT_PREFIX,
+            after.map(keys::chat),
+            limit,
+        )?;
+        Ok(page
+            .into_iter()
+            .map(|(id, record)| (ChatId::from_bytes(id), record))
+            .collect())
+    }
+
+    /// How many messages of a chat are stored here (a mirror holds those
+    /// since this node joined).
+    pub fn message_count(&self, chat: ChatId) -> Result<u64> {
+        let range = keys::message(chat, 0)..=keys::message(chat, u64::MAX);
+        let mut count = 0;
+        for item in self.r.readable().range(&self.ks.messages, range) {
+            item.key()?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The seqs of up to `limit` stored messages of a chat, oldest first.
+    pub fn message_seqs(&self, chat: ChatId, limit: usize) -> Result<Vec<u64>> {
+        let range = keys::message(chat, 0)..=keys::message(chat, u64::MAX);
+        let mut out = Vec::new();
+        for item in self
+            .r
+            .readable()
+            .range(&self.ks.messages, range)
+            .take(limit)
+        {
+            out.push(keys::message_seq(&item.key()?).unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Chats deleted whose messages are still being removed.
+    pub fn deleted_chats(&self) -> Result<Vec<ChatId>> {
+        let mut out = Vec::new();
+        for item in self
+            .r
+            .readable()
+            .prefix(&self.ks.chats, keys::DELETED_CHAT_PREFIX)
+        {
+            if let Some(id) = keys::trailing_id(&item.key()?) {
+                out.push(ChatId::from_bytes(id));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn decode_inbox(key: &[u8], value: &[u8]) -> Result<(u64, InboxEntry)> {
     let corrupt = || StoreError::Corrupt {
         keyspace: "inbox",
@@ -918,6 +1026,23 @@ impl<'a> Tx<'a> {
 
     pub fn delete_member(&mut self, chat: ChatId, user_id: &str) {
         self.tx.remove(&self.ks.chats, keys::member(chat, user_id));
+    }
+
+    /// Removes a chat's record and marks it deleted; its messages are
+    /// removed in later steps ([`Tx::delete_message`], then
+    /// [`Tx::chat_purged`]).
+    pub fn delete_chat(&mut self, chat: ChatId) {
+        self.tx.remove(&self.ks.chats, keys::chat(chat));
+        self.tx.insert(&self.ks.chats, keys::deleted_chat(chat), []);
+    }
+
+    /// The last message of a deleted chat is gone.
+    pub fn chat_purged(&mut self, chat: ChatId) {
+        self.tx.remove(&self.ks.chats, keys::deleted_chat(chat));
+    }
+
+    pub fn delete_message(&mut self, chat: ChatId, seq: u64) {
+        self.tx.remove(&self.ks.messages, keys::message(chat, seq));
     }
 
     pub fn put_message(&mut self, chat: ChatId, seq: u64, record: &MessageRecord) {
@@ -1053,6 +1178,7 @@ mod tests {
             (UpdateReason::Added, "\"added\""),
             (UpdateReason::Removed, "\"removed\""),
             (UpdateReason::Renamed, "\"renamed\""),
+            (UpdateReason::Deleted, "\"deleted\""),
         ];
         for (reason, name) in names {
             assert_eq!(serde_json::to_string(&reason).unwrap(), name);

@@ -4,6 +4,7 @@
 
 mod support;
 
+mod admin;
 mod crash;
 mod delivery;
 mod errors;

@@ -50,6 +50,7 @@ impl Writer {
             password_hash,
             created_at: b.now,
             disabled: false,
+            deleted: false,
         });
         b.sync();
         Ok(Outcome::UserId(self.user_id(&name)))
@@ -61,7 +62,7 @@ impl Writer {
         name: &Username,
         disabled: bool,
     ) -> Result<Outcome, CoreError> {
-        let Some(mut record) = b.tx.view().user(name)? else {
+        let Some(mut record) = b.tx.view().user(name)?.filter(|u| !u.deleted) else {
             return Err(CoreError::reject(ErrorCode::UnknownUser, "no such user"));
         };
         record.disabled = disabled;
@@ -113,7 +114,7 @@ impl Writer {
         name: Option<String>,
         token_hash: [u8; 32],
     ) -> Result<Outcome, CoreError> {
-        let Some(record) = b.tx.view().user(&user)? else {
+        let Some(record) = b.tx.view().user(&user)?.filter(|u| !u.deleted) else {
             return Err(CoreError::reject(
                 ErrorCode::BadCredentials,
                 "wrong username or password",

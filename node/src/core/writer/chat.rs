@@ -77,7 +77,7 @@ impl Writer {
     /// Whether `user` can be a participant: a user of this node, or of a peer.
     fn can_join(&self, b: &Batch<'_, '_>, user: &UserRef) -> Result<(), CoreError> {
         if user.node == self.config.node {
-            if b.tx.view().user(&user.name)?.is_none() {
+            if b.tx.view().user(&user.name)?.is_none_or(|u| u.deleted) {
                 return Err(CoreError::reject(
                     ErrorCode::UnknownUser,
                     format!("no such user {user}"),

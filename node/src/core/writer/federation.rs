@@ -26,6 +26,7 @@ pub(super) fn reason_of(reason: UpdateReason) -> Reason {
         UpdateReason::Added => Reason::Added,
         UpdateReason::Removed => Reason::Removed,
         UpdateReason::Renamed => Reason::Renamed,
+        UpdateReason::Deleted => Reason::Deleted,
     }
 }
 
@@ -35,6 +36,7 @@ fn stored_reason(reason: Reason) -> UpdateReason {
         Reason::Added => UpdateReason::Added,
         Reason::Removed => UpdateReason::Removed,
         Reason::Renamed => UpdateReason::Renamed,
+        Reason::Deleted => UpdateReason::Deleted,
     }
 }
 
@@ -170,6 +172,9 @@ impl Writer {
         else {
             return Ok(());
         };
+        if reason == Reason::Deleted {
+            return self.apply_chat_deleted(b, origin, chat_id, at);
+        }
         let before = self.chat(b.tx, chat_id)?;
         let (last_seq, last_message_at, old) = match &before {
             Some(chat) if chat.record.home.as_ref() != Some(origin) => {
@@ -226,6 +231,26 @@ impl Writer {
             at,
         };
         self.update(b, &update, &recipients, &record)
+    }
+
+    /// The home deleted a chat: so does its mirror (once; a chat already gone
+    /// is left alone).
+    fn apply_chat_deleted(
+        &mut self,
+        b: &mut Batch<'_, '_>,
+        origin: &NodeName,
+        chat_id: ChatId,
+        at: i64,
+    ) -> Result<(), CoreError> {
+        let Some(chat) = self.chat(b.tx, chat_id)? else {
+            return Ok(());
+        };
+        if chat.record.home.as_ref() != Some(origin) {
+            return Err(forbidden("only a chat's home may send its events"));
+        }
+        let record = chat.record.clone();
+        let members = chat.members.clone();
+        self.remove_chat(b, chat_id, &record, &members, at)
     }
 
     fn cache_chat(&mut self, id: ChatId, record: ChatRecord, members: Vec<Member>) {
@@ -297,6 +322,7 @@ impl Writer {
         };
         b.tx.put_chat(chat_id, &chat_record);
         b.tx.put_message(chat_id, seq, &record);
+        self.message_rate.note(b.now);
         self.remember_attachments(b, Some(origin), chat_id, &record)?;
         // The sender's own node: its read position moves, the uploads it holds
         // are sent, and the sending device does not get its message back.

@@ -69,6 +69,7 @@ impl Writer {
         }
         b.tx.put_chat(chat_id, &chat_record);
         b.tx.put_message(chat_id, seq, &record);
+        self.message_rate.note(b.now);
         self.remember_attachments(b, None, chat_id, &record)?;
         if let Some(ctx) = actor.device() {
             self.mark_sent(b, &ctx.user, chat_id, seq)?;

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 mod accounts;
+mod admin;
 mod chat;
 mod federation;
 mod inbox;
@@ -112,6 +113,8 @@ pub(crate) struct Writer {
     /// A device whose old inbox entries take several sweep steps, and the
     /// `expired` notice the last step left it.
     paged_notice: Option<(DeviceId, u64)>,
+    /// Messages stored per second, for `stats`.
+    message_rate: Arc<super::admin::MessageRate>,
 }
 
 impl Writer {
@@ -122,6 +125,7 @@ impl Writer {
         clock: Clock,
         config: CoreConfig,
         wakers: Wakers,
+        message_rate: Arc<super::admin::MessageRate>,
     ) -> Result<Self, StoreError> {
         let mut writer = Self {
             store,
@@ -139,6 +143,7 @@ impl Writer {
             outbox_seqs: HashMap::new(),
             wakers,
             paged_notice: None,
+            message_rate,
         };
         writer.reset()?;
         Ok(writer)
@@ -413,6 +418,14 @@ impl Writer {
             } => self.create_device(b, user, name, token_hash),
             Op::DeleteDevice { device } => self.delete_device(b, device),
             Op::CreateInvite { uses, ttl_ms } => Ok(self.create_invite(b, uses, ttl_ms)),
+            Op::DeleteInvite { code } => self.delete_invite(b, &code),
+            Op::ResetPassword {
+                name,
+                password_hash,
+            } => self.reset_password(b, &name, password_hash),
+            Op::DeleteUser { name } => self.delete_user(b, &name),
+            Op::DeleteChat { chat } => self.delete_chat(b, chat),
+            Op::PurgeChat { chat, limit } => self.purge_chat(b, chat, limit),
             Op::Touch { device } => self.touch(b, device),
             Op::Command { actor, command } => {
                 Ok(Outcome::Command(self.command(b, &actor, command)?))

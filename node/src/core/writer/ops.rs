@@ -107,6 +107,26 @@ pub(crate) enum Op {
         uses: u32,
         ttl_ms: i64,
     },
+    DeleteInvite {
+        code: String,
+    },
+    ResetPassword {
+        name: Username,
+        password_hash: String,
+    },
+    /// Answers [`Outcome::Devices`]: the devices removed.
+    DeleteUser {
+        name: Username,
+    },
+    /// A chat whose home is this node.
+    DeleteChat {
+        chat: ChatId,
+    },
+    /// Up to `limit` messages of a deleted chat; answers [`Outcome::Count`].
+    PurgeChat {
+        chat: ChatId,
+        limit: usize,
+    },
     Touch {
         device: DeviceId,
     },
@@ -182,6 +202,8 @@ pub(crate) enum Outcome {
     /// devices quota), whose sessions must be closed.
     Device(DeviceCtx, Vec<DeviceId>),
     Invite(Invite),
+    /// Devices an operation removed, whose sessions must be closed.
+    Devices(Vec<DeviceId>),
     Command(CommandResult),
     Swept {
         report: SweepReport,

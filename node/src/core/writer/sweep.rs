@@ -250,6 +250,9 @@ pub struct SweepReport {
     pub invites_removed: u64,
     pub orphan_uploads_removed: u64,
     pub attachments_expired: u64,
+    /// Messages of deleted chats removed.
+    #[serde(default)]
+    pub deleted_chat_messages_removed: u64,
 }
 
 impl SweepReport {
@@ -262,5 +265,6 @@ impl SweepReport {
         self.invites_removed += other.invites_removed;
         self.orphan_uploads_removed += other.orphan_uploads_removed;
         self.attachments_expired += other.attachments_expired;
+        self.deleted_chat_messages_removed += other.deleted_chat_messages_removed;
     }
 }
