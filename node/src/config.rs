@@ -300,6 +300,7 @@ struct FileLimits {
     devices_per_user: Option<usize>,
     pending_uploads_per_user: Option<usize>,
     pending_upload_mb_per_user: Option<u64>,
+    inbox_reads_in_flight: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -376,6 +377,7 @@ struct FileS3 {
 struct FileTesting {
     adjustable_clock: Option<bool>,
     store_faults: Option<bool>,
+    inbox_read_gate: Option<bool>,
 }
 
 // ----------------------------------------------------------- typed config
@@ -397,6 +399,8 @@ pub struct Config {
     pub adjustable_clock: bool,
     /// Lets the admin API make the store's next commit fail (tests only).
     pub store_faults: bool,
+    /// Lets the admin API hold inbox reads (tests only).
+    pub inbox_read_gate: bool,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     pub media: MediaConfig,
@@ -461,6 +465,8 @@ pub struct LimitsConfig {
     /// Per-user rates, kept by the core.
     pub user: UserRateConfig,
     pub quotas: Quotas,
+    /// Inbox reads (backlogs, resends) the core runs at once.
+    pub inbox_reads_in_flight: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -572,6 +578,11 @@ fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
                 None => quota.pending_upload_bytes,
             },
         },
+        inbox_reads_in_flight: at_least_one(
+            file.inbox_reads_in_flight,
+            crate::core::inbox_reads::DEFAULT_IN_FLIGHT,
+            "limits.inbox_reads_in_flight",
+        )?,
     })
 }
 
@@ -674,6 +685,7 @@ impl Config {
             store,
             adjustable_clock: file.testing.adjustable_clock.unwrap_or(false),
             store_faults: file.testing.store_faults.unwrap_or(false),
+            inbox_read_gate: file.testing.inbox_read_gate.unwrap_or(false),
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             media,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -1153,11 +1165,13 @@ mod tests {
         assert_eq!(limits.user.chat, Rate::new(1.0, 30));
         assert_eq!(limits.quotas, Quotas::default());
         assert_eq!(limits.quotas.pending_upload_bytes, 1 << 30);
+        assert_eq!(limits.inbox_reads_in_flight, 8);
         let c = with_file(
             "[limits]\nuser_send_rate = 1e6\nuser_chat_burst = 7\ndevices_per_user = 3\n\
-             pending_upload_mb_per_user = 2\n",
+             pending_upload_mb_per_user = 2\ninbox_reads_in_flight = 64\n",
         )
         .unwrap();
+        assert_eq!(c.limits.inbox_reads_in_flight, 64);
         assert_eq!(c.limits.user.send, Rate::new(1e6, 100));
         assert_eq!(c.limits.user.chat, Rate::new(1.0, 7));
         assert_eq!(c.limits.quotas.devices, 3);
@@ -1168,6 +1182,7 @@ mod tests {
             "user_send_rate = nan",
             "chats_per_user = 0",
             "pending_upload_mb_per_user = 0",
+            "inbox_reads_in_flight = 0",
         ] {
             let err = with_file(&format!("[limits]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains("limits."), "{bad}: {err}");

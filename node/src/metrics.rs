@@ -40,6 +40,9 @@ pub(crate) struct Metrics {
     pub store_write_buffer_bytes: Gauge,
     pub store_journals: Gauge,
     pub store_outstanding_flushes: Gauge,
+    pub inbox_reads_waiting: Gauge,
+    pub inbox_reads_in_flight: Gauge,
+    pub inbox_reads_in_flight_max: Gauge,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -64,6 +67,9 @@ impl Metrics {
             store_write_buffer_bytes: Gauge::default(),
             store_journals: Gauge::default(),
             store_outstanding_flushes: Gauge::default(),
+            inbox_reads_waiting: Gauge::default(),
+            inbox_reads_in_flight: Gauge::default(),
+            inbox_reads_in_flight_max: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -116,31 +122,7 @@ impl Metrics {
             "argon2 password hashes and verifications (slow on purpose)",
             m.password_hashes.clone(),
         );
-        registry.register(
-            "online_devices",
-            "Devices connected (to this gateway, or to all for a core)",
-            m.online_devices.clone(),
-        );
-        registry.register(
-            "writer_queue",
-            "Commands waiting for the writer",
-            m.writer_queue.clone(),
-        );
-        registry.register(
-            "store_write_buffer_bytes",
-            "Bytes held in memtables",
-            m.store_write_buffer_bytes.clone(),
-        );
-        registry.register(
-            "store_journals",
-            "Journal files of the store",
-            m.store_journals.clone(),
-        );
-        registry.register(
-            "store_outstanding_flushes",
-            "Memtables waiting to be flushed",
-            m.store_outstanding_flushes.clone(),
-        );
+        register_gauges(&mut registry, &m);
         Self { registry, ..m }
     }
 
@@ -149,6 +131,50 @@ impl Metrics {
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
     }
+}
+
+/// The gauges: state mirrored from elsewhere.
+fn register_gauges(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "online_devices",
+        "Devices connected (to this gateway, or to all for a core)",
+        m.online_devices.clone(),
+    );
+    registry.register(
+        "writer_queue",
+        "Commands waiting for the writer",
+        m.writer_queue.clone(),
+    );
+    registry.register(
+        "store_write_buffer_bytes",
+        "Bytes held in memtables",
+        m.store_write_buffer_bytes.clone(),
+    );
+    registry.register(
+        "store_journals",
+        "Journal files of the store",
+        m.store_journals.clone(),
+    );
+    registry.register(
+        "store_outstanding_flushes",
+        "Memtables waiting to be flushed",
+        m.store_outstanding_flushes.clone(),
+    );
+    registry.register(
+        "inbox_reads_waiting",
+        "Inbox reads (backlogs, resends) waiting for a slot (limits.inbox_reads_in_flight)",
+        m.inbox_reads_waiting.clone(),
+    );
+    registry.register(
+        "inbox_reads_in_flight",
+        "Inbox reads running now",
+        m.inbox_reads_in_flight.clone(),
+    );
+    registry.register(
+        "inbox_reads_in_flight_max",
+        "The most inbox reads that ran at once since the process started",
+        m.inbox_reads_in_flight_max.clone(),
+    );
 }
 
 /// Wall-clock milliseconds, comparable across processes on one machine (or NTP).

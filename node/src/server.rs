@@ -149,6 +149,9 @@ async fn run_with_store(
         tracing::warn!("testing.store_faults is on: the admin API can make a commit fail");
         store.allow_faults();
     }
+    if config.inbox_read_gate {
+        tracing::warn!("testing.inbox_read_gate is on: the admin API can hold inbox reads");
+    }
     let clock = if config.adjustable_clock {
         tracing::warn!("testing.adjustable_clock is on: the admin API can move time forward");
         Clock::adjustable()
@@ -268,6 +271,8 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         rates: config.limits.user.clone(),
         quotas: config.limits.quotas.clone(),
         logins: config.logins.clone(),
+        inbox_reads_in_flight: config.limits.inbox_reads_in_flight,
+        inbox_read_gate: config.inbox_read_gate,
     }
 }
 
