@@ -301,6 +301,8 @@ struct FileLimits {
     pending_uploads_per_user: Option<usize>,
     pending_upload_mb_per_user: Option<u64>,
     inbox_reads_in_flight: Option<usize>,
+    rpc_lanes: Option<usize>,
+    rpc_lane_commands: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -467,6 +469,10 @@ pub struct LimitsConfig {
     pub quotas: Quotas,
     /// Inbox reads (backlogs, resends) the core runs at once.
     pub inbox_reads_in_flight: usize,
+    /// Devices whose commands over NATS the core queues at once.
+    pub rpc_lanes: usize,
+    /// Commands of one device the core queues.
+    pub rpc_lane_commands: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -582,6 +588,16 @@ fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
             file.inbox_reads_in_flight,
             crate::core::inbox_reads::DEFAULT_IN_FLIGHT,
             "limits.inbox_reads_in_flight",
+        )?,
+        rpc_lanes: at_least_one(
+            file.rpc_lanes,
+            crate::core::rpc_lanes::DEFAULT_LANES,
+            "limits.rpc_lanes",
+        )?,
+        rpc_lane_commands: at_least_one(
+            file.rpc_lane_commands,
+            crate::core::rpc_lanes::DEFAULT_LANE_COMMANDS,
+            "limits.rpc_lane_commands",
         )?,
     })
 }
@@ -1166,6 +1182,7 @@ mod tests {
         assert_eq!(limits.quotas, Quotas::default());
         assert_eq!(limits.quotas.pending_upload_bytes, 1 << 30);
         assert_eq!(limits.inbox_reads_in_flight, 8);
+        assert_eq!((limits.rpc_lanes, limits.rpc_lane_commands), (10_000, 256));
         let c = with_file(
             "[limits]\nuser_send_rate = 1e6\nuser_chat_burst = 7\ndevices_per_user = 3\n\
              pending_upload_mb_per_user = 2\ninbox_reads_in_flight = 64\n",
@@ -1183,6 +1200,8 @@ mod tests {
             "chats_per_user = 0",
             "pending_upload_mb_per_user = 0",
             "inbox_reads_in_flight = 0",
+            "rpc_lanes = 0",
+            "rpc_lane_commands = 0",
         ] {
             let err = with_file(&format!("[limits]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains("limits."), "{bad}: {err}");

@@ -43,6 +43,7 @@ pub(crate) struct Metrics {
     pub inbox_reads_waiting: Gauge,
     pub inbox_reads_in_flight: Gauge,
     pub inbox_reads_in_flight_max: Gauge,
+    pub rpc_lanes: Gauge,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -70,6 +71,7 @@ impl Metrics {
             inbox_reads_waiting: Gauge::default(),
             inbox_reads_in_flight: Gauge::default(),
             inbox_reads_in_flight_max: Gauge::default(),
+            rpc_lanes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -174,6 +176,11 @@ fn register_gauges(registry: &mut Registry, m: &Metrics) {
         "inbox_reads_in_flight_max",
         "The most inbox reads that ran at once since the process started",
         m.inbox_reads_in_flight_max.clone(),
+    );
+    registry.register(
+        "rpc_lanes",
+        "Devices whose commands over NATS wait in the core's lanes (limits.rpc_lanes)",
+        m.rpc_lanes.clone(),
     );
 }
 

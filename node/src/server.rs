@@ -273,6 +273,8 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         logins: config.logins.clone(),
         inbox_reads_in_flight: config.limits.inbox_reads_in_flight,
         inbox_read_gate: config.inbox_read_gate,
+        rpc_lanes: config.limits.rpc_lanes,
+        rpc_lane_commands: config.limits.rpc_lane_commands,
     }
 }
 

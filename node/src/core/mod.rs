@@ -22,6 +22,7 @@ pub mod limits;
 pub mod login_limits;
 mod render;
 pub mod rpc;
+pub mod rpc_lanes;
 mod writer;
 
 pub use accounts::{Invite, UserInfo};
@@ -196,6 +197,11 @@ pub struct CoreConfig {
     pub inbox_reads_in_flight: usize,
     /// Lets the admin API hold inbox reads (tests: `testing.inbox_read_gate`).
     pub inbox_read_gate: bool,
+    /// Devices whose commands over NATS may wait in a lane at once
+    /// (`limits.rpc_lanes`), and commands one lane holds
+    /// (`limits.rpc_lane_commands`).
+    pub rpc_lanes: usize,
+    pub rpc_lane_commands: usize,
 }
 
 /// Handle to the core. Cheap to clone.
