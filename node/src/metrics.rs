@@ -23,6 +23,12 @@ pub(crate) struct CommandLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ThrottleLabels {
+    /// The limit that refused: `attempts`, `user_failures` or `address_failures`.
+    pub reason: &'static str,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
@@ -35,6 +41,7 @@ pub(crate) struct Metrics {
     pub commit_group: Histogram,
     pub publish_failures: Counter,
     pub password_hashes: Counter,
+    pub logins_throttled: Family<ThrottleLabels, Counter>,
     pub online_devices: Gauge,
     pub writer_queue: Gauge,
     pub store_write_buffer_bytes: Gauge,
@@ -63,6 +70,7 @@ impl Metrics {
             commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             publish_failures: Counter::default(),
             password_hashes: Counter::default(),
+            logins_throttled: Family::default(),
             online_devices: Gauge::default(),
             writer_queue: Gauge::default(),
             store_write_buffer_bytes: Gauge::default(),
@@ -124,8 +132,19 @@ impl Metrics {
             "argon2 password hashes and verifications (slow on purpose)",
             m.password_hashes.clone(),
         );
+        registry.register(
+            "logins_throttled",
+            "Login and registration attempts refused by the per-address login limits, by the limit that refused",
+            m.logins_throttled.clone(),
+        );
         register_gauges(&mut registry, &m);
         Self { registry, ..m }
+    }
+
+    pub(crate) fn login_throttled(&self, reason: &'static str) {
+        self.logins_throttled
+            .get_or_create(&ThrottleLabels { reason })
+            .inc();
     }
 
     pub(crate) fn command(&self, command: &'static str, outcome: &'static str) {

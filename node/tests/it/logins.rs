@@ -93,6 +93,14 @@ async fn login_via(
     post_from(node, from, "/v1/login", body, headers).await
 }
 
+/// Login and registration attempts the login limits refused, by the limit.
+async fn throttled(node: &TestNode, limit: &str) -> u64 {
+    let name = format!("natter_logins_throttled_total{{reason=\"{limit}\"}}");
+    node.metric(node.main_admin_url(), &name)
+        .await
+        .unwrap_or(0.0) as u64
+}
+
 /// How many argon2 hashes the process that owns the store has done.
 async fn password_hashes(node: &TestNode) -> u64 {
     node.metric(node.main_admin_url(), "natter_password_hashes_total")
@@ -154,10 +162,13 @@ delay = "1m""#,
     for name in ["u1", "u2", "u3", "u4", "alice"] {
         assert_eq!(login(&node, "127.0.0.3", name, WRONG).await.status, 401);
     }
+    assert_eq!(throttled(&node, "address_failures").await, 0);
     let answer = login(&node, "127.0.0.3", "bob", RIGHT).await;
     answer.wait_ms();
     let message = answer.body["message"].as_str().unwrap();
     assert!(message.contains("from this address"), "{message}");
+    assert_eq!(throttled(&node, "address_failures").await, 1);
+    assert_eq!(throttled(&node, "user_failures").await, 0);
     assert_eq!(login(&node, "127.0.0.2", "alice", RIGHT).await.status, 200);
 }
 
@@ -180,6 +191,8 @@ max_delay = "1h""#,
     let wrong = statuses.iter().filter(|s| **s == 401).count();
     let waited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((wrong, waited), (3, 21), "{statuses:?}");
+    assert_eq!(throttled(&node, "user_failures").await, 21);
+    assert_eq!(throttled(&node, "attempts").await, 0);
     assert_eq!(
         password_hashes(&node).await,
         hashes_before + 3,
@@ -211,6 +224,11 @@ attempt_burst = 3"#,
         password_hashes(&node).await,
         hashes_before + 2,
         "refused attempts cost no hashing"
+    );
+    assert_eq!(
+        throttled(&node, "attempts").await,
+        2,
+        "a login and a registration"
     );
     // Other addresses are not affected; the flooder's bucket refills.
     assert_eq!(login(&node, "127.0.0.5", "alice", RIGHT).await.status, 200);
