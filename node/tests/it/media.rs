@@ -374,23 +374,51 @@ async fn s3_media_round_trip_and_refusals(t: Topology) {
     assert!(!orphan_object.exists());
 }
 
+/// A split node whose object store is behind a [`SlowProxy`], and alice's
+/// upload, ready to send (the proxy not yet holding).
+struct SlowStore {
+    /// Kept (bind it to a named variable): dropping it stops the server.
+    _server: S3Server,
+    proxy: SlowProxy,
+    node: TestNode,
+    chat: Chat,
+    upload: String,
+}
+
+async fn slow_store(limits: &str) -> SlowStore {
+    let server = S3Server::start().await;
+    let proxy = SlowProxy::start(server.endpoint.trim_start_matches("http://")).await;
+    // Long enough that a held send is not given up by its gateway.
+    let config = s3_config_at(&proxy.endpoint, "")
+        .replace("request_timeout = \"2s\"", "request_timeout = \"60s\"")
+        .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    let node = TestNode::with_config(Topology::Split, &config).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let t = target(&mut chat.a, PNG.len(), "image/png").await;
+    let upload = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(node.http(), &t, "image/png", PNG.to_vec()).await, 200);
+    SlowStore {
+        _server: server,
+        proxy,
+        node,
+        chat,
+        upload,
+    }
+}
+
 /// Split mode: while one device's send waits on a slow object store (the HEAD
 /// that checks its upload), the core answers other devices at once; the
 /// waiting device's later command is carried out after it, in order.
 #[tokio::test]
 async fn a_slow_object_store_holds_up_only_the_device_that_waits_on_it() {
-    let server = S3Server::start().await;
-    let proxy = SlowProxy::start(server.endpoint.trim_start_matches("http://")).await;
-    // Long enough that the held send is not given up by its gateway; a lane
-    // holds one waiting command.
-    let config = s3_config_at(&proxy.endpoint, "")
-        .replace("request_timeout = \"2s\"", "request_timeout = \"60s\"")
-        .replace("[limits]\n", "[limits]\nrpc_lane_commands = 1\n");
-    let node = TestNode::with_config(Topology::Split, &config).await;
-    let mut chat = alice_bob_and_outsider_carol(&node).await;
-    let t = target(&mut chat.a, PNG.len(), "image/png").await;
-    let id = t["attachmentId"].as_str().unwrap().to_owned();
-    assert_eq!(put(node.http(), &t, "image/png", PNG.to_vec()).await, 200);
+    // A lane holds one waiting command.
+    let SlowStore {
+        proxy,
+        node,
+        mut chat,
+        upload: id,
+        _server: _s3,
+    } = slow_store("rpc_lane_commands = 1").await;
 
     proxy.hold();
     let send = |id: &str, message: &str, attachments: Vec<&str>| json!({"type":"sendMessage","id":id,"chatId":chat.chat,"message":message,"attachments":attachments});
@@ -443,6 +471,33 @@ async fn a_slow_object_store_holds_up_only_the_device_that_waits_on_it() {
         (lanes == Some(0.0)).then_some(())
     })
     .await;
+}
+
+/// With every lane taken (`limits.rpc_lanes = 1`, held by a send waiting on
+/// the object store), another device's command is refused `unavailable` at
+/// once rather than queued without bound.
+#[tokio::test]
+async fn past_the_lane_limit_commands_are_refused_at_once() {
+    let SlowStore {
+        proxy,
+        node: _node,
+        mut chat,
+        upload,
+        _server: _s3,
+    } = slow_store("rpc_lanes = 1").await;
+    proxy.hold();
+    chat.a
+        .send(&json!({"type":"sendMessage","id":"slow","chatId":chat.chat,"message":"","attachments":[upload]}))
+        .await;
+    eventually("the object store's answer to be held", || async {
+        (proxy.waiting() > 0).then_some(())
+    })
+    .await;
+    let send = json!({"type":"sendMessage","chatId":chat.chat,"message":"busy?"});
+    assert_eq!(chat.b.error_code(send.clone()).await, "unavailable");
+    proxy.release();
+    assert_eq!(chat.a.answer("slow").await["type"], "result");
+    chat.b.ok(send).await;
 }
 
 async fn s3_refuses_expired_upload_urls(t: Topology) {
