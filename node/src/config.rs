@@ -304,6 +304,9 @@ struct FileLimits {
     devices_per_user: Option<usize>,
     pending_uploads_per_user: Option<usize>,
     pending_upload_mb_per_user: Option<u64>,
+    inbox_reads_in_flight: Option<usize>,
+    rpc_lanes: Option<usize>,
+    rpc_lane_commands: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -380,6 +383,7 @@ struct FileS3 {
 struct FileTesting {
     adjustable_clock: Option<bool>,
     store_faults: Option<bool>,
+    inbox_read_gate: Option<bool>,
 }
 
 // ----------------------------------------------------------- typed config
@@ -403,6 +407,8 @@ pub struct Config {
     pub adjustable_clock: bool,
     /// Lets the admin API make the store's next commit fail (tests only).
     pub store_faults: bool,
+    /// Lets the admin API hold inbox reads (tests only).
+    pub inbox_read_gate: bool,
     /// How long shutdown waits for connections to close.
     pub shutdown_grace: Duration,
     pub media: MediaConfig,
@@ -467,6 +473,12 @@ pub struct LimitsConfig {
     /// Per-user rates, kept by the core.
     pub user: UserRateConfig,
     pub quotas: Quotas,
+    /// Inbox reads (backlogs, resends) the core runs at once.
+    pub inbox_reads_in_flight: usize,
+    /// Devices whose commands over NATS the core queues at once.
+    pub rpc_lanes: usize,
+    /// Commands of one device the core queues.
+    pub rpc_lane_commands: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -578,6 +590,21 @@ fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
                 None => quota.pending_upload_bytes,
             },
         },
+        inbox_reads_in_flight: at_least_one(
+            file.inbox_reads_in_flight,
+            crate::core::inbox_reads::DEFAULT_IN_FLIGHT,
+            "limits.inbox_reads_in_flight",
+        )?,
+        rpc_lanes: at_least_one(
+            file.rpc_lanes,
+            crate::core::rpc_lanes::DEFAULT_LANES,
+            "limits.rpc_lanes",
+        )?,
+        rpc_lane_commands: at_least_one(
+            file.rpc_lane_commands,
+            crate::core::rpc_lanes::DEFAULT_LANE_COMMANDS,
+            "limits.rpc_lane_commands",
+        )?,
     })
 }
 
@@ -628,23 +655,11 @@ impl Config {
             }
             None => GatewayId::generate(),
         };
-        let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        let (default_listen, default_admin) = match role {
-            Role::All => (local(7070), local(7071)),
-            Role::Core => (local(7072), local(7071)),
-            Role::Gateway => (local(7070), local(0)),
-        };
-        let listen = args.listen.or(file.listen).unwrap_or(default_listen);
-        let admin_listen = args
-            .admin_listen
-            .or(file.admin.listen)
-            .unwrap_or(default_admin);
-        if admin_listen == listen && listen.port() != 0 {
-            return Err(invalid(
-                "admin.listen",
-                "must differ from listen: the admin API is never served to clients",
-            ));
-        }
+        let (listen, admin_listen) = listen_addresses(
+            role,
+            args.listen.or(file.listen),
+            args.admin_listen.or(file.admin.listen),
+        )?;
         let proxies = match args.trusted_proxies.is_empty() {
             false => args.trusted_proxies,
             true => file.trusted_proxies.unwrap_or_default(),
@@ -682,6 +697,7 @@ impl Config {
             store,
             adjustable_clock: file.testing.adjustable_clock.unwrap_or(false),
             store_faults: file.testing.store_faults.unwrap_or(false),
+            inbox_read_gate: file.testing.inbox_read_gate.unwrap_or(false),
             shutdown_grace: file.shutdown_grace.unwrap_or(Duration::from_secs(10)),
             media,
             public_url: public_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -693,6 +709,29 @@ impl Config {
             logins,
         })
     }
+}
+
+/// The client and admin listen addresses, given or the role's defaults.
+fn listen_addresses(
+    role: Role,
+    listen: Option<SocketAddr>,
+    admin: Option<SocketAddr>,
+) -> Result<(SocketAddr, SocketAddr), ConfigError> {
+    let local = |port| SocketAddr::from(([127, 0, 0, 1], port));
+    let (default_listen, default_admin) = match role {
+        Role::All => (local(7070), local(7071)),
+        Role::Core => (local(7072), local(7071)),
+        Role::Gateway => (local(7070), local(0)),
+    };
+    let listen = listen.unwrap_or(default_listen);
+    let admin = admin.unwrap_or(default_admin);
+    if admin == listen && listen.port() != 0 {
+        return Err(invalid(
+            "admin.listen",
+            "must differ from listen: the admin API is never served to clients",
+        ));
+    }
+    Ok((listen, admin))
 }
 
 fn invalid(setting: &'static str, reason: &str) -> ConfigError {
@@ -1225,11 +1264,14 @@ mod tests {
         assert_eq!(limits.user.chat, Rate::new(1.0, 30));
         assert_eq!(limits.quotas, Quotas::default());
         assert_eq!(limits.quotas.pending_upload_bytes, 1 << 30);
+        assert_eq!(limits.inbox_reads_in_flight, 8);
+        assert_eq!((limits.rpc_lanes, limits.rpc_lane_commands), (10_000, 256));
         let c = with_file(
             "[limits]\nuser_send_rate = 1e6\nuser_chat_burst = 7\ndevices_per_user = 3\n\
-             pending_upload_mb_per_user = 2\n",
+             pending_upload_mb_per_user = 2\ninbox_reads_in_flight = 64\n",
         )
         .unwrap();
+        assert_eq!(c.limits.inbox_reads_in_flight, 64);
         assert_eq!(c.limits.user.send, Rate::new(1e6, 100));
         assert_eq!(c.limits.user.chat, Rate::new(1.0, 7));
         assert_eq!(c.limits.quotas.devices, 3);
@@ -1240,6 +1282,9 @@ mod tests {
             "user_send_rate = nan",
             "chats_per_user = 0",
             "pending_upload_mb_per_user = 0",
+            "inbox_reads_in_flight = 0",
+            "rpc_lanes = 0",
+            "rpc_lane_commands = 0",
         ] {
             let err = with_file(&format!("[limits]\n{bad}\n")).unwrap_err();
             assert!(err.to_string().contains("limits."), "{bad}: {err}");

@@ -49,6 +49,6 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
-    natter::server::serve(config, shutdown).await?;
+    Box::pin(natter::server::serve(config, shutdown)).await?;
     Ok(())
 }

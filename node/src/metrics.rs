@@ -23,6 +23,12 @@ pub(crate) struct CommandLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ThrottleLabels {
+    /// The limit that refused: `attempts`, `user_failures` or `address_failures`.
+    pub reason: &'static str,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
@@ -35,11 +41,16 @@ pub(crate) struct Metrics {
     pub commit_group: Histogram,
     pub publish_failures: Counter,
     pub password_hashes: Counter,
+    pub logins_throttled: Family<ThrottleLabels, Counter>,
     pub online_devices: Gauge,
     pub writer_queue: Gauge,
     pub store_write_buffer_bytes: Gauge,
     pub store_journals: Gauge,
     pub store_outstanding_flushes: Gauge,
+    pub inbox_reads_waiting: Gauge,
+    pub inbox_reads_in_flight: Gauge,
+    pub inbox_reads_in_flight_max: Gauge,
+    pub rpc_lanes: Gauge,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -59,11 +70,16 @@ impl Metrics {
             commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             publish_failures: Counter::default(),
             password_hashes: Counter::default(),
+            logins_throttled: Family::default(),
             online_devices: Gauge::default(),
             writer_queue: Gauge::default(),
             store_write_buffer_bytes: Gauge::default(),
             store_journals: Gauge::default(),
             store_outstanding_flushes: Gauge::default(),
+            inbox_reads_waiting: Gauge::default(),
+            inbox_reads_in_flight: Gauge::default(),
+            inbox_reads_in_flight_max: Gauge::default(),
+            rpc_lanes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -117,31 +133,18 @@ impl Metrics {
             m.password_hashes.clone(),
         );
         registry.register(
-            "online_devices",
-            "Devices connected (to this gateway, or to all for a core)",
-            m.online_devices.clone(),
+            "logins_throttled",
+            "Login and registration attempts refused by the per-address login limits, by the limit that refused",
+            m.logins_throttled.clone(),
         );
-        registry.register(
-            "writer_queue",
-            "Commands waiting for the writer",
-            m.writer_queue.clone(),
-        );
-        registry.register(
-            "store_write_buffer_bytes",
-            "Bytes held in memtables",
-            m.store_write_buffer_bytes.clone(),
-        );
-        registry.register(
-            "store_journals",
-            "Journal files of the store",
-            m.store_journals.clone(),
-        );
-        registry.register(
-            "store_outstanding_flushes",
-            "Memtables waiting to be flushed",
-            m.store_outstanding_flushes.clone(),
-        );
+        register_gauges(&mut registry, &m);
         Self { registry, ..m }
+    }
+
+    pub(crate) fn login_throttled(&self, reason: &'static str) {
+        self.logins_throttled
+            .get_or_create(&ThrottleLabels { reason })
+            .inc();
     }
 
     pub(crate) fn command(&self, command: &'static str, outcome: &'static str) {
@@ -149,6 +152,55 @@ impl Metrics {
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
     }
+}
+
+/// The gauges: state mirrored from elsewhere.
+fn register_gauges(registry: &mut Registry, m: &Metrics) {
+    registry.register(
+        "online_devices",
+        "Devices connected (to this gateway, or to all for a core)",
+        m.online_devices.clone(),
+    );
+    registry.register(
+        "writer_queue",
+        "Commands waiting for the writer",
+        m.writer_queue.clone(),
+    );
+    registry.register(
+        "store_write_buffer_bytes",
+        "Bytes held in memtables",
+        m.store_write_buffer_bytes.clone(),
+    );
+    registry.register(
+        "store_journals",
+        "Journal files of the store",
+        m.store_journals.clone(),
+    );
+    registry.register(
+        "store_outstanding_flushes",
+        "Memtables waiting to be flushed",
+        m.store_outstanding_flushes.clone(),
+    );
+    registry.register(
+        "inbox_reads_waiting",
+        "Inbox reads (backlogs, resends) waiting for a slot (limits.inbox_reads_in_flight)",
+        m.inbox_reads_waiting.clone(),
+    );
+    registry.register(
+        "inbox_reads_in_flight",
+        "Inbox reads running now",
+        m.inbox_reads_in_flight.clone(),
+    );
+    registry.register(
+        "inbox_reads_in_flight_max",
+        "The most inbox reads that ran at once since the process started",
+        m.inbox_reads_in_flight_max.clone(),
+    );
+    registry.register(
+        "rpc_lanes",
+        "Devices whose commands over NATS wait in the core's lanes (limits.rpc_lanes)",
+        m.rpc_lanes.clone(),
+    );
 }
 
 /// Wall-clock milliseconds, comparable across processes on one machine (or NTP).

@@ -149,6 +149,9 @@ async fn run_with_store(
         tracing::warn!("testing.store_faults is on: the admin API can make a commit fail");
         store.allow_faults();
     }
+    if config.inbox_read_gate {
+        tracing::warn!("testing.inbox_read_gate is on: the admin API can hold inbox reads");
+    }
     let clock = if config.adjustable_clock {
         tracing::warn!("testing.adjustable_clock is on: the admin API can move time forward");
         Clock::adjustable()
@@ -269,6 +272,10 @@ fn core_config(config: &Config, public_url: String) -> CoreConfig {
         quotas: config.limits.quotas.clone(),
         logins: config.logins.clone(),
         admin: config.admin.clone(),
+        inbox_reads_in_flight: config.limits.inbox_reads_in_flight,
+        inbox_read_gate: config.inbox_read_gate,
+        rpc_lanes: config.limits.rpc_lanes,
+        rpc_lane_commands: config.limits.rpc_lane_commands,
     }
 }
 

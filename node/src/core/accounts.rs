@@ -379,8 +379,9 @@ fn live(view: &Snapshot, user: Option<Username>) -> Result<(), CoreError> {
     Ok(())
 }
 
-/// A refusal by the login limits, as the client sees it.
+/// A refusal by the login limits, as the client sees it (and counted).
 fn throttled(wait: Wait) -> CoreError {
+    crate::metrics::METRICS.login_throttled(wait.limit);
     CoreError::RateLimited {
         message: wait.reason.to_owned(),
         retry_after_ms: wait.retry_after_ms,

@@ -104,6 +104,11 @@ impl LoginLimitsConfig {
 pub(crate) struct Wait {
     pub retry_after_ms: u64,
     pub reason: &'static str,
+    /// Which limit refused, for the metric `natter_logins_throttled_total`:
+    /// `attempts` (the address's attempt rate, logins and registrations),
+    /// `user_failures` (failed logins for one name from the address) or
+    /// `address_failures` (failed logins from the address).
+    pub limit: &'static str,
 }
 
 /// The address as the limits count it: an IPv4 address, or an IPv6 network.
@@ -225,6 +230,7 @@ impl LoginLimits {
         bucket.take(rate, now_ms).map_err(|retry_after_ms| Wait {
             retry_after_ms,
             reason: "too many login or registration attempts from this address; try again later",
+            limit: "attempts",
         })
     }
 
@@ -266,10 +272,12 @@ impl LoginLimits {
             (Some(p), a) if a.is_none_or(|a| p >= a) => Err(Wait {
                 retry_after_ms: p,
                 reason: "too many failed logins for this user from this address; try again later",
+                limit: "user_failures",
             }),
             (_, a) => Err(Wait {
                 retry_after_ms: a.unwrap_or(1),
                 reason: "too many failed logins from this address; try again later",
+                limit: "address_failures",
             }),
         }
     }

@@ -18,10 +18,12 @@ mod admin;
 mod attachments;
 pub mod client;
 pub mod federation;
+pub mod inbox_reads;
 pub mod limits;
 pub mod login_limits;
 mod render;
 pub mod rpc;
+pub mod rpc_lanes;
 mod writer;
 
 pub use accounts::{Invite, UserInfo};
@@ -198,6 +200,15 @@ pub struct CoreConfig {
     pub logins: login_limits::LoginLimitsConfig,
     /// Bounds on admin reads (`[admin]`).
     pub admin: AdminLimits,
+    /// Inbox reads that may run at once (`limits.inbox_reads_in_flight`).
+    pub inbox_reads_in_flight: usize,
+    /// Lets the admin API hold inbox reads (tests: `testing.inbox_read_gate`).
+    pub inbox_read_gate: bool,
+    /// Devices whose commands over NATS may wait in a lane at once
+    /// (`limits.rpc_lanes`), and commands one lane holds
+    /// (`limits.rpc_lane_commands`).
+    pub rpc_lanes: usize,
+    pub rpc_lane_commands: usize,
 }
 
 /// Handle to the core. Cheap to clone.
@@ -222,6 +233,8 @@ struct Inner {
     login_limits: LoginLimits,
     /// Messages stored per second over the last minute (`stats`).
     message_rate: Arc<admin::MessageRate>,
+    /// Slots for inbox reads (backlogs, resends).
+    inbox_reads: inbox_reads::InboxReads,
 }
 
 /// Joins the writer thread.
@@ -280,6 +293,10 @@ impl Core {
                 rates: limits::UserRates::new(config.rates.clone()),
                 login_limits: LoginLimits::new(config.logins.clone()),
                 message_rate,
+                inbox_reads: inbox_reads::InboxReads::new(
+                    config.inbox_reads_in_flight,
+                    config.inbox_read_gate,
+                ),
                 config,
             }),
         };
@@ -350,6 +367,32 @@ impl Core {
     ) -> Result<T, CoreError> {
         let store = self.inner.store.clone();
         tokio::task::spawn_blocking(move || f(&store.snapshot())).await?
+    }
+
+    /// Like [`Self::read`], for a device's inbox: it first waits for one of the
+    /// `limits.inbox_reads_in_flight` slots, so a reconnect storm cannot take
+    /// every thread of the blocking pool.
+    async fn inbox_read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Snapshot) -> Result<T, CoreError> + Send + 'static,
+    ) -> Result<T, CoreError> {
+        let slot = self.inner.inbox_reads.slot().await;
+        let gate = self.inner.inbox_reads.gate();
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            if let Some(gate) = gate {
+                gate.pass();
+            }
+            f(&store.snapshot())
+        })
+        .await?
+    }
+
+    /// Closes or opens the test gate on inbox reads (`testing.inbox_read_gate`);
+    /// false when it is off.
+    pub fn hold_inbox_reads(&self, hold: bool) -> bool {
+        self.inner.inbox_reads.set_gate(hold)
     }
 
     /// Asks the writer to finish what is queued, persist, and stop.
@@ -646,7 +689,7 @@ impl Core {
         after: DeliveryId,
         limit: usize,
     ) -> Result<Frames, CoreError> {
-        self.read(move |view| {
+        self.inbox_read(move |view| {
             accounts::device_ended(view, device)?;
             let entries = view.inbox_after(device, after.0, limit)?;
             let read = entries.len();
@@ -674,7 +717,7 @@ impl Core {
         device: DeviceId,
         ids: Vec<DeliveryId>,
     ) -> Result<Frames, CoreError> {
-        self.read(move |view| {
+        self.inbox_read(move |view| {
             accounts::device_ended(view, device)?;
             let mut frames = Vec::with_capacity(ids.len());
             let mut bytes = 0;

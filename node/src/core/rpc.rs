@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::rpc_lanes::RpcLanes;
 use super::{Core, CoreError, DeviceCtx, Frames};
 use crate::delivery::nats::Nats;
 use crate::delivery::rpc;
@@ -223,7 +224,11 @@ pub fn refusal(e: &CoreError) -> Refusal {
 }
 
 /// The core's side of the NATS request/reply: answers gateways with `core`.
+/// Commands go to their device's lane ([`RpcLanes`]): the loop only queues
+/// them, so a command that waits (on the object store) holds up its own
+/// device's later commands and nobody else's.
 pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationToken) {
+    let lanes = RpcLanes::new(core.clone());
     // The handler's future yields the answer's future on purpose: the first part
     // runs in arrival order, the second apart (see `rpc::serve`).
     #[allow(clippy::async_yields_async)]
@@ -231,6 +236,7 @@ pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationTo
         nats,
         move |payload: Bytes| {
             let core = core.clone();
+            let lanes = lanes.clone();
             async move {
                 let request = serde_json::from_slice::<Request>(&payload)
                     .map_err(|e| {
@@ -238,6 +244,10 @@ pub fn serve(nats: Nats, core: Core, tasks: &TaskTracker, cancel: CancellationTo
                     })
                     .and_then(|request| request.recheck(core.node()));
                 let answer = match request {
+                    Ok(Request::Dispatch { ctx, command }) => {
+                        let device = ctx.device;
+                        lanes.submit(device, Request::Dispatch { ctx, command })
+                    }
                     Ok(request) => core.handle(request).await,
                     Err(e) => answered(Err(e)),
                 };

@@ -6,8 +6,9 @@
 //! (`_INBOX.natter.<node>.<gateway>.<nonce>.<n>`), so a request is one publish, and
 //! the publish happens before [`RpcClient::call`] returns: requests of one
 //! connection reach the core in the order they were made. The server takes
-//! requests in arrival order and lets the handler do its in-order part (queueing
-//! a command on the writer) before taking the next; the answer is awaited apart.
+//! requests in arrival order and lets the handler do its in-order part (for
+//! the core: putting a command in its device's lane) before taking the next;
+//! the answer is awaited apart.
 
 use std::collections::HashMap;
 use std::future::Future;

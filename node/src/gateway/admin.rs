@@ -41,6 +41,7 @@ pub(super) fn router(gw: Gateway) -> Router<Gateway> {
         .route("/sweep", post(sweep))
         .route("/clock", post(advance_clock))
         .route("/store-fault", post(store_fault))
+        .route("/inbox-read-gate", post(inbox_read_gate))
         .route("/status", get(status))
         .merge(super::peers::routes())
         // A route layer: unknown paths stay 404 without a token.
@@ -216,6 +217,24 @@ async fn store_fault(State(gw): State<Gateway>) -> Result<StatusCode, ApiError> 
         return Err(ApiError::new(
             ErrorCode::Forbidden,
             "store faults are off (testing.store_faults)",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct GateRequest {
+    closed: bool,
+}
+
+/// Closes (`{"closed":true}`) or opens the gate that holds inbox reads, as a
+/// slow disk would. Only with `testing.inbox_read_gate = true`.
+async fn inbox_read_gate(State(gw): State<Gateway>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let req: GateRequest = json_body(&body)?;
+    if !local(&gw)?.hold_inbox_reads(req.closed) {
+        return Err(ApiError::new(
+            ErrorCode::Forbidden,
+            "the inbox read gate is off (testing.inbox_read_gate)",
         ));
     }
     Ok(StatusCode::NO_CONTENT)

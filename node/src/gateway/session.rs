@@ -606,7 +606,13 @@ impl Session {
                 if !e.is_refusal() {
                     tracing::error!(device = %self.ctx.device, request_id = %id, command = kind, error = %e, "command failed");
                 }
-                self.refuse(Some(id), &e)
+                self.refuse(Some(id), &e)?;
+                // The device has logged out or its user is disabled (the order
+                // to close was lost): the session ends here, as that order would.
+                if e.code() == ErrorCode::Unauthorized {
+                    return Err(self.close(close::UNAUTHORIZED, "logged out"));
+                }
+                Ok(())
             }
         }
     }

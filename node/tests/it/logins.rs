@@ -93,6 +93,14 @@ async fn login_via(
     post_from(node, from, "/v1/login", body, headers).await
 }
 
+/// Login and registration attempts the login limits refused, by the limit.
+async fn throttled(node: &TestNode, limit: &str) -> u64 {
+    let name = format!("natter_logins_throttled_total{{reason=\"{limit}\"}}");
+    node.metric(node.main_admin_url(), &name)
+        .await
+        .unwrap_or(0.0) as u64
+}
+
 /// How many argon2 hashes the process that owns the store has done.
 async fn password_hashes(node: &TestNode) -> u64 {
     node.metric(node.main_admin_url(), "natter_password_hashes_total")
@@ -154,10 +162,13 @@ delay = "1m""#,
     for name in ["u1", "u2", "u3", "u4", "alice"] {
         assert_eq!(login(&node, "127.0.0.3", name, WRONG).await.status, 401);
     }
+    assert_eq!(throttled(&node, "address_failures").await, 0);
     let answer = login(&node, "127.0.0.3", "bob", RIGHT).await;
     answer.wait_ms();
     let message = answer.body["message"].as_str().unwrap();
     assert!(message.contains("from this address"), "{message}");
+    assert_eq!(throttled(&node, "address_failures").await, 1);
+    assert_eq!(throttled(&node, "user_failures").await, 0);
     assert_eq!(login(&node, "127.0.0.2", "alice", RIGHT).await.status, 200);
 }
 
@@ -180,6 +191,8 @@ max_delay = "1h""#,
     let wrong = statuses.iter().filter(|s| **s == 401).count();
     let waited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((wrong, waited), (3, 21), "{statuses:?}");
+    assert_eq!(throttled(&node, "user_failures").await, 21);
+    assert_eq!(throttled(&node, "attempts").await, 0);
     assert_eq!(
         password_hashes(&node).await,
         hashes_before + 3,
@@ -211,6 +224,11 @@ attempt_burst = 3"#,
         password_hashes(&node).await,
         hashes_before + 2,
         "refused attempts cost no hashing"
+    );
+    assert_eq!(
+        throttled(&node, "attempts").await,
+        2,
+        "a login and a registration"
     );
     // Other addresses are not affected; the flooder's bucket refills.
     assert_eq!(login(&node, "127.0.0.5", "alice", RIGHT).await.status, 200);
@@ -271,32 +289,50 @@ max_delay = "1h""#,
 }
 
 /// A logout and a disable whose orders to close the connection are lost: the
-/// core refuses the connection's commands itself.
+/// core refuses the connection's commands itself, and the gateway then closes
+/// the connection with 4401 at once.
 ///
 /// The orders are lost for real: the core restarts (kill -9) while the
 /// gateways keep their connections, and with hour-long heartbeats its presence
 /// table does not learn where those devices are, so it has nowhere to send the
-/// orders.
+/// orders. Each kind of command is tried on a connection of its own (a
+/// refusal ends the connection): alice's phones each log out, carol's devices
+/// are all ended by one disable.
 #[tokio::test]
 async fn ended_sessions_are_refused_by_the_core_when_the_close_order_is_lost() {
     assert!(BASE_CONFIG.contains("heartbeat = \"1s\""));
     let config = BASE_CONFIG.replace("heartbeat = \"1s\"", "heartbeat = \"1h\"");
     let mut node = TestNode::with_config(Topology::Split, &config).await;
     let alice = node.user("alice").await;
-    let alice_phone = node.login("alice").await;
     let bob = node.user("bob").await;
-    let carol = node.user("carol").await;
+    node.add_user("carol").await;
     let mut a = node.connect(&alice).await;
     let chat = a
         .ok(json!({"type":"createChat","participants":["bob","carol"]}))
         .await["chatId"]
         .clone();
-    let mut phone = node.connect(&alice_phone).await;
+    let send = |text: &str| json!({"type":"sendMessage","chatId":chat,"message":text});
+    let history = json!({"type":"getHistory","chatId":chat});
+    let commands = |who: &str| {
+        [
+            send(who),
+            history.clone(),
+            json!({"type":"listChats"}),
+            json!({"type":"markRead","chatId":chat,"seq":0}),
+            json!({"type":"getAttachmentTarget","size":1,"contentType":"text/plain"}),
+        ]
+    };
+    let mut phones = Vec::new();
+    let mut carols = Vec::new();
+    for _ in commands("") {
+        let phone = node.login("alice").await;
+        phones.push((node.connect(&phone).await, phone));
+        carols.push(node.connect(&node.login("carol").await).await);
+    }
     let mut b = node.connect(&bob).await;
-    let mut c = node.connect(&carol).await;
     // Nothing left unacknowledged: no resend reads the inbox meanwhile (that
     // path is the next test's).
-    for client in [&mut phone, &mut c] {
+    for client in phones.iter_mut().map(|(c, _)| c).chain(&mut carols) {
         let events = client.drain().await;
         client.ack_events(&events).await;
     }
@@ -304,37 +340,39 @@ async fn ended_sessions_are_refused_by_the_core_when_the_close_order_is_lost() {
     node.kill9();
     node.restart().await;
 
-    // The phone logs out (through a gateway) and carol is disabled (admin).
-    let response = node
-        .http()
-        .post(format!("{}/v1/logout", node.client_url()))
-        .bearer_auth(&alice_phone.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 204);
+    // The phones log out (through a gateway) and carol is disabled (admin).
+    for (_, phone) in &phones {
+        let response = node
+            .http()
+            .post(format!("{}/v1/logout", node.client_url()))
+            .bearer_auth(&phone.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 204);
+    }
     let (status, _) = node
         .admin(reqwest::Method::POST, "/users/carol/disable", None)
         .await;
     assert_eq!(status, 204);
 
-    // Their connections are still open; what they send is refused.
-    let send = |text: &str| json!({"type":"sendMessage","chatId":chat,"message":text});
-    let history = json!({"type":"getHistory","chatId":chat});
-    for (client, who) in [(&mut phone, "phone"), (&mut c, "carol")] {
-        for command in [
-            send(who),
-            history.clone(),
-            json!({"type":"listChats"}),
-            json!({"type":"markRead","chatId":chat,"seq":0}),
-            json!({"type":"getAttachmentTarget","size":1,"contentType":"text/plain"}),
-        ] {
-            assert_eq!(
-                client.error_code(command.clone()).await,
-                "unauthorized",
-                "{who}: {command}"
-            );
-        }
+    // Their connections are still open; what they send is refused, and the
+    // refusal closes the connection.
+    let phones = phones.into_iter().map(|(c, _)| (c, "phone"));
+    let carols = carols.into_iter().map(|c| (c, "carol"));
+    let sockets: Vec<_> = phones.chain(carols).collect();
+    let tries = commands("phone").into_iter().chain(commands("carol"));
+    for ((mut client, who), command) in sockets.into_iter().zip(tries) {
+        assert_eq!(
+            client.error_code(command.clone()).await,
+            "unauthorized",
+            "{who}: {command}"
+        );
+        assert_eq!(
+            client.closed().await,
+            Closed::Code(4401),
+            "{who}: {command}"
+        );
     }
     // Live sessions carry on, and nothing of the refused ones was stored.
     b.ok(send("bob's")).await;

@@ -13,6 +13,7 @@ mod federation_media;
 mod federation_outbox;
 mod federation_trust;
 mod http;
+mod inbox_reads;
 mod key_rotation;
 mod lifecycle;
 mod limits;

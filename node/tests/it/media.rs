@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 use crate::support::node::BASE_CONFIG;
 use crate::support::node::Topology;
 use crate::support::s3::{self, S3Server};
+use crate::support::slow_proxy::SlowProxy;
 use crate::support::{TestNode, WsClient, eventually};
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n not really a picture, but bytes all the same";
@@ -302,12 +303,17 @@ async fn large_uploads_stream_through_the_embedded_store(t: Topology) {
 crate::in_every_topology!(large_uploads_stream_through_the_embedded_store);
 
 fn s3_config(server: &S3Server, extra: &str) -> String {
+    s3_config_at(&server.endpoint, extra)
+}
+
+/// [`s3_config`] with the S3 endpoint at `endpoint`.
+fn s3_config_at(endpoint: &str, extra: &str) -> String {
     format!(
         "{BASE_CONFIG}\n[media]\nstore = \"s3://{}/natter\"\nmax_size = 1000\n{extra}\n\
          [media.s3]\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{}\"\n\
          secret_access_key = \"{}\"\npath_style = true\nallow_http = true\n",
         s3::BUCKET,
-        server.endpoint,
+        endpoint,
         s3::ACCESS_KEY,
         s3::SECRET_KEY
     )
@@ -366,6 +372,132 @@ async fn s3_media_round_trip_and_refusals(t: Topology) {
         "{report}"
     );
     assert!(!orphan_object.exists());
+}
+
+/// A split node whose object store is behind a [`SlowProxy`], and alice's
+/// upload, ready to send (the proxy not yet holding).
+struct SlowStore {
+    /// Kept (bind it to a named variable): dropping it stops the server.
+    _server: S3Server,
+    proxy: SlowProxy,
+    node: TestNode,
+    chat: Chat,
+    upload: String,
+}
+
+async fn slow_store(limits: &str) -> SlowStore {
+    let server = S3Server::start().await;
+    let proxy = SlowProxy::start(server.endpoint.trim_start_matches("http://")).await;
+    // Long enough that a held send is not given up by its gateway.
+    let config = s3_config_at(&proxy.endpoint, "")
+        .replace("request_timeout = \"2s\"", "request_timeout = \"60s\"")
+        .replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    let node = TestNode::with_config(Topology::Split, &config).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let t = target(&mut chat.a, PNG.len(), "image/png").await;
+    let upload = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(put(node.http(), &t, "image/png", PNG.to_vec()).await, 200);
+    SlowStore {
+        _server: server,
+        proxy,
+        node,
+        chat,
+        upload,
+    }
+}
+
+/// Split mode: while one device's send waits on a slow object store (the HEAD
+/// that checks its upload), the core answers other devices at once; the
+/// waiting device's later command is carried out after it, in order.
+#[tokio::test]
+async fn a_slow_object_store_holds_up_only_the_device_that_waits_on_it() {
+    // A lane holds one waiting command.
+    let SlowStore {
+        proxy,
+        node,
+        mut chat,
+        upload: id,
+        _server: _s3,
+    } = slow_store("rpc_lane_commands = 1").await;
+
+    proxy.hold();
+    let send = |id: &str, message: &str, attachments: Vec<&str>| json!({"type":"sendMessage","id":id,"chatId":chat.chat,"message":message,"attachments":attachments});
+    chat.a.send(&send("slow", "first", vec![&id])).await;
+    chat.a.send(&send("next", "second", vec![])).await;
+    eventually("the object store's answer to be held", || async {
+        (proxy.waiting() > 0).then_some(())
+    })
+    .await;
+
+    // Another device, another gateway: answered while the store is stuck.
+    let meanwhile = tokio::time::timeout(
+        Duration::from_secs(5),
+        chat.b
+            .ok(json!({"type":"sendMessage","chatId":chat.chat,"message":"meanwhile"})),
+    )
+    .await
+    .expect("another device's send was held up by the slow object store");
+
+    // The held device's lane is full: one more command is refused, not queued.
+    chat.a.send(&send("third", "third", vec![])).await;
+    let refused = chat.a.answer("third").await;
+    assert_eq!(refused["code"], "rate_limited", "{refused}");
+    assert!(refused["retryAfterMs"].as_u64().is_some(), "{refused}");
+
+    proxy.release();
+    let first = chat.a.answer("slow").await;
+    let second = chat.a.answer("next").await;
+    assert_eq!(first["type"], "result", "{first}");
+    assert_eq!(second["type"], "result", "{second}");
+    let seq = |answer: &Value| answer["seq"].as_u64().unwrap();
+    assert!(seq(&meanwhile) < seq(&first), "{meanwhile} {first}");
+    assert_eq!(
+        seq(&second),
+        seq(&first) + 1,
+        "one device's commands in order"
+    );
+    let texts: Vec<Value> = chat
+        .b
+        .drain()
+        .await
+        .iter()
+        .filter(|e| e["type"] == "newMessage")
+        .map(|e| e["message"].clone())
+        .collect();
+    assert_eq!(texts, vec![json!("first"), json!("second")]);
+    // Lanes end once empty.
+    eventually("the core's lanes to be gone", || async {
+        let lanes = node.metric(node.main_admin_url(), "natter_rpc_lanes").await;
+        (lanes == Some(0.0)).then_some(())
+    })
+    .await;
+}
+
+/// With every lane taken (`limits.rpc_lanes = 1`, held by a send waiting on
+/// the object store), another device's command is refused `unavailable` at
+/// once rather than queued without bound.
+#[tokio::test]
+async fn past_the_lane_limit_commands_are_refused_at_once() {
+    let SlowStore {
+        proxy,
+        node: _node,
+        mut chat,
+        upload,
+        _server: _s3,
+    } = slow_store("rpc_lanes = 1").await;
+    proxy.hold();
+    chat.a
+        .send(&json!({"type":"sendMessage","id":"slow","chatId":chat.chat,"message":"","attachments":[upload]}))
+        .await;
+    eventually("the object store's answer to be held", || async {
+        (proxy.waiting() > 0).then_some(())
+    })
+    .await;
+    let send = json!({"type":"sendMessage","chatId":chat.chat,"message":"busy?"});
+    assert_eq!(chat.b.error_code(send.clone()).await, "unavailable");
+    proxy.release();
+    assert_eq!(chat.a.answer("slow").await["type"], "result");
+    chat.b.ok(send).await;
 }
 
 async fn s3_refuses_expired_upload_urls(t: Topology) {

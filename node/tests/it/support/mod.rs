@@ -4,6 +4,7 @@
 pub(crate) mod nats;
 pub(crate) mod node;
 pub(crate) mod s3;
+pub(crate) mod slow_proxy;
 pub(crate) mod ws;
 
 pub(crate) use node::TestNode;
