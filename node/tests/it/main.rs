@@ -19,3 +19,4 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod web;
