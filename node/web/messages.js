@@ -62,7 +62,8 @@ export class MessageView {
       let i = this.msgs.length;
       while (i > 0 && this.msgs[i - 1].seq > m.seq) i -= 1;
       this.msgs.splice(i, 0, m);
-      if (i < this.start) { this.start += 1; this.end += 1; } else if (i < this.end) this.end += 1;
+      // Before the window (an older page): the window keeps its messages.
+      if (i <= this.start && this.end > this.start) { this.start += 1; this.end += 1; } else if (i < this.end) this.end += 1;
       added += 1;
     }
     return added;
