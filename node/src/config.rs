@@ -197,6 +197,15 @@ struct FileConfig {
     trusted_proxies: Option<Vec<String>>,
     #[serde(default)]
     logins: FileLogins,
+    #[serde(default)]
+    web: FileWeb,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWeb {
+    enabled: Option<bool>,
+    media_origin: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -424,6 +433,17 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Limits on logins and registrations.
     pub logins: LoginLimitsConfig,
+    pub web: WebConfig,
+}
+
+/// The web client served at `/` (`[web]`).
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    /// Serve the client at `/` (`/v1/info` is served either way).
+    pub enabled: bool,
+    /// The media store's origin for the client's Content-Security-Policy, when
+    /// natter cannot tell it (a gateway in front of a core with embedded media).
+    pub media_origin: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -707,6 +727,7 @@ impl Config {
             federation: federation_config(file.federation)?,
             trusted_proxies,
             logins,
+            web: web_config(file.web)?,
         })
     }
 }
@@ -732,6 +753,26 @@ fn listen_addresses(
         ));
     }
     Ok((listen, admin))
+}
+
+fn web_config(file: FileWeb) -> Result<WebConfig, ConfigError> {
+    if let Some(origin) = &file.media_origin
+        && (!(origin.starts_with("http://") || origin.starts_with("https://"))
+            || origin
+                .trim_start_matches("https://")
+                .trim_start_matches("http://")
+                .contains('/')
+            || origin.contains([' ', ';', ',', '\'']))
+    {
+        return Err(invalid(
+            "web.media_origin",
+            "an origin: http(s)://host[:port], without a path",
+        ));
+    }
+    Ok(WebConfig {
+        enabled: file.enabled.unwrap_or(true),
+        media_origin: file.media_origin,
+    })
 }
 
 fn invalid(setting: &'static str, reason: &str) -> ConfigError {

@@ -1329,6 +1329,7 @@ mod tests {
                 "http-login-request" => round_trip::<LoginRequest>(&value),
                 "http-login-response" => round_trip::<LoginResponse>(&value),
                 "http-error" => round_trip::<ErrorBody>(&value),
+                "http-info" => round_trip::<crate::gateway::web::Info>(&value),
                 other => panic!("unknown example tag {other:?}"),
             }
             tags.insert(tag.to_owned());
@@ -1362,7 +1363,7 @@ mod tests {
         ] {
             assert!(server_types.contains(kind), "no example of {kind}");
         }
-        assert_eq!(tags.len(), 7, "{tags:?}");
+        assert_eq!(tags.len(), 8, "{tags:?}");
     }
 
     fn round_trip<T: serde::de::DeserializeOwned + Serialize>(value: &Value) {

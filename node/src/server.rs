@@ -32,6 +32,7 @@ use crate::delivery::nats::{self, JsPublisher, Nats, NatsError, NatsRole};
 use crate::delivery::outbox::OutboxStream;
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
+use crate::gateway::web::Site;
 use crate::gateway::{self, Endpoints, Gateway, Shared};
 use crate::identity::{self, IdentityError};
 use crate::media::{Media, MediaError};
@@ -182,7 +183,7 @@ async fn run_with_store(
         live.presence,
         media,
         clock,
-        core_config(&config, public_url),
+        core_config(&config, public_url.clone()),
         key,
     )?;
     // With NATS the core's federation outboxes go through JetStream.
@@ -216,6 +217,7 @@ async fn run_with_store(
         admin_token_hash: auth::token_hash(&admin.token),
         ready: Arc::new(AtomicBool::new(false)),
         trusted_proxies: config.trusted_proxies.clone(),
+        site: Arc::new(Site::new(&config, &public_url)),
     });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
@@ -374,6 +376,11 @@ async fn run_gateway(
     let tasks = TaskTracker::new();
     let hub = Hub::default();
     let gateway_id = config.gateway_id.clone();
+    let addr = listeners.public.local_addr().map_err(NodeError::Serve)?;
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
     let rpc = rpc::RpcClient::start(nats.clone(), gateway_id.clone(), &tasks, background.clone())
         .await
         .map_err(CoreError::from)?;
@@ -398,6 +405,7 @@ async fn run_gateway(
         admin_token_hash: auth::token_hash(&auth::new_token()),
         ready: Arc::new(AtomicBool::new(false)),
         trusted_proxies: config.trusted_proxies.clone(),
+        site: Arc::new(Site::new(&config, &public_url)),
     });
     let endpoints = Endpoints {
         clients: true,

@@ -11,6 +11,7 @@ mod federation;
 mod media;
 pub mod peers;
 mod session;
+pub mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,8 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
     /// Whose forwarding headers name the client (`trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// The web client and `/v1/info` (gateways only).
+    pub site: Arc<web::Site>,
 }
 
 /// An HTTP error: a status and the contract's `{"code","message"}` body.
@@ -172,7 +175,8 @@ async fn device(gw: &Gateway, headers: &HeaderMap) -> Result<DeviceCtx, ApiError
 /// Which endpoints a process serves.
 #[derive(Clone, Copy, Debug)]
 pub struct Endpoints {
-    /// `/v1/register`, `/v1/login`, `/v1/logout`, `/v1/ws` (gateways, all-in-one).
+    /// `/v1/register`, `/v1/login`, `/v1/logout`, `/v1/ws`, `/v1/info` and the web
+    /// client at `/` (gateways, all-in-one).
     pub clients: bool,
     /// `/v1/media/*` and `/federation/v1/*` on the public listener, `/admin/v1/*`
     /// on the admin one (processes that own the store).
@@ -195,6 +199,7 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
             .route("/v1/login", post(login))
             .route("/v1/logout", post(logout))
             .route("/v1/ws", get(websocket))
+            .merge(web::router(&gw))
             .layer(cors);
         router = router.merge(clients);
     }

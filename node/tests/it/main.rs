@@ -21,3 +21,4 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod web;
