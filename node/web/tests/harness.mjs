@@ -10,7 +10,11 @@ import { chromium } from 'playwright-core';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const ROOT = join(here, '..', '..', '..');
-export const SHOTS = join(ROOT, 'docs', 'img');
+// Screenshots go to target/web-screenshots; NATTER_UPDATE_SCREENSHOTS=1 writes
+// them over the ones docs/web-client.md and the README show (docs/img).
+export const SHOTS = process.env.NATTER_UPDATE_SCREENSHOTS === '1'
+  ? join(ROOT, 'docs', 'img')
+  : join(ROOT, 'target', 'web-screenshots');
 const NATTERD = process.env.NATTERD || join(ROOT, 'target', 'debug', 'natterd');
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
 const START_TIMEOUT_MS = 30000;
