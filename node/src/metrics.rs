@@ -23,6 +23,20 @@ pub(crate) struct CommandLabels {
     pub outcome: &'static str,
 }
 
+/// One HTTP listener (`public`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabels {
+    pub listener: &'static str,
+    /// Refusals: `total` or `per_address` (the cap that was full). Timeouts:
+    /// `header`, `idle` or `body`.
+    pub reason: &'static str,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
@@ -40,6 +54,15 @@ pub(crate) struct Metrics {
     pub store_write_buffer_bytes: Gauge,
     pub store_journals: Gauge,
     pub store_outstanding_flushes: Gauge,
+    pub http: HttpMetrics,
+}
+
+/// The HTTP listeners' instruments (gateway::listener, gateway::body_timeout).
+#[derive(Default)]
+pub(crate) struct HttpMetrics {
+    pub connections: Family<ListenerLabels, Gauge>,
+    pub refused: Family<HttpLabels, Counter>,
+    pub timeouts: Family<HttpLabels, Counter>,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -64,6 +87,7 @@ impl Metrics {
             store_write_buffer_bytes: Gauge::default(),
             store_journals: Gauge::default(),
             store_outstanding_flushes: Gauge::default(),
+            http: HttpMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -141,6 +165,7 @@ impl Metrics {
             "Memtables waiting to be flushed",
             m.store_outstanding_flushes.clone(),
         );
+        register_http(&mut registry, &m.http);
         Self { registry, ..m }
     }
 
@@ -149,6 +174,24 @@ impl Metrics {
             .get_or_create(&CommandLabels { command, outcome })
             .inc();
     }
+}
+
+fn register_http(registry: &mut Registry, m: &HttpMetrics) {
+    registry.register(
+        "http_connections",
+        "Open connections per listener, WebSockets included",
+        m.connections.clone(),
+    );
+    registry.register(
+            "http_connections_refused",
+            "Connections closed at accept because a cap (http.max_connections, http.max_connections_per_address) was full",
+            m.refused.clone(),
+        );
+    registry.register(
+            "http_timeouts",
+            "HTTP connections closed, or requests answered 408, for taking too long (headers, idle keep-alive, body)",
+            m.timeouts.clone(),
+        );
 }
 
 /// Wall-clock milliseconds, comparable across processes on one machine (or NTP).

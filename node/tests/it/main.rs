@@ -4,6 +4,7 @@
 
 mod support;
 
+mod connections;
 mod crash;
 mod delivery;
 mod errors;
