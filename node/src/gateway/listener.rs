@@ -29,7 +29,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::ConnectInfo;
-use axum::http::{Request, Response};
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client_ip::TrustedProxies;
+use super::client_ip::{TrustedProxies, client_ip};
 use crate::metrics::{HttpLabels, ListenerLabels, METRICS};
 
 /// `[http]`: the limits on every HTTP listener (docs/configuration.md).
@@ -159,6 +160,7 @@ pub async fn serve(
             slot,
             router: router.clone(),
             serving: serving.clone(),
+            caps: caps.clone(),
         };
         connections.spawn(conn.run(shutdown.clone(), hard_stop.clone()));
     }
@@ -219,6 +221,9 @@ struct Slot {
     caps: Arc<Caps>,
     /// The address it counts against; `None` for a trusted proxy.
     address: Option<IpAddr>,
+    /// A connection (counts toward the total), or a request that came through
+    /// a trusted proxy (counts only against its client's address).
+    connection: bool,
 }
 
 impl Caps {
@@ -235,8 +240,8 @@ impl Caps {
     /// A slot for a connection from `ip`, or why there is none.
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let ip = ip.to_canonical();
-        // A proxy speaks for many clients; they are counted behind it (its own
-        // limits) and, by their forwarded address, by the login limits.
+        // A proxy speaks for many clients: they are counted by their forwarded
+        // address, request by request ([`Caps::admit_forwarded`]).
         let address = (!self.trusted_proxies.trusts(ip)).then_some(ip);
         // A std mutex: held for a map update, never across an await.
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
@@ -255,7 +260,43 @@ impl Caps {
         Ok(Slot {
             caps: self.clone(),
             address,
+            connection: true,
         })
+    }
+
+    /// A place for a request that a trusted proxy forwarded for `client`, under
+    /// the per-address cap only (the proxy's connection holds one of the total).
+    fn admit_forwarded(self: &Arc<Self>, client: IpAddr) -> Result<Slot, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let count = open.per_address.entry(client).or_default();
+        if *count >= self.max_per_address {
+            return Err("per_address");
+        }
+        *count += 1;
+        Ok(Slot {
+            caps: self.clone(),
+            address: Some(client),
+            connection: false,
+        })
+    }
+
+    /// The slot a request from `peer` takes under the per-address cap when a
+    /// trusted proxy forwarded it; `Ok(None)` for any other request (its
+    /// connection's slot covers it).
+    fn forwarded(
+        self: &Arc<Self>,
+        peer: IpAddr,
+        headers: &axum::http::HeaderMap,
+    ) -> Result<Option<Slot>, &'static str> {
+        let peer = peer.to_canonical();
+        if !self.trusted_proxies.trusts(peer) {
+            return Ok(None);
+        }
+        let client = client_ip(peer, headers, &self.trusted_proxies);
+        if self.trusted_proxies.trusts(client) {
+            return Ok(None);
+        }
+        self.admit_forwarded(client).map(Some)
     }
 
     fn gauge(&self) -> prometheus_client::metrics::gauge::Gauge {
@@ -272,7 +313,9 @@ impl Caps {
 impl Drop for Slot {
     fn drop(&mut self) {
         let mut open = self.caps.open.lock().unwrap_or_else(|e| e.into_inner());
-        open.total -= 1;
+        if self.connection {
+            open.total -= 1;
+        }
         if let Some(ip) = self.address
             && let Some(count) = open.per_address.get_mut(&ip)
         {
@@ -282,7 +325,9 @@ impl Drop for Slot {
             }
         }
         drop(open);
-        self.caps.gauge().dec();
+        if self.connection {
+            self.caps.gauge().dec();
+        }
     }
 }
 
@@ -294,6 +339,7 @@ struct Connection {
     slot: Slot,
     router: Router,
     serving: Serving,
+    caps: Arc<Caps>,
 }
 
 impl Connection {
@@ -310,6 +356,8 @@ impl Connection {
             router: self.router,
             peer: self.peer,
             state: state.clone(),
+            caps: self.caps,
+            listener: self.serving.name,
         };
         // hyper's own header timeout also runs while a kept-alive connection
         // waits, so it could not be told apart from the idle timeout: both are
@@ -363,6 +411,9 @@ struct ConnState {
     head_since: AtomicU64,
     /// Woken when a deadline may have moved closer.
     changed: Notify,
+    /// The forwarded client's slot of a request that became a WebSocket: held
+    /// as long as the socket, like the connection's own.
+    upgraded: Mutex<Option<Slot>>,
 }
 
 const NOT_YET: u64 = u64::MAX;
@@ -375,6 +426,7 @@ impl ConnState {
             idle_since: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
             changed: Notify::new(),
+            upgraded: Mutex::new(None),
         }
     }
 
@@ -498,12 +550,15 @@ impl AsyncWrite for Io {
 }
 
 /// The router, as hyper calls it for one connection: each request gets the
-/// peer's address (`ConnectInfo`, for `ClientIp`) and counts as in progress
-/// until its response body is dropped.
+/// peer's address (`ConnectInfo`, for `ClientIp`), takes its client's place
+/// under the per-address cap when a trusted proxy forwarded it, and counts as
+/// in progress until its response body is dropped.
 struct ConnService {
     router: Router,
     peer: SocketAddr,
     state: Arc<ConnState>,
+    caps: Arc<Caps>,
+    listener: &'static str,
 }
 
 type ServiceFuture =
@@ -516,16 +571,45 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
 
     fn call(&self, mut request: Request<Incoming>) -> Self::Future {
         let in_flight = InFlight::start(self.state.clone());
+        let forwarded = match self.caps.forwarded(self.peer.ip(), request.headers()) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                let refusal = refused(self.listener, reason);
+                return Box::pin(async move {
+                    Ok(refusal.map(|body| Tracked::new(body, in_flight, None)))
+                });
+            }
+        };
         request.extensions_mut().insert(ConnectInfo(self.peer));
         let response = tower_service::Service::call(&mut self.router.clone(), request);
+        let state = self.state.clone();
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| Tracked {
-                body,
-                _in_flight: in_flight,
-            }))
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // A WebSocket: the client keeps its place while it is open.
+                *state.upgraded.lock().unwrap_or_else(|e| e.into_inner()) = forwarded;
+                return Ok(response.map(|body| Tracked::new(body, in_flight, None)));
+            }
+            Ok(response.map(|body| Tracked::new(body, in_flight, forwarded)))
         })
     }
+}
+
+/// The answer to a request forwarded for a client that has its cap's worth
+/// of connections open: `503` with `Retry-After`.
+fn refused(listener: &'static str, reason: &'static str) -> Response<Body> {
+    METRICS
+        .http
+        .refused
+        .get_or_create(&HttpLabels { listener, reason })
+        .inc();
+    super::ApiError {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        code: crate::protocol::ErrorCode::Unavailable,
+        message: "too many connections from this address".into(),
+        retry_after_ms: Some(1000),
+    }
+    .into_response()
 }
 
 /// A request in progress: from its headers until its response is sent (or
@@ -549,6 +633,18 @@ impl Drop for InFlight {
 struct Tracked {
     body: Body,
     _in_flight: InFlight,
+    /// A forwarded client's place, given back with the response.
+    _forwarded: Option<Slot>,
+}
+
+impl Tracked {
+    fn new(body: Body, in_flight: InFlight, forwarded: Option<Slot>) -> Self {
+        Self {
+            body,
+            _in_flight: in_flight,
+            _forwarded: forwarded,
+        }
+    }
 }
 
 impl http_body::Body for Tracked {
@@ -606,6 +702,23 @@ mod tests {
         // A trusted proxy is held only by the total.
         let _p1 = caps.admit(proxy).unwrap();
         assert_eq!(caps.open.lock().unwrap().per_address.len(), 1);
+
+        // Through the proxy, a client is counted by its forwarded address, with
+        // its direct connections, but not toward the total (the proxy's
+        // connection is).
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "192.0.2.9".parse().unwrap());
+        let c1 = caps.forwarded(proxy, &headers).unwrap();
+        let _c2 = caps.forwarded(proxy, &headers).unwrap();
+        assert!(c1.is_some());
+        assert_eq!(caps.forwarded(proxy, &headers).err(), Some("per_address"));
+        drop(c1);
+        assert!(caps.forwarded(proxy, &headers).unwrap().is_some());
+        headers.insert("x-forwarded-for", "192.0.2.1".parse().unwrap());
+        assert_eq!(caps.forwarded(proxy, &headers).err(), Some("per_address"));
+        // Not from a proxy: the connection's own slot covers the request.
+        assert!(caps.forwarded(b, &headers).unwrap().is_none());
+        assert_eq!(caps.open.lock().unwrap().total, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -284,3 +284,58 @@ async fn connection_caps_per_address_and_in_total_count_websockets() {
     c1.drain().await;
     a3.drain().await;
 }
+
+/// Behind a trusted proxy every connection comes from the proxy: it is exempt
+/// from the per-address cap at accept, and each request it forwards takes its
+/// client's place instead (a WebSocket for as long as it is open); over the cap
+/// the answer is `503` with `Retry-After`.
+#[tokio::test]
+async fn behind_a_trusted_proxy_the_cap_counts_forwarded_clients() {
+    let node = TestNode::with_config(
+        Topology::Embedded,
+        &format!(
+            "trusted_proxies = [\"127.0.0.1\"]\n{}",
+            config("max_connections = 10\nmax_connections_per_address = 2")
+        ),
+    )
+    .await;
+    node.add_user("alice").await;
+    let mut devices = Vec::new();
+    for _ in 0..5 {
+        devices.push(node.login("alice").await.token);
+    }
+    let url = node.ws_url();
+    let proxy = ip("127.0.0.1");
+    let via = |i: usize, client: &'static str| {
+        WsClient::connect_forwarded(proxy, &url, &devices[i], Some(client))
+    };
+    let a1 = via(0, "203.0.113.7").await.unwrap();
+    let _a2 = via(1, "203.0.113.7").await.unwrap();
+    let refused = via(2, "203.0.113.7")
+        .await
+        .err()
+        .expect("a third for one client");
+    assert!(refused.contains("503"), "{refused}");
+    // The proxy itself has more than two connections open.
+    let mut b1 = via(3, "203.0.113.8").await.unwrap();
+    assert!(open_connections(&node).await >= Some(3.0));
+    let per_address =
+        "natter_http_connections_refused_total{listener=\"public\",reason=\"per_address\"}";
+    assert_eq!(
+        node.metric(node.main_admin_url(), per_address).await,
+        Some(1.0)
+    );
+    a1.close().await;
+    let url = url.clone();
+    let token = devices[4].clone();
+    eventually("the client's place to be free again", || {
+        let (url, token) = (url.clone(), token.clone());
+        async move {
+            WsClient::connect_forwarded(proxy, &url, &token, Some("203.0.113.7"))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    b1.drain().await;
+}

@@ -54,10 +54,26 @@ impl WsClient {
         url: &str,
         token: &str,
     ) -> Result<Self, String> {
+        Self::connect_forwarded(from, url, token, None).await
+    }
+
+    /// [`Self::connect_from`], as a reverse proxy at `from` that forwards a
+    /// client's connection (`X-Forwarded-For: client`).
+    pub(crate) async fn connect_forwarded(
+        from: std::net::IpAddr,
+        url: &str,
+        token: &str,
+        client: Option<&str>,
+    ) -> Result<Self, String> {
         let mut request = url.into_client_request().unwrap();
         request
             .headers_mut()
             .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        if let Some(client) = client {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", client.parse().unwrap());
+        }
         let to = request.uri().authority().unwrap().as_str().parse().unwrap();
         let tcp = super::connect_from(from, to).await;
         let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp));
