@@ -19,6 +19,7 @@ use crate::core::limits::{Quotas, Rate, UserRateConfig};
 use crate::core::login_limits::LoginLimitsConfig;
 use crate::delivery::nats::{NatsAuth, NatsConfig, NatsTls, Secret};
 use crate::gateway::client_ip::TrustedProxies;
+use crate::gateway::listener::HttpConfig;
 use crate::ids::{GatewayId, NodeName};
 use crate::media::{MediaBackend, MediaConfig, S3Config};
 
@@ -199,6 +200,7 @@ struct FileConfig {
     logins: FileLogins,
     #[serde(default)]
     web: FileWeb,
+    http: FileHttp,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +208,21 @@ struct FileConfig {
 struct FileWeb {
     enabled: Option<bool>,
     media_origin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    #[serde(default, with = "humantime_serde")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    body_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    upload_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    max_connections_per_address: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -433,6 +450,8 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Limits on logins and registrations.
     pub logins: LoginLimitsConfig,
+    /// Timeouts and connection caps of every HTTP listener.
+    pub http: HttpConfig,
     pub web: WebConfig,
 }
 
@@ -691,6 +710,7 @@ impl Config {
             })?;
         let logins = logins_config(file.logins)?;
         let admin = admin_limits(&file.admin)?;
+        let http = http_config(file.http)?;
         let public_url = args.public_url.or(file.public_url);
         if let Some(url) = &public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -728,6 +748,7 @@ impl Config {
             trusted_proxies,
             logins,
             web: web_config(file.web)?,
+            http,
         })
     }
 }
@@ -839,6 +860,24 @@ fn logins_config(file: FileLogins) -> Result<LoginLimitsConfig, ConfigError> {
     };
     match config.problem() {
         Some(reason) => Err(invalid("logins", reason)),
+        None => Ok(config),
+    }
+}
+
+fn http_config(file: FileHttp) -> Result<HttpConfig, ConfigError> {
+    let d = HttpConfig::default();
+    let config = HttpConfig {
+        header_read_timeout: file.header_read_timeout.unwrap_or(d.header_read_timeout),
+        idle_timeout: file.idle_timeout.unwrap_or(d.idle_timeout),
+        body_timeout: file.body_timeout.unwrap_or(d.body_timeout),
+        upload_timeout: file.upload_timeout.unwrap_or(d.upload_timeout),
+        max_connections: file.max_connections.unwrap_or(d.max_connections),
+        max_connections_per_address: file
+            .max_connections_per_address
+            .unwrap_or(d.max_connections_per_address),
+    };
+    match config.problem() {
+        Some(reason) => Err(invalid("http", reason)),
         None => Ok(config),
     }
 }
@@ -1158,6 +1197,53 @@ mod tests {
             (100_000, 100_000)
         );
         assert_eq!(logins.ipv6_prefix, 64);
+        let http = &c.http;
+        assert_eq!(
+            (http.header_read_timeout, http.idle_timeout),
+            (Duration::from_secs(10), Duration::from_secs(60))
+        );
+        assert_eq!(
+            (http.body_timeout, http.upload_timeout),
+            (Duration::from_secs(30), Duration::from_secs(600))
+        );
+        assert_eq!(
+            (http.max_connections, http.max_connections_per_address),
+            (50_000, 256)
+        );
+    }
+
+    #[test]
+    fn http_limits_are_read_and_checked() {
+        let c = with_file(
+            "[http]\nheader_read_timeout = \"1s\"\nidle_timeout = \"2s\"\nbody_timeout = \"3s\"\n\
+             upload_timeout = \"4s\"\nmax_connections = 5\nmax_connections_per_address = 6\n",
+        )
+        .unwrap();
+        let secs = Duration::from_secs;
+        assert_eq!(
+            c.http,
+            HttpConfig {
+                header_read_timeout: secs(1),
+                idle_timeout: secs(2),
+                body_timeout: secs(3),
+                upload_timeout: secs(4),
+                max_connections: 5,
+                max_connections_per_address: 6,
+            }
+        );
+        for bad in ["idle_timeout = \"0s\"", "max_connections_per_address = 0"] {
+            let err = with_file(&format!("[http]\n{bad}\n")).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    ConfigError::Invalid {
+                        setting: "http",
+                        ..
+                    }
+                ),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -49,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     init_logging(&config);
     let shutdown = CancellationToken::new();
     tokio::spawn(shutdown_signal(shutdown.clone()));
+    // Boxed: the node's whole future is large, and runs once.
     Box::pin(natter::server::serve(config, shutdown)).await?;
     Ok(())
 }

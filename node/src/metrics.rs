@@ -29,6 +29,20 @@ pub(crate) struct ThrottleLabels {
     pub reason: &'static str,
 }
 
+/// One HTTP listener (`public`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HttpLabels {
+    pub listener: &'static str,
+    /// Refusals: `total` or `per_address` (the cap that was full). Timeouts:
+    /// `header`, `idle` or `body`.
+    pub reason: &'static str,
+}
+
 pub(crate) struct Metrics {
     registry: Registry,
     pub sessions_opened: Counter,
@@ -51,6 +65,15 @@ pub(crate) struct Metrics {
     pub inbox_reads_in_flight: Gauge,
     pub inbox_reads_in_flight_max: Gauge,
     pub rpc_lanes: Gauge,
+    pub http: HttpMetrics,
+}
+
+/// The HTTP listeners' instruments (gateway::listener, gateway::body_timeout).
+#[derive(Default)]
+pub(crate) struct HttpMetrics {
+    pub connections: Family<ListenerLabels, Gauge>,
+    pub refused: Family<HttpLabels, Counter>,
+    pub timeouts: Family<HttpLabels, Counter>,
 }
 
 pub(crate) static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -80,6 +103,7 @@ impl Metrics {
             inbox_reads_in_flight: Gauge::default(),
             inbox_reads_in_flight_max: Gauge::default(),
             rpc_lanes: Gauge::default(),
+            http: HttpMetrics::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -138,6 +162,7 @@ impl Metrics {
             m.logins_throttled.clone(),
         );
         register_gauges(&mut registry, &m);
+        register_http(&mut registry, &m.http);
         Self { registry, ..m }
     }
 
@@ -201,6 +226,24 @@ fn register_gauges(registry: &mut Registry, m: &Metrics) {
         "Devices whose commands over NATS wait in the core's lanes (limits.rpc_lanes)",
         m.rpc_lanes.clone(),
     );
+}
+
+fn register_http(registry: &mut Registry, m: &HttpMetrics) {
+    registry.register(
+        "http_connections",
+        "Open connections per listener, WebSockets included",
+        m.connections.clone(),
+    );
+    registry.register(
+            "http_connections_refused",
+            "Connections closed at accept because a cap (http.max_connections, http.max_connections_per_address) was full",
+            m.refused.clone(),
+        );
+    registry.register(
+            "http_timeouts",
+            "HTTP connections closed, or requests answered 408, for taking too long (headers, idle keep-alive, body)",
+            m.timeouts.clone(),
+        );
 }
 
 /// Wall-clock milliseconds, comparable across processes on one machine (or NTP).

@@ -32,6 +32,7 @@ use crate::delivery::nats::{self, JsPublisher, Nats, NatsError, NatsRole};
 use crate::delivery::outbox::OutboxStream;
 use crate::delivery::presence::PresenceTable;
 use crate::delivery::{Hub, Presence, Publisher, rpc};
+use crate::gateway::listener::{self, Serving};
 use crate::gateway::web::Site;
 use crate::gateway::{self, Endpoints, Gateway, Shared};
 use crate::identity::{self, IdentityError};
@@ -218,6 +219,7 @@ async fn run_with_store(
         ready: Arc::new(AtomicBool::new(false)),
         trusted_proxies: config.trusted_proxies.clone(),
         site: Arc::new(Site::new(&config, &public_url)),
+        http: config.http,
     });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
@@ -406,6 +408,7 @@ async fn run_gateway(
         ready: Arc::new(AtomicBool::new(false)),
         trusted_proxies: config.trusted_proxies.clone(),
         site: Arc::new(Site::new(&config, &public_url)),
+        http: config.http,
     });
     let endpoints = Endpoints {
         clients: true,
@@ -438,27 +441,31 @@ async fn serve_until_shutdown(
         "listening"
     );
     gw.ready.store(true, Ordering::Release);
-    let admin = axum::serve(
+    let serving = |name, nodelay| Serving {
+        name,
+        http: config.http,
+        trusted_proxies: config.trusted_proxies.clone(),
+        nodelay,
+        grace: config.shutdown_grace,
+    };
+    let admin = tokio::spawn(listener::serve(
         listeners.admin,
         gateway::admin_router(gw.clone(), endpoints),
-    )
-    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let admin = tokio::spawn(async move { admin.await });
-    // Small frames must not wait for the client's TCP ack (Nagle): with it, a
-    // delivery written while another is unacknowledged waits up to ~40 ms.
-    let listener = axum::serve::ListenerExt::tap_io(listeners.public, |tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    // With each connection's peer address: the client's address, or its
-    // trusted proxy's (gateway::client_ip).
-    let app = gateway::router(gw.clone(), endpoints)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await;
-    if let Ok(Err(e)) = admin.await {
+        serving("admin", false),
+        shutdown.clone(),
+    ));
+    // Small frames on the public listener must not wait for the client's TCP
+    // ack (`nodelay`); each request carries its peer's address, the client's
+    // or its trusted proxy's (gateway::client_ip).
+    // Boxed: the accept loop's future is large, and runs once.
+    Box::pin(listener::serve(
+        listeners.public,
+        gateway::router(gw.clone(), endpoints),
+        serving("public", true),
+        shutdown.clone(),
+    ))
+    .await;
+    if let Err(e) = admin.await {
         tracing::error!(error = %e, "admin listener failed");
     }
     gw.ready.store(false, Ordering::Release);
@@ -470,7 +477,7 @@ async fn serve_until_shutdown(
     {
         tracing::warn!("some sessions did not close within the grace period");
     }
-    served.map_err(NodeError::Serve)
+    Ok(())
 }
 
 /// Runs retention and device expiry every `interval`.

@@ -6,8 +6,10 @@
 //! Does not own: any rule of the chat or any storage; it asks the [`Core`].
 
 pub mod admin;
+mod body_timeout;
 pub mod client_ip;
 mod federation;
+pub mod listener;
 mod media;
 pub mod peers;
 mod session;
@@ -36,6 +38,7 @@ use crate::protocol::{
     self, ErrorBody, ErrorCode, LoginRequest, RegisterRequest, RegisterResponse,
 };
 use client_ip::{ClientIp, TrustedProxies};
+use listener::HttpConfig;
 
 /// What every handler and session shares: one pointer, so that each of many
 /// thousands of sessions carries 8 bytes of it, not the whole struct.
@@ -77,6 +80,8 @@ pub struct Shared {
     pub trusted_proxies: TrustedProxies,
     /// The web client and `/v1/info` (gateways only).
     pub site: Arc<web::Site>,
+    /// `[http]`: timeouts and connection caps of the listeners.
+    pub http: HttpConfig,
 }
 
 /// An HTTP error: a status and the contract's `{"code","message"}` body.
@@ -204,7 +209,13 @@ pub fn router(gw: Gateway, endpoints: Endpoints) -> Router {
         router = router.merge(clients);
     }
     if endpoints.store {
-        router = router.merge(media::router()).merge(federation::router(&gw));
+        router = router.merge(federation::router(&gw));
+    }
+    router = body_timeout::within(router, gw.http.body_timeout, "public");
+    if endpoints.store {
+        // Uploads may be large: they have their own, longer deadline.
+        let media = body_timeout::within(media::router(), gw.http.upload_timeout, "public");
+        router = router.merge(media);
     }
     finish(router, gw)
 }
@@ -216,6 +227,7 @@ pub fn admin_router(gw: Gateway, endpoints: Endpoints) -> Router {
     if endpoints.store {
         router = router.nest("/admin/v1", admin::router(gw.clone()));
     }
+    let router = body_timeout::within(router, gw.http.body_timeout, "admin");
     finish(router, gw)
 }
 

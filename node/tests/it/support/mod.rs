@@ -35,3 +35,19 @@ where
         );
     }
 }
+
+/// A TCP connection to `to` from the local address `from` (any of
+/// 127.0.0.0/8 is loopback: tests stand for several clients this way).
+pub(crate) async fn connect_from(
+    from: std::net::IpAddr,
+    to: std::net::SocketAddr,
+) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(from, 0))
+        .expect("bind a loopback address");
+    tokio::time::timeout(DEADLINE, socket.connect(to))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}

@@ -46,6 +46,44 @@ impl WsClient {
         Self::after_connect(socket).await
     }
 
+    /// Connects from the local address `from` (any of 127.0.0.0/8, to stand
+    /// for another client address) with `Authorization: Bearer`; an error if
+    /// the node closes the connection before the upgrade.
+    pub(crate) async fn connect_from(
+        from: std::net::IpAddr,
+        url: &str,
+        token: &str,
+    ) -> Result<Self, String> {
+        Self::connect_forwarded(from, url, token, None).await
+    }
+
+    /// [`Self::connect_from`], as a reverse proxy at `from` that forwards a
+    /// client's connection (`X-Forwarded-For: client`).
+    pub(crate) async fn connect_forwarded(
+        from: std::net::IpAddr,
+        url: &str,
+        token: &str,
+        client: Option<&str>,
+    ) -> Result<Self, String> {
+        let mut request = url.into_client_request().unwrap();
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        if let Some(client) = client {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", client.parse().unwrap());
+        }
+        let to = request.uri().authority().unwrap().as_str().parse().unwrap();
+        let tcp = super::connect_from(from, to).await;
+        let handshake = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp));
+        match tokio::time::timeout(DEADLINE, handshake).await {
+            Ok(Ok((socket, _))) => Ok(Self::after_connect(socket).await),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => panic!("websocket handshake from {from} neither done nor refused"),
+        }
+    }
+
     /// Connects without a header and authenticates with an `auth` frame.
     pub(crate) async fn connect_with_auth_frame(url: &str, token: &str) -> Self {
         let mut socket = Self::connect_raw(url).await;
