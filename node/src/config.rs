@@ -200,6 +200,7 @@ struct FileConfig {
     logins: FileLogins,
     #[serde(default)]
     web: FileWeb,
+    #[serde(default)]
     http: FileHttp,
 }
 
