@@ -25,7 +25,7 @@ use crate::media::{MediaBackend, MediaConfig, S3Config};
 #[derive(Debug, Parser)]
 #[command(
     name = "natterd",
-    version,
+    version = crate::long_version(),
     about = "natter: a self-hostable, federated chat node"
 )]
 pub struct Cli {

@@ -20,3 +20,4 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod upgrade;
