@@ -497,6 +497,11 @@ pub enum ConfigError {
 
 const DAY: u64 = 24 * 3600;
 
+/// The log filter unless `log.filter` (or `RUST_LOG`) says otherwise: the
+/// store engine's routine INFO lines (table ingests, recovery) stay out of
+/// the log; its warnings and errors do not.
+pub const DEFAULT_LOG_FILTER: &str = "info,lsm_tree=warn,fjall=warn";
+
 /// `[limits]`: every rate positive, every quota at least 1.
 fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
     let rate = |per_second: Option<f64>, burst: Option<u32>, default: Rate, setting| {
@@ -674,7 +679,10 @@ impl Config {
                 .unwrap_or(Registration::Invite),
             log: LogConfig {
                 format: args.log_format.or(file.log.format).unwrap_or_default(),
-                filter: file.log.filter.unwrap_or_else(|| "info".to_owned()),
+                filter: file
+                    .log
+                    .filter
+                    .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
             },
             retention,
             websocket,
@@ -1062,6 +1070,7 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7071");
         assert_eq!(c.node.as_str(), "localhost");
         assert_eq!(c.registration, Registration::Invite);
+        assert_eq!(c.log.filter, "info,lsm_tree=warn,fjall=warn");
         assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
         assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
         assert!(c.trusted_proxies.is_empty());

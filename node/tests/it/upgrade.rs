@@ -21,12 +21,12 @@ use serde_json::{Value, json};
 use crate::support::node::{BASE_CONFIG, copy_dir};
 use crate::support::{TestNode, WsClient};
 
-fn fixture() -> PathBuf {
+pub(crate) fn fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1")
 }
 
 /// The fixture's node: its name is in every userId it stored.
-fn fixture_config() -> String {
+pub(crate) fn fixture_config() -> String {
     format!("name = \"fixture.example\"\n{BASE_CONFIG}")
 }
 
