@@ -1062,6 +1062,91 @@ fn admin_limits(file: &FileAdmin) -> Result<crate::core::AdminLimits, ConfigErro
 mod tests {
     use super::*;
 
+    /// The file keys `FileConfig` accepts, found by asking serde: an unknown
+    /// key in a `deny_unknown_fields` table is refused with the list of the
+    /// keys it expected. A key that is itself a table is followed.
+    fn accepted_keys(table: &[String], out: &mut Vec<String>) {
+        let probe = |path: &[String]| -> String {
+            let text = match path.is_empty() {
+                true => "zz_probe = 1\n".to_owned(),
+                false => format!("[{}]\nzz_probe = 1\n", path.join(".")),
+            };
+            match toml::from_str::<FileConfig>(&text) {
+                Ok(_) => panic!("{text:?} was accepted"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let message = probe(table);
+        let expected = message
+            .split_once("unknown field `zz_probe`, expected ")
+            .unwrap_or_else(|| panic!("not a table: {table:?}: {message}"))
+            .1
+            .lines()
+            .next()
+            .unwrap();
+        let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(!fields.is_empty(), "{message}");
+        for field in fields {
+            let mut path = table.to_vec();
+            path.push(field.to_owned());
+            if probe(&path).contains("unknown field `zz_probe`") {
+                accepted_keys(&path, out);
+            } else {
+                out.push(path.join("."));
+            }
+        }
+    }
+
+    /// Leaf keys of a TOML table, dotted.
+    fn toml_keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = match prefix.is_empty() {
+                true => key.clone(),
+                false => format!("{prefix}.{key}"),
+            };
+            match value {
+                toml::Value::Table(inner) => toml_keys(&path, inner, out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    /// docs/configuration.md and the config file's shape stay in step: every
+    /// key the file accepts is in the doc's TOML blocks, and every key there
+    /// is accepted (and the blocks parse as a valid config).
+    #[test]
+    fn every_file_key_is_documented_and_every_documented_key_is_accepted() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&doc_path).unwrap();
+        let mut documented = Vec::new();
+        let mut blocks = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let table: toml::Table = toml::from_str(block)
+                .unwrap_or_else(|e| panic!("a TOML block of configuration.md: {e}\n{block}"));
+            toml::from_str::<FileConfig>(block)
+                .unwrap_or_else(|e| panic!("configuration.md has a key natterd refuses: {e}"));
+            toml_keys("", &table, &mut documented);
+            blocks += 1;
+        }
+        assert!(blocks >= 1 && documented.len() > 50, "{documented:?}");
+        let mut accepted = Vec::new();
+        accepted_keys(&[], &mut accepted);
+        assert!(accepted.len() > 50, "{accepted:?}");
+        let documented: std::collections::BTreeSet<String> = documented.into_iter().collect();
+        let accepted: std::collections::BTreeSet<String> = accepted.into_iter().collect();
+        let undocumented: Vec<_> = accepted.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys missing from configuration.md: {undocumented:?}"
+        );
+        let unknown: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            unknown.is_empty(),
+            "configuration.md documents keys natterd does not accept: {unknown:?}"
+        );
+    }
+
     #[test]
     fn defaults_match_the_docs() {
         let c = Config::defaults();
