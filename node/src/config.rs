@@ -45,14 +45,53 @@ pub enum CliCommand {
     /// Run a stateless gateway: client WebSockets and HTTP, forwarded to the core
     /// over NATS (needs --nats).
     Gateway(ServeArgs),
+    /// Work with the configuration without running a node.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and print the
+    /// effective settings, secrets redacted, each with where it came from.
+    /// Exits 1 with the reason when it is not valid. Opens nothing else.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The role whose settings to check (their defaults differ).
+    #[arg(long, value_enum, default_value_t = CheckRole::Serve)]
+    pub role: CheckRole,
+    #[command(flatten)]
+    pub args: ServeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckRole {
+    Serve,
+    Core,
+    Gateway,
+}
+
+impl CheckRole {
+    pub fn role(self) -> Role {
+        match self {
+            Self::Serve => Role::All,
+            Self::Core => Role::Core,
+            Self::Gateway => Role::Gateway,
+        }
+    }
 }
 
 impl CliCommand {
-    pub fn into_parts(self) -> (Role, ServeArgs) {
+    /// The role to run and its arguments; `None` for `config` commands.
+    pub fn into_parts(self) -> Option<(Role, ServeArgs)> {
         match self {
-            Self::Serve(args) => (Role::All, args),
-            Self::Core(args) => (Role::Core, args),
-            Self::Gateway(args) => (Role::Gateway, args),
+            Self::Serve(args) => Some((Role::All, args)),
+            Self::Core(args) => Some((Role::Core, args)),
+            Self::Gateway(args) => Some((Role::Gateway, args)),
+            Self::Config(_) => None,
         }
     }
 }
@@ -502,6 +541,10 @@ const DAY: u64 = 24 * 3600;
 /// the log; its warnings and errors do not.
 pub const DEFAULT_LOG_FILTER: &str = "info,lsm_tree=warn,fjall=warn";
 
+fn default_log_filter() -> String {
+    DEFAULT_LOG_FILTER.to_owned()
+}
+
 /// `[limits]`: every rate positive, every quota at least 1.
 fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
     let rate = |per_second: Option<f64>, burst: Option<u32>, default: Rate, setting| {
@@ -679,10 +722,7 @@ impl Config {
                 .unwrap_or(Registration::Invite),
             log: LogConfig {
                 format: args.log_format.or(file.log.format).unwrap_or_default(),
-                filter: file
-                    .log
-                    .filter
-                    .unwrap_or_else(|| DEFAULT_LOG_FILTER.to_owned()),
+                filter: file.log.filter.unwrap_or_else(default_log_filter),
             },
             retention,
             websocket,
@@ -1139,6 +1179,15 @@ mod tests {
         assert!(
             undocumented.is_empty(),
             "keys missing from configuration.md: {undocumented:?}"
+        );
+        let checked: std::collections::BTreeSet<String> =
+            crate::config_check::settings(&Config::defaults())
+                .into_iter()
+                .map(|(key, _)| key.to_owned())
+                .collect();
+        assert_eq!(
+            checked, accepted,
+            "`config check` prints every key, and only those"
         );
         let unknown: Vec<_> = documented.difference(&accepted).collect();
         assert!(

@@ -6,6 +6,7 @@
 pub(crate) mod auth;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod core;
 pub(crate) mod delivery;
 pub mod federation;

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod config_check;
 mod crash;
 mod delivery;
 mod errors;
