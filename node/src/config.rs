@@ -26,7 +26,7 @@ use crate::media::{MediaBackend, MediaConfig, S3Config};
 #[derive(Debug, Parser)]
 #[command(
     name = "natterd",
-    version,
+    version = crate::long_version(),
     about = "natter: a self-hostable, federated chat node"
 )]
 pub struct Cli {
@@ -46,14 +46,53 @@ pub enum CliCommand {
     /// Run a stateless gateway: client WebSockets and HTTP, forwarded to the core
     /// over NATS (needs --nats).
     Gateway(ServeArgs),
+    /// Work with the configuration without running a node.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the configuration (file, environment, flags) and print the
+    /// effective settings, secrets redacted, each with where it came from.
+    /// Exits 1 with the reason when it is not valid. Opens nothing else.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// The role whose settings to check (their defaults differ).
+    #[arg(long, value_enum, default_value_t = CheckRole::Serve)]
+    pub role: CheckRole,
+    #[command(flatten)]
+    pub args: ServeArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CheckRole {
+    Serve,
+    Core,
+    Gateway,
+}
+
+impl CheckRole {
+    pub fn role(self) -> Role {
+        match self {
+            Self::Serve => Role::All,
+            Self::Core => Role::Core,
+            Self::Gateway => Role::Gateway,
+        }
+    }
 }
 
 impl CliCommand {
-    pub fn into_parts(self) -> (Role, ServeArgs) {
+    /// The role to run and its arguments; `None` for `config` commands.
+    pub fn into_parts(self) -> Option<(Role, ServeArgs)> {
         match self {
-            Self::Serve(args) => (Role::All, args),
-            Self::Core(args) => (Role::Core, args),
-            Self::Gateway(args) => (Role::Gateway, args),
+            Self::Serve(args) => Some((Role::All, args)),
+            Self::Core(args) => Some((Role::Core, args)),
+            Self::Gateway(args) => Some((Role::Gateway, args)),
+            Self::Config(_) => None,
         }
     }
 }
@@ -549,6 +588,15 @@ pub enum ConfigError {
 
 const DAY: u64 = 24 * 3600;
 
+/// The log filter unless `log.filter` (or `RUST_LOG`) says otherwise: the
+/// store engine's routine INFO lines (table ingests, recovery) stay out of
+/// the log; its warnings and errors do not.
+pub const DEFAULT_LOG_FILTER: &str = "info,lsm_tree=warn,fjall=warn";
+
+fn default_log_filter() -> String {
+    DEFAULT_LOG_FILTER.to_owned()
+}
+
 /// `[limits]`: every rate positive, every quota at least 1.
 fn limits_config(file: FileLimits) -> Result<LimitsConfig, ConfigError> {
     let rate = |per_second: Option<f64>, burst: Option<u32>, default: Rate, setting| {
@@ -730,7 +778,7 @@ impl Config {
                 .unwrap_or(Registration::Invite),
             log: LogConfig {
                 format: args.log_format.or(file.log.format).unwrap_or_default(),
-                filter: file.log.filter.unwrap_or_else(|| "info".to_owned()),
+                filter: file.log.filter.unwrap_or_else(default_log_filter),
             },
             retention,
             websocket,
@@ -1174,6 +1222,100 @@ fn admin_limits(file: &FileAdmin) -> Result<crate::core::AdminLimits, ConfigErro
 mod tests {
     use super::*;
 
+    /// The file keys `FileConfig` accepts, found by asking serde: an unknown
+    /// key in a `deny_unknown_fields` table is refused with the list of the
+    /// keys it expected. A key that is itself a table is followed.
+    fn accepted_keys(table: &[String], out: &mut Vec<String>) {
+        let probe = |path: &[String]| -> String {
+            let text = match path.is_empty() {
+                true => "zz_probe = 1\n".to_owned(),
+                false => format!("[{}]\nzz_probe = 1\n", path.join(".")),
+            };
+            match toml::from_str::<FileConfig>(&text) {
+                Ok(_) => panic!("{text:?} was accepted"),
+                Err(e) => e.to_string(),
+            }
+        };
+        let message = probe(table);
+        let expected = message
+            .split_once("unknown field `zz_probe`, expected ")
+            .unwrap_or_else(|| panic!("not a table: {table:?}: {message}"))
+            .1
+            .lines()
+            .next()
+            .unwrap();
+        let fields: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert!(!fields.is_empty(), "{message}");
+        for field in fields {
+            let mut path = table.to_vec();
+            path.push(field.to_owned());
+            if probe(&path).contains("unknown field `zz_probe`") {
+                accepted_keys(&path, out);
+            } else {
+                out.push(path.join("."));
+            }
+        }
+    }
+
+    /// Leaf keys of a TOML table, dotted.
+    fn toml_keys(prefix: &str, table: &toml::Table, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let path = match prefix.is_empty() {
+                true => key.clone(),
+                false => format!("{prefix}.{key}"),
+            };
+            match value {
+                toml::Value::Table(inner) => toml_keys(&path, inner, out),
+                _ => out.push(path),
+            }
+        }
+    }
+
+    /// docs/configuration.md and the config file's shape stay in step: every
+    /// key the file accepts is in the doc's TOML blocks, and every key there
+    /// is accepted (and the blocks parse as a valid config).
+    #[test]
+    fn every_file_key_is_documented_and_every_documented_key_is_accepted() {
+        let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md");
+        let doc = std::fs::read_to_string(&doc_path).unwrap();
+        let mut documented = Vec::new();
+        let mut blocks = 0;
+        for block in doc.split("```toml\n").skip(1) {
+            let block = block.split("```").next().unwrap();
+            let table: toml::Table = toml::from_str(block)
+                .unwrap_or_else(|e| panic!("a TOML block of configuration.md: {e}\n{block}"));
+            toml::from_str::<FileConfig>(block)
+                .unwrap_or_else(|e| panic!("configuration.md has a key natterd refuses: {e}"));
+            toml_keys("", &table, &mut documented);
+            blocks += 1;
+        }
+        assert!(blocks >= 1 && documented.len() > 50, "{documented:?}");
+        let mut accepted = Vec::new();
+        accepted_keys(&[], &mut accepted);
+        assert!(accepted.len() > 50, "{accepted:?}");
+        let documented: std::collections::BTreeSet<String> = documented.into_iter().collect();
+        let accepted: std::collections::BTreeSet<String> = accepted.into_iter().collect();
+        let undocumented: Vec<_> = accepted.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys missing from configuration.md: {undocumented:?}"
+        );
+        let checked: std::collections::BTreeSet<String> =
+            crate::config_check::settings(&Config::defaults())
+                .into_iter()
+                .map(|(key, _)| key.to_owned())
+                .collect();
+        assert_eq!(
+            checked, accepted,
+            "`config check` prints every key, and only those"
+        );
+        let unknown: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            unknown.is_empty(),
+            "configuration.md documents keys natterd does not accept: {unknown:?}"
+        );
+    }
+
     #[test]
     fn defaults_match_the_docs() {
         let c = Config::defaults();
@@ -1182,6 +1324,7 @@ mod tests {
         assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7071");
         assert_eq!(c.node.as_str(), "localhost");
         assert_eq!(c.registration, Registration::Invite);
+        assert_eq!(c.log.filter, "info,lsm_tree=warn,fjall=warn");
         assert_eq!(c.retention.inbox, Duration::from_secs(30 * DAY));
         assert_eq!(c.retention.device_ttl, Duration::from_secs(90 * DAY));
         assert!(c.trusted_proxies.is_empty());

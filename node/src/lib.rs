@@ -6,6 +6,7 @@
 pub(crate) mod auth;
 pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod core;
 pub(crate) mod delivery;
 pub mod federation;
@@ -17,3 +18,26 @@ pub(crate) mod metrics;
 pub mod protocol;
 pub mod server;
 pub(crate) mod store;
+
+/// The store's format version (docs/ARCHITECTURE.md, "Store format"):
+/// what `natterd --version` names, and for tests and recovery tools a way to
+/// record a format in a closed store.
+pub mod store_format {
+    pub use crate::store::format::{CURRENT, stamp};
+}
+
+/// The git revision natterd was built from (`unknown` outside a git checkout,
+/// e.g. from a tarball, unless `NATTER_GIT_REV` is set at build time).
+pub const GIT_REVISION: &str = env!("NATTER_GIT_REV");
+
+/// `natterd --version`: the release, the git revision and the store format.
+pub fn long_version() -> &'static str {
+    static VERSION: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "{} (git {GIT_REVISION}, store format {})",
+            env!("CARGO_PKG_VERSION"),
+            store::format::CURRENT
+        )
+    });
+    &VERSION
+}

@@ -1,8 +1,8 @@
 //! `natterd`: parses flags and configuration, sets up logging, runs the node
 //! until SIGINT or SIGTERM.
 
-use clap::Parser;
-use natter::config::{Cli, Config, LogFormat};
+use clap::{CommandFactory, FromArgMatches};
+use natter::config::{Cli, CliCommand, Config, ConfigCommand, LogFormat};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -43,8 +43,24 @@ async fn shutdown_signal(token: CancellationToken) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let (role, args) = cli.command.into_parts();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let CliCommand::Config(ConfigCommand::Check(check)) = cli.command {
+        let sub = matches
+            .subcommand_matches("config")
+            .and_then(|m| m.subcommand_matches("check"));
+        match natter::config_check::run(check, sub) {
+            Ok(text) => print!("{text}"),
+            Err(e) => {
+                eprintln!("natterd config check: the configuration is not valid: {e}");
+                std::process::exit(1);
+            }
+        }
+        return Ok(());
+    }
+    let Some((role, args)) = cli.command.into_parts() else {
+        unreachable!("config commands return above")
+    };
     let config = Config::resolve_for(role, args)?;
     init_logging(&config);
     let shutdown = CancellationToken::new();

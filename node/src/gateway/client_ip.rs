@@ -44,6 +44,11 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&ip))
     }
 
+    /// The proxies, as addresses and networks (`config check` prints them).
+    pub fn entries(&self) -> Vec<String> {
+        self.0.iter().map(ToString::to_string).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -6,6 +6,7 @@
 //!
 //! | keyspace | key | value |
 //! | --- | --- | --- |
+//! | meta | `v` | u32 BE: the store's format version ([`format`](super::format)) |
 //! | meta | `n` counter-name | u64 BE |
 //! | meta | `i` invite-code | [`InviteRecord`](super::InviteRecord) |
 //! | users | `u` name | [`UserRecord`](super::UserRecord) |
@@ -30,6 +31,9 @@
 //! | fed | `m` attachment(16) | [`RemoteAttachment`](super::RemoteAttachment): an attachment a chat's home holds |
 
 use crate::ids::{AttachmentId, ChatId, DeviceId, NodeName, Username};
+
+/// The store's format version (one key, no tag beyond it).
+pub(crate) const FORMAT: &[u8] = b"v";
 
 pub(crate) const COUNTER_DELIVERY: &str = "delivery";
 pub(crate) const COUNTER_UPDATE: &str = "update";

@@ -10,6 +10,7 @@
 //! batch; the writer sets the durability of each commit explicitly.
 
 mod federation;
+pub(crate) mod format;
 pub(crate) mod keys;
 
 pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord, RemoteAttachment};
@@ -33,6 +34,32 @@ pub enum StoreError {
     Corrupt {
         keyspace: &'static str,
         detail: String,
+    },
+    #[error(
+        "the store in {path} has format {found}, written by a newer natterd; this natterd ({version}) \
+         reads store format {supported}: run the newer natterd again, or restore the backup taken \
+         before the upgrade",
+        version = env!("CARGO_PKG_VERSION")
+    )]
+    TooNew {
+        path: std::path::PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error(
+        "the store in {path} has format {found}, which this natterd ({version}, store format \
+         {supported}) cannot migrate: upgrade through an earlier natterd release first",
+        version = env!("CARGO_PKG_VERSION")
+    )]
+    CannotMigrate {
+        path: std::path::PathBuf,
+        found: u32,
+        supported: u32,
+    },
+    #[error("backing the store up to {path} before migrating it: {source}")]
+    Backup {
+        path: std::path::PathBuf,
+        source: std::io::Error,
     },
 }
 
@@ -328,7 +355,24 @@ impl Default for StoreOptions {
 }
 
 impl Store {
+    /// Opens (or creates) the store at `path`, checking its format version
+    /// and migrating an older one ([`format`]).
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self> {
+        Self::open_as(path, options, format::Formats::THIS)
+    }
+
+    pub(crate) fn open_as(
+        path: &Path,
+        options: StoreOptions,
+        formats: format::Formats,
+    ) -> Result<Self> {
+        let fresh = std::fs::read_dir(path).map_or(true, |mut d| d.next().is_none());
+        let store = Self::open_raw(path, options)?;
+        store.settle_format(path, fresh, formats, || Self::open_raw(path, options))
+    }
+
+    /// Opens the database without looking at its format version.
+    fn open_raw(path: &Path, options: StoreOptions) -> Result<Self> {
         let db = SingleWriterTxDatabase::builder(path)
             .cache_size(options.cache_bytes)
             // The writer thread decides durability per commit.

@@ -402,3 +402,35 @@ crate::in_every_topology!(
     pipelined_answers_a_client_does_not_read_are_bounded,
     sigterm_closes_sessions_with_1001_and_keeps_data
 );
+
+/// The store engine's routine INFO lines (recovery, table ingests) stay out
+/// of the default log; an operator's `log.filter` still lets them in.
+#[tokio::test]
+async fn a_start_does_not_flood_the_log_with_store_engine_lines() {
+    let engine_info = |logs: &str| -> Vec<String> {
+        logs.lines()
+            .filter(|l| l.contains(" INFO lsm_tree") || l.contains(" INFO fjall"))
+            .map(str::to_owned)
+            .collect()
+    };
+    // A folder with data: the engine recovers it on start.
+    let fixture = crate::upgrade::fixture();
+    let node = TestNode::on_copy_of(&fixture, &crate::upgrade::fixture_config()).await;
+    let quiet = engine_info(&node.logs());
+    assert!(quiet.is_empty(), "{quiet:?}");
+    assert!(
+        node.logs().contains("listening"),
+        "the node's own INFO lines stay"
+    );
+    drop(node);
+    let chatty = format!(
+        "{}\n[log]\nfilter = \"info\"\n",
+        crate::upgrade::fixture_config()
+    );
+    let node = TestNode::on_copy_of(&fixture, &chatty).await;
+    assert!(
+        !engine_info(&node.logs()).is_empty(),
+        "log.filter = \"info\" lets the engine's INFO lines in:\n{}",
+        node.logs()
+    );
+}

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod config_check;
 mod connections;
 mod crash;
 mod delivery;
@@ -22,4 +23,5 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod upgrade;
 mod web;

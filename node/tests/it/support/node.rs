@@ -68,6 +68,20 @@ pub(crate) fn with_logins(logins: &str) -> String {
     format!("{base}[logins]\n{logins}\n")
 }
 
+/// Copies the folder `from` to `to` (made), recursively.
+pub(crate) fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("make folder");
+    for entry in std::fs::read_dir(from).expect("read folder") {
+        let entry = entry.expect("folder entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
 /// One natterd process.
 pub(crate) struct Proc {
     args: Vec<String>,
@@ -207,6 +221,24 @@ impl TestNode {
         nats: Option<NatsServer>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
+        Self::in_dir(dir, topology, config, nats).await
+    }
+
+    /// Starts an all-in-one node (no NATS) on a copy of the data folder
+    /// `data` (a fixture written by an earlier natterd).
+    pub(crate) async fn on_copy_of(data: &std::path::Path, config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        copy_dir(data, &dir.path().join("data"));
+        Self::in_dir(dir, Topology::Embedded, config, None).await
+    }
+
+    /// Starts a node whose data folder is `dir/data` (made if missing).
+    async fn in_dir(
+        dir: tempfile::TempDir,
+        topology: Topology,
+        config: &str,
+        nats: Option<NatsServer>,
+    ) -> Self {
         let data = dir.path().join("data");
         let config_path = dir.path().join("natter.toml");
         std::fs::write(&config_path, config).expect("write config");
