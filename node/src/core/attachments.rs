@@ -6,9 +6,21 @@ use super::DeviceCtx;
 use super::writer::{Op, Outcome, SweepReport};
 use super::{Core, CoreError};
 use crate::clock::millis;
-use crate::ids::AttachmentId;
+use crate::ids::{AttachmentId, NodeName};
 use crate::protocol::{CommandResult, ErrorCode};
 use crate::store::{AttachmentRecord, AttachmentRef};
+
+/// Whether a user may download an attachment, and from where.
+enum Access {
+    /// Held here; served from its sealed copy when `sealed`.
+    Here {
+        sealed: bool,
+    },
+    /// Sent in a mirrored chat: that chat's home answers.
+    AskHome(NodeName),
+    Forbidden,
+    Unknown,
+}
 
 /// What a client declares it will upload (`getAttachmentTarget`).
 pub(super) struct Upload {
@@ -102,6 +114,7 @@ impl Core {
             sent: false,
             chats: Vec::new(),
             offered: Vec::new(),
+            sealed: false,
         };
         self.write(Op::CreateAttachment { id, record }).await?;
         let target = media
@@ -122,51 +135,54 @@ impl Core {
         id: AttachmentId,
     ) -> Result<CommandResult, CoreError> {
         let user = user_id.clone();
-        let allowed = self
+        let access = self
             .read(move |view| {
                 let Some(record) = view.attachment(id)? else {
                     // Sent in a mirrored chat: its home holds it.
-                    if let Some(remote) = view.remote_attachment(id)? {
-                        for chat in &remote.chats {
-                            if view.is_member(*chat, &user_id)? {
-                                return Ok(Some(Err(remote.home)));
-                            }
+                    let Some(remote) = view.remote_attachment(id)? else {
+                        return Ok(Access::Unknown);
+                    };
+                    for chat in &remote.chats {
+                        if view.is_member(*chat, &user_id)? {
+                            return Ok(Access::AskHome(remote.home));
                         }
-                        return Ok(Some(Ok(false)));
                     }
-                    return Ok(None);
+                    return Ok(Access::Forbidden);
+                };
+                let here = Access::Here {
+                    sealed: record.sealed,
                 };
                 if record.uploader == user_id {
-                    return Ok(Some(Ok(true)));
+                    return Ok(here);
                 }
                 for chat in &record.chats {
                     if view.is_member(*chat, &user_id)? {
-                        return Ok(Some(Ok(true)));
+                        return Ok(here);
                     }
                 }
-                Ok(Some(Ok(false)))
+                Ok(Access::Forbidden)
             })
             .await?;
-        match allowed {
-            None => Err(CoreError::reject(
+        match access {
+            Access::Unknown => Err(CoreError::reject(
                 ErrorCode::UnknownAttachment,
                 "no such attachment",
             )),
-            Some(Ok(false)) => Err(CoreError::reject(
+            Access::Forbidden => Err(CoreError::reject(
                 ErrorCode::Forbidden,
                 "only participants of a chat it was sent in may download it",
             )),
-            Some(Err(home)) => self.remote_attachment_url(home, user, id).await,
-            Some(Ok(true)) => {
-                let (url, expires_at) = self.inner.media.download_url(id).await?;
+            Access::AskHome(home) => self.remote_attachment_url(home, user, id).await,
+            Access::Here { sealed } => {
+                let (url, expires_at) = self.inner.media.download_url(id, sealed).await?;
                 Ok(CommandResult::AttachmentUrl { url, expires_at })
             }
         }
     }
 
-    /// Checks that each attachment is the sender's and that what the store holds
-    /// is what was declared; a wrong upload is deleted (the client may upload
-    /// again while its URL is valid).
+    /// Checks that each attachment is the sender's and, the first time it is
+    /// sent, seals it ([`Core::seal_upload`]); a wrong upload is deleted (the
+    /// client may upload again while its URL is valid).
     pub(super) async fn check_uploads(
         &self,
         ctx: &DeviceCtx,
@@ -181,45 +197,20 @@ impl Core {
                     .collect::<Result<Vec<_>, CoreError>>()
             })
             .await?;
-        let media = &self.inner.media;
         let mut checked = Vec::with_capacity(records.len());
         for (id, record) in records {
-            let unknown = || {
-                CoreError::reject(
-                    ErrorCode::UnknownAttachment,
-                    format!("no such attachment {id}"),
-                )
-            };
             let record = record
                 .filter(|r| r.uploader == ctx.user_id)
-                .ok_or_else(unknown)?;
-            if !record.sent {
-                let Some(stored) = media.inspect(id).await? else {
-                    return Err(CoreError::reject(
+                .ok_or_else(|| {
+                    CoreError::reject(
                         ErrorCode::UnknownAttachment,
-                        format!("attachment {id} has not been uploaded"),
-                    ));
-                };
-                let max = media.config().max_size;
-                let wrong_type = stored
-                    .content_type
-                    .as_deref()
-                    .is_some_and(|ct| !ct.eq_ignore_ascii_case(&record.content_type));
-                if stored.size > max || stored.size != record.size || wrong_type {
-                    media.delete(id).await?;
-                    tracing::info!(%id, size = stored.size, declared = record.size, "deleted an upload that does not match its declaration");
-                    return Err(if stored.size > max {
-                        CoreError::reject(
-                            ErrorCode::AttachmentTooLarge,
-                            format!("attachment {id} is over {max} bytes"),
-                        )
-                    } else {
-                        CoreError::reject(
-                            ErrorCode::UnknownAttachment,
-                            format!("attachment {id} does not match its declared size and type"),
-                        )
-                    });
-                }
+                        format!("no such attachment {id}"),
+                    )
+                })?;
+            // A sent record without the flag was sent before sealing existed:
+            // it stays served from its upload.
+            if !record.sealed && !record.sent {
+                self.seal_upload(id, &record).await?;
             }
             checked.push(AttachmentRef {
                 id: id.to_string(),
@@ -230,6 +221,64 @@ impl Core {
             });
         }
         Ok(checked)
+    }
+
+    /// Freezes an upload before a message may take it (docs/security.md,
+    /// "Media"): copies it inside the store to a key no upload URL can write
+    /// ([`crate::media::Media::seal`]), checks the copy against the
+    /// declaration and the limit (so a PUT racing the check cannot slip past
+    /// it), marks the record sealed (downloads read the copy from then on)
+    /// and deletes the upload. A copy that does not match is deleted with the
+    /// upload.
+    async fn seal_upload(
+        &self,
+        id: AttachmentId,
+        record: &AttachmentRecord,
+    ) -> Result<(), CoreError> {
+        let media = &self.inner.media;
+        let Some(stored) = media.seal(id).await? else {
+            return Err(CoreError::reject(
+                ErrorCode::UnknownAttachment,
+                format!("attachment {id} has not been uploaded"),
+            ));
+        };
+        let max = media.config().max_size;
+        let wrong_type = stored
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| !ct.eq_ignore_ascii_case(&record.content_type));
+        if stored.size > max || stored.size != record.size || wrong_type {
+            media.delete(id).await?;
+            tracing::info!(%id, size = stored.size, declared = record.size, "deleted an upload that does not match its declaration");
+            return Err(if stored.size > max {
+                CoreError::reject(
+                    ErrorCode::AttachmentTooLarge,
+                    format!("attachment {id} is over {max} bytes"),
+                )
+            } else {
+                CoreError::reject(
+                    ErrorCode::UnknownAttachment,
+                    format!("attachment {id} does not match its declared size and type"),
+                )
+            });
+        }
+        let op = Op::SealAttachment {
+            id,
+            uploader: record.uploader.clone(),
+        };
+        if let Outcome::Sealed(false) = self.write(op).await? {
+            // Swept since it was read: nothing may take it now.
+            media.delete(id).await?;
+            return Err(CoreError::reject(
+                ErrorCode::UnknownAttachment,
+                format!("no such attachment {id}"),
+            ));
+        }
+        // Nothing reads the upload any more; the sweep removes it otherwise.
+        if let Err(e) = media.delete_upload(id).await {
+            tracing::warn!(%id, error = %e, "could not delete a sealed upload");
+        }
+        Ok(())
     }
 
     /// An attachment's record (for the embedded media endpoints).

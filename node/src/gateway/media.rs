@@ -75,7 +75,7 @@ async fn upload(
         .attachment(id)
         .await?
         .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "no such attachment"))?;
-    if record.sent {
+    if record.sent || record.sealed {
         return Err(ApiError {
             status: StatusCode::CONFLICT,
             code: ErrorCode::Forbidden,
@@ -132,7 +132,7 @@ async fn download(
     let not_found = || ApiError::new(ErrorCode::NotFound, "no such attachment");
     let record = core.attachment(id).await?.ok_or_else(not_found)?;
     let stream = media
-        .get_local(id)
+        .get_local(id, record.sealed)
         .await
         .map_err(crate::core::CoreError::from)?
         .ok_or_else(not_found)?;

@@ -14,6 +14,12 @@
 //! - **Local** (the default): object_store's local file system under the data
 //!   folder; natter serves `/v1/media/{id}` and signs those URLs with HMAC-SHA256
 //!   (same expiry and limits), enforcing size and type while it streams.
+//!
+//! Both backends freeze an attachment when it is first sent: [`Media::seal`]
+//! copies the upload (`{prefix}/{id}`, the key upload URLs are signed for) to
+//! `{prefix}/sent/{id}`, a key no URL ever lets anyone write, and a sealed
+//! attachment is served from there. So a still-valid upload URL cannot change
+//! what recipients download (docs/security.md, "Media").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -118,7 +124,13 @@ struct Inner {
     backend: Backend,
     config: MediaConfig,
     clock: Clock,
+    /// [`Media::seal`] of one attachment runs alone (striped by id), so a
+    /// copy, once made, is never replaced by a second one.
+    sealing: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Locks [`Inner::sealing`] is striped over.
+const SEAL_STRIPES: usize = 64;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -166,6 +178,9 @@ impl Media {
                 backend,
                 config,
                 clock,
+                sealing: (0..SEAL_STRIPES)
+                    .map(|_| tokio::sync::Mutex::new(()))
+                    .collect(),
             }),
         })
     }
@@ -186,12 +201,33 @@ impl Media {
             })
     }
 
+    /// Where uploads go: the key upload URLs are signed for.
     fn path(&self, id: AttachmentId) -> ObjectPath {
         match &self.inner.backend {
             Backend::S3 { prefix, .. } if !prefix.is_empty() => {
                 ObjectPath::from(format!("{prefix}/{id}"))
             }
             _ => ObjectPath::from(id.to_string()),
+        }
+    }
+
+    /// Where a sealed attachment lives ([`Media::seal`]). No URL is ever
+    /// signed for a write here (an id is a ULID: no upload key has a `/`).
+    fn sent_path(&self, id: AttachmentId) -> ObjectPath {
+        match &self.inner.backend {
+            Backend::S3 { prefix, .. } if !prefix.is_empty() => {
+                ObjectPath::from(format!("{prefix}/sent/{id}"))
+            }
+            _ => ObjectPath::from(format!("sent/{id}")),
+        }
+    }
+
+    /// The object downloads read: the sealed copy, or (an attachment sent
+    /// before sealing existed, or not sent yet) the upload.
+    fn served_path(&self, id: AttachmentId, sealed: bool) -> ObjectPath {
+        match sealed {
+            true => self.sent_path(id),
+            false => self.path(id),
         }
     }
 
@@ -261,13 +297,22 @@ impl Media {
         })
     }
 
-    /// A URL to GET the attachment from.
-    pub async fn download_url(&self, id: AttachmentId) -> Result<(String, String), MediaError> {
+    /// A URL to GET the attachment from: its sealed copy when `sealed`
+    /// (`AttachmentRecord::sealed`), else the upload.
+    pub async fn download_url(
+        &self,
+        id: AttachmentId,
+        sealed: bool,
+    ) -> Result<(String, String), MediaError> {
         let expiry = self.inner.config.download_expiry;
         let expires_at = self.inner.clock.now_ms() + millis(expiry);
         let url = match &self.inner.backend {
             Backend::S3 { store, .. } => store
-                .signed_url(object_store::signer::Method::GET, &self.path(id), expiry)
+                .signed_url(
+                    object_store::signer::Method::GET,
+                    &self.served_path(id, sealed),
+                    expiry,
+                )
                 .await?
                 .to_string(),
             Backend::Local {
@@ -280,13 +325,38 @@ impl Media {
         Ok((url, rfc3339(expires_at)))
     }
 
-    /// What is stored for `id`, if anything.
+    /// What is uploaded for `id`, if anything.
     pub async fn inspect(&self, id: AttachmentId) -> Result<Option<Stored>, MediaError> {
+        self.head(&self.path(id)).await
+    }
+
+    /// Freezes what is uploaded for `id`: copies it, inside the store, to the
+    /// key a sealed attachment is served from, and answers what that copy holds
+    /// (`None`: nothing was uploaded). A copy that exists already is kept and
+    /// answered: a copy is never replaced, so once one passed the send check
+    /// and a message took it, its bytes cannot change. Checking the copy (not
+    /// the upload) means a PUT racing the check cannot slip past it. Callers
+    /// delete a copy that fails their check with [`Media::delete`].
+    pub async fn seal(&self, id: AttachmentId) -> Result<Option<Stored>, MediaError> {
+        let stripe = usize::from(id.to_bytes()[15]) % SEAL_STRIPES;
+        let _alone = self.inner.sealing[stripe].lock().await;
+        let sent = self.sent_path(id);
+        if let Some(stored) = self.head(&sent).await? {
+            return Ok(Some(stored));
+        }
+        match self.store().copy(&self.path(id), &sent).await {
+            Ok(()) => self.head(&sent).await,
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn head(&self, path: &ObjectPath) -> Result<Option<Stored>, MediaError> {
         let options = GetOptions {
             head: true,
             ..GetOptions::default()
         };
-        match self.store().get_opts(&self.path(id), options).await {
+        match self.store().get_opts(path, options).await {
             Ok(result) => Ok(Some(Stored {
                 size: result.meta.size,
                 content_type: result
@@ -299,9 +369,20 @@ impl Media {
         }
     }
 
-    /// Removes the object; a missing object is not an error.
+    /// Removes the attachment's objects (upload and sealed copy); a missing
+    /// object is not an error.
     pub async fn delete(&self, id: AttachmentId) -> Result<(), MediaError> {
-        match self.store().delete(&self.path(id)).await {
+        self.delete_path(&self.sent_path(id)).await?;
+        self.delete_upload(id).await
+    }
+
+    /// Removes only the upload (once sealed, nothing reads it any more).
+    pub async fn delete_upload(&self, id: AttachmentId) -> Result<(), MediaError> {
+        self.delete_path(&self.path(id)).await
+    }
+
+    async fn delete_path(&self, path: &ObjectPath) -> Result<(), MediaError> {
+        match self.store().delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
@@ -416,13 +497,15 @@ impl Media {
         }
     }
 
-    /// The bytes of a stored attachment, as a stream.
+    /// The bytes of a stored attachment (its sealed copy when `sealed`), as a
+    /// stream.
     pub async fn get_local(
         &self,
         id: AttachmentId,
+        sealed: bool,
     ) -> Result<Option<impl Stream<Item = Result<Bytes, object_store::Error>> + use<>>, MediaError>
     {
-        match self.store().get(&self.path(id)).await {
+        match self.store().get(&self.served_path(id, sealed)).await {
             Ok(result) => Ok(Some(result.into_stream())),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(e.into()),
@@ -622,5 +705,34 @@ mod tests {
         media.delete(id).await.unwrap();
         assert_eq!(media.inspect(id).await.unwrap(), None);
         media.delete(id).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_sealed_copy_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let media = local(dir.path(), Clock::system());
+        let body = |b: &'static [u8]| {
+            futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(b))])
+        };
+        let read = |id| {
+            let media = media.clone();
+            async move {
+                let stream = media.get_local(id, true).await.unwrap().unwrap();
+                let parts: Vec<_> = stream.map(|p| p.unwrap()).collect().await;
+                parts.concat()
+            }
+        };
+        let id = AttachmentId::generate();
+        assert_eq!(media.seal(id).await.unwrap(), None, "nothing uploaded");
+        media.put_local(id, 3, None, body(b"abc")).await.unwrap();
+        assert_eq!(media.seal(id).await.unwrap().map(|s| s.size), Some(3));
+        assert_eq!(read(id).await, b"abc");
+        // A later upload does not reach the copy, nor does sealing again.
+        media.put_local(id, 3, None, body(b"xyz")).await.unwrap();
+        assert_eq!(media.seal(id).await.unwrap().map(|s| s.size), Some(3));
+        assert_eq!(read(id).await, b"abc");
+        media.delete(id).await.unwrap();
+        assert!(media.get_local(id, true).await.unwrap().is_none());
+        assert_eq!(media.inspect(id).await.unwrap(), None);
     }
 }

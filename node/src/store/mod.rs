@@ -214,6 +214,12 @@ pub struct AttachmentRecord {
     /// (its users see the message before this node hears back). Not `sent`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offered: Vec<ChatId>,
+    /// The first send's check copied the upload to the key it is served from
+    /// (`Media::seal`), and that copy passed the check: no upload URL can
+    /// change it. Records from before sealing existed lack it and keep being
+    /// served from the upload's key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
 }
 
 /// One pending event of one device: a small reference, not a copy (store-once

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 
 use crate::federation::{Pair, chat_of_two, next, node_named, two_nodes};
 use crate::in_every_topology;
+use crate::media::s3_config;
 use crate::support::node::Topology;
+use crate::support::s3::S3Server;
 use crate::support::{TestNode, WsClient};
 
 /// Asks for an upload target on `node` and uploads `bytes` there; the id.
@@ -240,6 +242,59 @@ async fn a_third_node_downloads_from_the_holder_through_the_home(t: Topology) {
             "unavailable"
         );
     }
+}
+
+/// beta keeps its media in S3 and holds bob's upload, sent in alpha's chat:
+/// alice (through alpha) downloads the sealed copy, and a second PUT to bob's
+/// still-valid upload URL changes nothing she gets.
+#[tokio::test]
+async fn a_holder_in_s3_serves_what_was_sent() {
+    let t = Topology::Split;
+    let server = S3Server::start().await;
+    let a = node_named("alpha.test", t).await;
+    let config = format!(
+        "name = \"beta.test\"\n{}[federation]\nmax_backoff = \"1s\"\n",
+        s3_config(&server, "")
+    );
+    let b = TestNode::with_config(t, &config).await;
+    a.add_peer(&b).await;
+    b.add_peer(&a).await;
+    let Pair {
+        mut alice,
+        mut bob,
+        chat,
+        ..
+    } = chat_of_two(&a, &b).await;
+    let bytes = b"held in beta's bucket".to_vec();
+    let target = bob
+        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"image/png"}))
+        .await;
+    let id = target["attachmentId"].as_str().unwrap().to_owned();
+    let put = |body: Vec<u8>| {
+        let mut put = b.http().put(target["uploadUrl"].as_str().unwrap());
+        for (name, value) in target["headers"].as_object().unwrap() {
+            put = put.header(name.as_str(), value.as_str().unwrap());
+        }
+        put.body(body).send()
+    };
+    assert!(put(bytes.clone()).await.unwrap().status().is_success());
+    bob.ok(send(&chat, &[&id])).await;
+    next(&mut alice, "newMessage").await;
+    let (url, got) = download(&mut alice, a.http(), &id).await;
+    assert!(
+        url.starts_with(&server.endpoint),
+        "served from beta's bucket: {url}"
+    );
+    assert_eq!(got, bytes);
+
+    let mut other = bytes.clone();
+    other.reverse();
+    assert!(
+        put(other).await.unwrap().status().is_success(),
+        "S3 takes it"
+    );
+    assert_eq!(download(&mut alice, a.http(), &id).await.1, bytes);
+    assert_eq!(download(&mut bob, b.http(), &id).await.1, bytes);
 }
 
 in_every_topology!(

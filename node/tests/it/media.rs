@@ -261,9 +261,11 @@ async fn embedded_media_round_trip_and_refusals(t: Topology) {
         "{report}"
     );
     assert!(!orphan_file.exists());
-    // Sent attachments stay until the media retention (30 days).
-    let sent_file = node.data.join("media").join(&id);
+    // Sent attachments stay until the media retention (30 days), as the sealed
+    // copy (the upload itself is gone).
+    let sent_file = node.data.join("media").join("sent").join(&id);
     assert!(sent_file.exists());
+    assert!(!node.data.join("media").join(&id).exists());
     node.advance_clock(Duration::from_secs(31 * 86400)).await;
     let report = node.sweep().await;
     assert!(
@@ -302,7 +304,7 @@ async fn large_uploads_stream_through_the_embedded_store(t: Topology) {
 
 crate::in_every_topology!(large_uploads_stream_through_the_embedded_store);
 
-fn s3_config(server: &S3Server, extra: &str) -> String {
+pub(crate) fn s3_config(server: &S3Server, extra: &str) -> String {
     s3_config_at(&server.endpoint, extra)
 }
 
@@ -325,11 +327,13 @@ async fn s3_media_round_trip_and_refusals(t: Topology) {
     let mut chat = alice_bob_and_outsider_carol(&node).await;
     let id = round_trip(&node, &mut chat).await;
     let http = node.http();
-    // The bytes went to the bucket, not through natter.
+    // The bytes went to the bucket, not through natter; sent, they were copied
+    // to the sealed key and the upload deleted.
     assert_eq!(
-        std::fs::read(server.object_path(&format!("natter/{id}"))).unwrap(),
+        std::fs::read(server.object_path(&format!("natter/sent/{id}"))).unwrap(),
         PNG
     );
+    assert!(!server.object_path(&format!("natter/{id}")).exists());
     assert!(!node.data.join("media").join(&id).exists());
 
     // S3 cannot cap a pre-signed PUT: natter checks the object before sending and
@@ -520,6 +524,112 @@ crate::in_every_topology!(
     embedded_media_round_trip_and_refusals,
     s3_media_round_trip_and_refusals,
     s3_refuses_expired_upload_urls
+);
+
+/// Uploads `body` to a new target and returns the target (`headers` as given).
+async fn upload_target(node: &TestNode, client: &mut WsClient, body: &[u8]) -> Value {
+    let t = target(client, body.len(), "image/png").await;
+    assert_eq!(put(node.http(), &t, "image/png", body.to_vec()).await, 200);
+    t
+}
+
+/// What `client` downloads for `id` through a fresh `getAttachmentUrl`.
+async fn fresh_download(node: &TestNode, client: &mut WsClient, id: &str) -> Vec<u8> {
+    let link = client
+        .ok(json!({"type":"getAttachmentUrl","attachmentId": id}))
+        .await;
+    let (status, bytes, _) = get(node.http(), link["url"].as_str().unwrap()).await;
+    assert_eq!(status, 200);
+    bytes
+}
+
+/// Once sent, an attachment cannot be replaced: a second PUT to its
+/// still-valid upload URL (other bytes, same size and type) is refused (the
+/// embedded store) or lands on a key nothing serves (S3). Recipients, the
+/// uploader, a retry of the send and a later send of the same attachment all
+/// keep the original bytes. Answers the id.
+async fn a_sent_attachment_stays_what_was_sent(node: &TestNode, chat: &mut Chat) -> String {
+    let t = upload_target(node, &mut chat.a, PNG).await;
+    let id = t["attachmentId"].as_str().unwrap().to_owned();
+    let send = json!({"type":"sendMessage","chatId":chat.chat,"message":"look","attachments":[id],"clientMsgId":"frozen"});
+    let sent = chat.a.ok(send.clone()).await;
+    assert_eq!(fresh_download(node, &mut chat.b, &id).await, PNG);
+
+    let mut other = PNG.to_vec();
+    other.reverse();
+    let status = put(node.http(), &t, "image/png", other.clone()).await;
+    assert!(status == 200 || status == 409, "{status}");
+    assert_eq!(fresh_download(node, &mut chat.b, &id).await, PNG);
+    assert_eq!(fresh_download(node, &mut chat.a, &id).await, PNG);
+    // A retry is the same message, and sealing it again changes nothing.
+    assert_eq!(chat.a.ok(send).await["messageId"], sent["messageId"]);
+    chat.a
+        .ok(json!({"type":"sendMessage","chatId":chat.chat,"message":"again","attachments":[id]}))
+        .await;
+    assert_eq!(fresh_download(node, &mut chat.b, &id).await, PNG);
+    id
+}
+
+/// A send refused after its check (an unknown chat): the attachment is sealed
+/// but unsent. Answers the id.
+async fn a_send_refused_after_the_check(node: &TestNode, chat: &mut Chat) -> String {
+    let t = upload_target(node, &mut chat.a, PNG).await;
+    let id = t["attachmentId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        chat.a
+            .error_code(json!({"type":"sendMessage","chatId":"01JD3VA0C5V2B7N1M4Q8W3E6R9","message":"","attachments":[id]}))
+            .await,
+        "unknown_chat"
+    );
+    id
+}
+
+/// A day later the orphan sweep removes what a refused send left.
+async fn the_orphan_sweep_runs(node: &TestNode) {
+    node.advance_clock(Duration::from_secs(25 * 3600)).await;
+    let report = node.sweep().await;
+    assert!(
+        report["orphanUploadsRemoved"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+}
+
+async fn s3_sent_attachments_cannot_be_replaced(t: Topology) {
+    let server = S3Server::start().await;
+    let node = TestNode::with_config(t, &s3_config(&server, "")).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let id = a_sent_attachment_stays_what_was_sent(&node, &mut chat).await;
+    // S3 took the second PUT, under the upload key; the sealed copy is intact.
+    assert_eq!(
+        std::fs::read(server.object_path(&format!("natter/sent/{id}"))).unwrap(),
+        PNG
+    );
+    assert!(server.object_path(&format!("natter/{id}")).exists());
+    let refused = a_send_refused_after_the_check(&node, &mut chat).await;
+    let copy = server.object_path(&format!("natter/sent/{refused}"));
+    assert!(copy.exists(), "sealed before the writer refused the send");
+    the_orphan_sweep_runs(&node).await;
+    assert!(!copy.exists());
+    assert!(!server.object_path(&format!("natter/{refused}")).exists());
+}
+
+async fn embedded_sent_attachments_cannot_be_replaced(t: Topology) {
+    let node = TestNode::start(t).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let id = a_sent_attachment_stays_what_was_sent(&node, &mut chat).await;
+    let media = node.data.join("media");
+    assert_eq!(std::fs::read(media.join("sent").join(&id)).unwrap(), PNG);
+    let refused = a_send_refused_after_the_check(&node, &mut chat).await;
+    let copy = media.join("sent").join(&refused);
+    assert!(copy.exists(), "sealed before the writer refused the send");
+    the_orphan_sweep_runs(&node).await;
+    assert!(!copy.exists());
+    assert!(!media.join(&refused).exists());
+}
+
+crate::in_every_topology!(
+    s3_sent_attachments_cannot_be_replaced,
+    embedded_sent_attachments_cannot_be_replaced
 );
 
 /// Uploads `body` as `content_type` to a new target and returns its id.

@@ -90,8 +90,11 @@ pub(in crate::core) fn attach_held(
 
 /// What this node does with a peer's request for a URL.
 enum UrlAnswer {
-    /// Held here: a URL of this node's media store.
-    Local,
+    /// Held here: a URL of this node's media store (of its sealed copy when
+    /// `sealed`).
+    Local {
+        sealed: bool,
+    },
     /// This node is the home of a chat it was sent in; the holder answers.
     Relay(NodeName),
     Forbidden,
@@ -117,17 +120,20 @@ impl Core {
         let answer = self
             .read(move |view| {
                 if let Some(record) = view.attachment(id)? {
+                    let local = UrlAnswer::Local {
+                        sealed: record.sealed,
+                    };
                     // A chat's home is the authority on its participants; it
                     // may ask as soon as the upload is offered to it.
                     for chat in record.chats.iter().chain(&record.offered) {
                         let home = view.chat(*chat)?.and_then(|c| c.home);
                         if home.as_ref() == Some(&asker) {
-                            return Ok(UrlAnswer::Local);
+                            return Ok(local);
                         }
                     }
                     for chat in &record.chats {
                         if own_user && view.is_member(*chat, &who)? {
-                            return Ok(UrlAnswer::Local);
+                            return Ok(local);
                         }
                     }
                     return Ok(UrlAnswer::Forbidden);
@@ -147,8 +153,8 @@ impl Core {
             })
             .await?;
         match answer {
-            UrlAnswer::Local => {
-                let (url, expires_at) = self.inner.media.download_url(id).await?;
+            UrlAnswer::Local { sealed } => {
+                let (url, expires_at) = self.inner.media.download_url(id, sealed).await?;
                 Ok(CommandResult::AttachmentUrl { url, expires_at })
             }
             UrlAnswer::Relay(holder) => self.remote_attachment_url(holder, user, id).await,

@@ -170,6 +170,28 @@ impl Writer {
         Ok(Outcome::Dropped(drop))
     }
 
+    /// Marks `uploader`'s upload `id` sealed (its copy passed the send check).
+    /// Durable before the check answers: the upload object is deleted next,
+    /// and a message may take the attachment (the holder of a forwarded send
+    /// offers it to the chat's home, whose users download the copy).
+    pub(super) fn seal_attachment(
+        b: &mut Batch<'_, '_>,
+        id: AttachmentId,
+        uploader: &str,
+    ) -> Result<Outcome, CoreError> {
+        match b.tx.view().attachment(id)? {
+            Some(mut r) if r.uploader == uploader => {
+                if !r.sealed {
+                    r.sealed = true;
+                    b.tx.put_attachment(id, &r);
+                    b.sync();
+                }
+                Ok(Outcome::Sealed(true))
+            }
+            _ => Ok(Outcome::Sealed(false)),
+        }
+    }
+
     /// Records an upload to come, within the uploader's pending-uploads quota.
     pub(super) fn create_attachment(
         &mut self,

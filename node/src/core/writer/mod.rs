@@ -455,6 +455,7 @@ impl Writer {
                 unsent_before,
                 any_before,
             } => self.drop_attachment(b, id, unsent_before, any_before),
+            Op::SealAttachment { id, uploader } => Self::seal_attachment(b, id, &uploader),
             Op::HeldAttachments {
                 from,
                 chat,

@@ -180,6 +180,12 @@ pub(crate) enum Op {
         unsent_before: i64,
         any_before: i64,
     },
+    /// The send check sealed `uploader`'s upload `id` (`Media::seal`): from
+    /// now on it is served from its sealed copy. Idempotent.
+    SealAttachment {
+        id: AttachmentId,
+        uploader: String,
+    },
     /// Uploads of `from` (a user of this node) in a send forwarded to the
     /// home of `chat`: offered to that home, or (`sent`) accepted by it, hence
     /// sent in that chat. Idempotent.
@@ -211,6 +217,8 @@ pub(crate) enum Outcome {
     },
     /// Whether a `DropAttachment` removed the record.
     Dropped(bool),
+    /// Whether a `SealAttachment` found the record (and marked it sealed).
+    Sealed(bool),
     /// Events applied up to this seq; the next one was refused when `refused`.
     Applied {
         applied: u64,
