@@ -22,4 +22,5 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod read_positions;
 mod web;
