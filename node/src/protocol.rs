@@ -874,6 +874,15 @@ pub struct ChatUpdateView {
     pub reason: UpdateReason,
 }
 
+/// *Extension* `chatRead`: the user read `chatId` up to `seq` on another of
+/// their devices (their unread count there is `lastSeq - seq`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChatReadView {
+    pub chat_id: String,
+    pub seq: u64,
+}
+
 /// Sent in place of events that retention removed before the device fetched them.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -890,6 +899,8 @@ pub struct ExpiredView {
 pub enum Event {
     NewMessage(MessageView),
     ChatUpdate(ChatUpdateView),
+    /// *Extension*.
+    ChatRead(ChatReadView),
     Expired(ExpiredView),
 }
 
@@ -1359,6 +1370,7 @@ mod tests {
             "error",
             "newMessage",
             "chatUpdate",
+            "chatRead",
             "expired",
         ] {
             assert!(server_types.contains(kind), "no example of {kind}");

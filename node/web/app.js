@@ -124,6 +124,10 @@ function onEvent(ev) {
       if (ev.participants.includes(app.session.userId)) showChatHead();
       else closeChat();
     }
+  } else if (ev.type === 'chatRead') {
+    // Read on another device of this user (extension): same count, no markRead back.
+    app.chats.setRead(ev.chatId, ev.seq);
+    if ((app.readSent.get(ev.chatId) ?? 0) < ev.seq) app.readSent.set(ev.chatId, ev.seq);
   } else if (ev.type === 'expired') {
     refresh();
   }

@@ -5,7 +5,8 @@
 use crate::clock::rfc3339;
 use crate::ids::ChatId;
 use crate::protocol::{
-    AttachmentView, ChatUpdateView, Event, ExpiredView, MessageView, UpdateReason as WireReason,
+    AttachmentView, ChatReadView, ChatUpdateView, Event, ExpiredView, MessageView,
+    UpdateReason as WireReason,
 };
 use crate::store::{
     InboxEntry, InboxKind, MessageRecord, Source, StoreError, UpdateReason, UpdateRecord, View,
@@ -70,6 +71,7 @@ pub(super) fn entry_event<R: Source>(
             Some(u) => Event::ChatUpdate(update_view(&u)),
             None => expired(1, entry.queued_at, entry.queued_at),
         },
+        InboxKind::Read { chat, seq } => read_event(chat, seq),
         InboxKind::Expired {
             count,
             oldest,
@@ -80,4 +82,11 @@ pub(super) fn entry_event<R: Source>(
 
 pub(super) fn expired_event(count: u64, oldest: i64, newest: i64) -> Event {
     expired(count, oldest, newest)
+}
+
+pub(super) fn read_event(chat: ChatId, seq: u64) -> Event {
+    Event::ChatRead(ChatReadView {
+        chat_id: chat.to_string(),
+        seq,
+    })
 }

@@ -240,6 +240,12 @@ pub enum InboxKind {
     Update {
         id: u64,
     },
+    /// *Extension* `chatRead`: the user's read position in `chat` moved to `seq`
+    /// on another of their devices. Inline: there is no record to point at.
+    Read {
+        chat: ChatId,
+        seq: u64,
+    },
     /// Retention dropped `count` events queued between the two times.
     Expired {
         count: u64,
@@ -274,6 +280,12 @@ impl InboxEntry {
                 out.extend_from_slice(&oldest.to_be_bytes());
                 out.extend_from_slice(&newest.to_be_bytes());
             }
+            InboxKind::Read { chat, seq } => {
+                out.push(4);
+                out.extend_from_slice(&self.queued_at.to_be_bytes());
+                out.extend_from_slice(&chat.to_bytes());
+                out.extend_from_slice(&seq.to_be_bytes());
+            }
         }
         out
     }
@@ -293,6 +305,10 @@ impl InboxEntry {
                 count: u64_at(9)?,
                 oldest: u64_at(17)? as i64,
                 newest: u64_at(25)? as i64,
+            },
+            4 => InboxKind::Read {
+                chat: ChatId::from_slice(bytes.get(9..25)?)?,
+                seq: u64_at(25)?,
             },
             _ => return None,
         };
@@ -1242,6 +1258,7 @@ mod tests {
         for kind in [
             InboxKind::Message { chat, seq: 7 },
             InboxKind::Update { id: 9 },
+            InboxKind::Read { chat, seq: 5 },
             InboxKind::Expired {
                 count: 3,
                 oldest: 10,

@@ -23,5 +23,6 @@ mod logins;
 mod media;
 mod nats_auth;
 mod nats_faults;
+mod read_positions;
 mod upgrade;
 mod web;

@@ -256,3 +256,26 @@ test('375 px wide and keyboard only', async () => {
   assert.equal(await phone.evaluate(() => localStorage.getItem('natter.session')), null);
   clean(phone);
 });
+
+test('reading on one device clears the unread count on another device of the same user', async () => {
+  // A second browser profile signed in as bob: a second device (not a second tab).
+  const other = await openPage(browser, node);
+  await signIn(other, 'bob');
+  // Bob's first device looks at another chat, so the group chat's new message counts there.
+  await bob.getByRole('button', { name: 'New chat' }).click();
+  await bob.getByRole('dialog').getByLabel('Participants').fill('bob');
+  await bob.getByRole('dialog').getByLabel('Chat name').fill('Bob alone');
+  await bob.getByRole('button', { name: 'Create' }).click();
+  await expect(bob.getByRole('heading', { name: 'Bob alone' })).toBeVisible();
+  await send(alice, 'read me elsewhere');
+  await expect(chatButton(bob, /img/)).toContainText('1 unread');
+  await expect(chatButton(other, /img/)).toContainText('1 unread');
+  await chatButton(other, /img/).click();
+  await expect(log(other).getByRole('article').filter({ hasText: 'read me elsewhere' })).toHaveCount(1);
+  await expect(chatButton(other, /img/)).not.toContainText('unread');
+  // No reload: the first device learns of the read from a chatRead event.
+  await expect(chatButton(bob, /img/)).not.toContainText('unread');
+  clean(bob);
+  clean(other);
+  await other.context().close();
+});

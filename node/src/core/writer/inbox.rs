@@ -1,9 +1,10 @@
 //! The writer's read-position and inbox commands: `markRead`, `ack`, `sync`.
 
-use super::{Batch, Writer};
-use crate::core::{CoreError, DeviceCtx};
+use super::{Batch, Member, Writer};
+use crate::core::{CoreError, DeviceCtx, render};
 use crate::ids::{ChatId, DeliveryId};
 use crate::protocol::CommandResult;
+use crate::store::InboxKind;
 
 impl Writer {
     pub(super) fn mark_read(
@@ -26,6 +27,19 @@ impl Writer {
             if read > record.read_seq {
                 record.read_seq = read;
                 b.tx.put_user_chat(&ctx.user, chat_id, &record);
+                // The user's other devices learn it through their inboxes; the
+                // position is the user's own, so nothing goes to peers.
+                let me = [Member {
+                    id: ctx.user_id.clone(),
+                    local: Some(ctx.user.clone()),
+                    remote: None,
+                }];
+                let kind = InboxKind::Read {
+                    chat: chat_id,
+                    seq: read,
+                };
+                let event = render::read_event(chat_id, read);
+                self.fan_out(b, &me, Some(ctx.device), kind, &event)?;
             }
         }
         Ok(CommandResult::Empty {})
