@@ -21,7 +21,7 @@ use super::{Result, Store, StoreError, keys};
 /// The store format this natterd writes and reads. Bump it (and add a
 /// [`Migration`] from the one before) whenever a stored record or key layout
 /// changes in a way an older natterd would misread.
-pub const CURRENT: u32 = 1;
+pub const CURRENT: u32 = 2;
 
 /// The format of a store that has no version record.
 pub(crate) const UNRECORDED: u32 = 1;
@@ -35,9 +35,19 @@ pub(crate) struct Migration {
     pub run: fn(&Store) -> Result<()>,
 }
 
-/// The migrations of this natterd, oldest first. None yet: format 1 is the
-/// first recorded format.
-pub(crate) const MIGRATIONS: &[Migration] = &[];
+/// The migrations of this natterd, oldest first.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    from: 1,
+    what: "inbox entries may hold read positions (chatRead, kind 4), which format 1 \
+           does not know; no stored record changes",
+    run: nothing_to_rewrite,
+}];
+
+/// Format 2 only adds a kind of inbox entry: a format 1 store is valid as it
+/// is, and the step only records that an older natterd must not open it.
+fn nothing_to_rewrite(_: &Store) -> Result<()> {
+    Ok(())
+}
 
 /// What this build reads, and how it gets there from older formats.
 #[derive(Clone, Copy)]
@@ -233,6 +243,12 @@ mod tests {
         Ok(())
     }
 
+    /// A build that reads format 1 only (what the first natterd was).
+    const V1: Formats = Formats {
+        current: 1,
+        migrations: &[],
+    };
+
     const TO_2: &[Migration] = &[Migration {
         from: 1,
         what: "doubles x (test)",
@@ -268,7 +284,7 @@ mod tests {
     fn an_older_store_is_backed_up_then_migrated_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        let v1 = open(&path, Formats::THIS).unwrap();
+        let v1 = open(&path, V1).unwrap();
         set_counter(&v1, "x", 5);
         drop(v1);
         let formats = Formats {
@@ -288,7 +304,7 @@ mod tests {
             .filter(|p| p.to_string_lossy().contains("s.format1-backup-"))
             .collect();
         assert_eq!(backups.len(), 1, "one backup beside the store");
-        let backup = open(&backups[0], Formats::THIS).unwrap();
+        let backup = open(&backups[0], V1).unwrap();
         assert_eq!(backup.recorded_format().unwrap(), Some(1));
         assert_eq!(counter(&backup, "x"), 5, "the backup is the store before");
     }
@@ -319,7 +335,7 @@ mod tests {
     fn a_store_no_migration_leads_from_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s");
-        drop(open(&path, Formats::THIS).unwrap());
+        drop(open(&path, V1).unwrap());
         const FROM_2: &[Migration] = &[Migration {
             from: 2,
             what: "(test)",
