@@ -353,7 +353,6 @@ test('a chat is renamed, gains and loses participants, and is left, and every pa
   await dave.reload();
   await expect(dave.locator('#conn-state')).toHaveText('Connected');
   await expect(chatButton(dave, /Trip planning/)).toHaveCount(0);
-  await alice.screenshot({ path: join(SHOTS, 'web-chat-left.png') });
   for (const page of [alice, carol, dave]) clean(page);
   await carol.context().close();
   await dave.context().close();
