@@ -279,3 +279,81 @@ test('reading on one device clears the unread count on another device of the sam
   clean(other);
   await other.context().close();
 });
+
+test('a chat is renamed, gains and loses participants, and is left, and every page shows it', async () => {
+  const carol = await openPage(browser, node);
+  const dave = await openPage(browser, node);
+  await register(carol, 'carol');
+  await register(dave, 'dave');
+  const settings = (page) => page.getByRole('dialog', { name: 'Chat settings' });
+  const people = (page) => page.locator('#chat-people');
+
+  await alice.getByRole('button', { name: 'New chat' }).click();
+  await alice.getByRole('dialog').getByLabel('Participants').fill('carol');
+  await alice.getByRole('dialog').getByLabel('Chat name').fill('Planning');
+  await alice.getByRole('button', { name: 'Create' }).click();
+  await expect(alice.getByRole('heading', { level: 2, name: 'Planning' })).toBeVisible();
+  await send(alice, 'plan one');
+  await chatButton(carol, 'Planning').click();
+  await expect(log(carol).getByRole('article').filter({ hasText: 'plan one' })).toContainText('alice');
+
+  // Rename: Carol, who has the chat open, sees the new name in the heading and the list.
+  await alice.getByRole('button', { name: 'Chat settings' }).click();
+  await settings(alice).getByLabel('Chat name').fill('Trip planning');
+  await settings(alice).getByRole('button', { name: 'Rename' }).click();
+  await settings(alice).getByRole('button', { name: 'Close' }).click();
+  await expect(carol.getByRole('heading', { level: 2, name: 'Trip planning' })).toBeVisible();
+  await expect(chatButton(carol, /Trip planning/)).toBeVisible();
+  await expect(chatButton(carol, /^Planning/)).toHaveCount(0);
+  await expect(alice.getByRole('heading', { level: 2, name: 'Trip planning' })).toBeVisible();
+
+  // Add: Dave sees the chat appear (its history not unread), reads what was said before, and talks.
+  await alice.getByRole('button', { name: 'Chat settings' }).click();
+  await settings(alice).getByLabel('Add participant').fill('dave');
+  await settings(alice).getByRole('button', { name: 'Add', exact: true }).click();
+  await expect(settings(alice).getByRole('button', { name: 'Remove dave' })).toBeVisible();
+  await settings(alice).getByRole('button', { name: 'Close' }).click();
+  await expect(chatButton(dave, /Trip planning/)).toBeVisible();
+  await expect(chatButton(dave, /Trip planning/)).not.toContainText('unread');
+  await chatButton(dave, /Trip planning/).click();
+  await expect(log(dave).getByRole('article').filter({ hasText: 'plan one' })).toContainText('alice');
+  await expect(people(carol)).toContainText('dave');
+  await send(dave, 'dave is in');
+  for (const page of [alice, carol]) {
+    await expect(log(page).getByRole('article').filter({ hasText: 'dave is in' })).toContainText('dave');
+  }
+
+  // Remove: the chat leaves Carol's page; the others see she is gone; she gets nothing more of it.
+  await alice.getByRole('button', { name: 'Chat settings' }).click();
+  await settings(alice).getByRole('button', { name: 'Remove carol' }).click();
+  await expect(settings(alice).getByRole('button', { name: 'Remove carol' })).toHaveCount(0);
+  await settings(alice).getByRole('button', { name: 'Close' }).click();
+  await expect(chatButton(carol, /Trip planning/)).toHaveCount(0);
+  await expect(log(carol)).toBeHidden();
+  for (const page of [alice, dave]) {
+    await expect(people(page)).not.toContainText('carol');
+  }
+  await send(alice, 'carol is out');
+  await expect(log(dave).getByRole('article').filter({ hasText: 'carol is out' })).toHaveCount(1);
+  // A page loaded afresh asks the node: the chat is not Carol's any more.
+  await carol.reload();
+  await expect(carol.locator('#conn-state')).toHaveText('Connected');
+  await expect(chatButton(carol, /Trip planning|carol is out/)).toHaveCount(0);
+  await expect(carol.getByText('carol is out')).toHaveCount(0);
+
+  // Leave: the chat goes from Dave's page; Alice sees him gone and is alone in it.
+  await dave.getByRole('button', { name: 'Chat settings' }).click();
+  await settings(dave).getByRole('button', { name: 'Leave chat' }).click();
+  await expect(settings(dave)).toBeHidden();
+  await expect(log(dave)).toBeHidden();
+  await expect(chatButton(dave, /Trip planning/)).toHaveCount(0);
+  await expect(people(alice)).not.toContainText('dave');
+  await expect(people(alice)).toHaveText('You');
+  await send(alice, 'alone now');
+  await dave.reload();
+  await expect(dave.locator('#conn-state')).toHaveText('Connected');
+  await expect(chatButton(dave, /Trip planning/)).toHaveCount(0);
+  for (const page of [alice, carol, dave]) clean(page);
+  await carol.context().close();
+  await dave.context().close();
+});
