@@ -171,6 +171,32 @@ test('an image goes up with progress and comes back inline; other files download
   clean(bob);
 });
 
+test('the 16 KiB limit shows before sending, and a dropped file goes up like a chosen one', async () => {
+  const box = alice.getByLabel('Message', { exact: true });
+  await box.fill('x'.repeat(16385));
+  await expect(alice.locator('#message-limit')).toHaveText('Too long: 16385 of 16384 bytes');
+  await expect(box).toHaveAttribute('aria-invalid', 'true');
+  await expect(alice.getByRole('button', { name: 'Send' })).toBeDisabled();
+  // UTF-8 bytes, not characters: 8,192 two-byte letters are exactly the limit.
+  await box.fill('é'.repeat(8192));
+  await expect(alice.locator('#message-limit')).toHaveText('16384 of 16384 bytes');
+  await expect(alice.getByRole('button', { name: 'Send' })).toBeEnabled();
+  await box.fill('');
+  await expect(alice.locator('#message-limit')).toHaveText('');
+
+  const dropped = await alice.evaluateHandle(() => {
+    const data = new DataTransfer();
+    data.items.add(new File(['dropped on the chat\n'], 'dropped.txt', { type: 'text/plain' }));
+    return data;
+  });
+  await alice.locator('#chat-pane').dispatchEvent('drop', { dataTransfer: dropped });
+  await expect(alice.getByLabel('Uploading dropped.txt')).toHaveAttribute('value', '100');
+  await alice.getByRole('button', { name: 'Send' }).click();
+  await expect(log(bob).getByRole('link', { name: /dropped\.txt/ })).toBeVisible();
+  clean(alice);
+  clean(bob);
+});
+
 test('two tabs of one user share one device and both work', async () => {
   const second = await bob.context().newPage();
   watch(second);
