@@ -854,23 +854,21 @@ fn invalid(setting: &'static str, reason: &str) -> ConfigError {
 
 fn federation_config(file: FileFederation) -> Result<FederationConfig, ConfigError> {
     let defaults = FederationConfig::default();
-    if file
-        .max_actions_in_flight
-        .is_some_and(|n| !(1..=4096).contains(&n))
-    {
-        return Err(invalid(
+    for (setting, value, max) in [
+        (
             "federation.max_actions_in_flight",
-            "must be between 1 and 4096",
-        ));
-    }
-    if file
-        .max_batches_in_flight
-        .is_some_and(|n| !(1..=64).contains(&n))
-    {
-        return Err(invalid(
+            file.max_actions_in_flight,
+            4096,
+        ),
+        (
             "federation.max_batches_in_flight",
-            "must be between 1 and 64",
-        ));
+            file.max_batches_in_flight,
+            64,
+        ),
+    ] {
+        if value.is_some_and(|n| !(1..=max).contains(&n)) {
+            return Err(invalid(setting, &format!("must be between 1 and {max}")));
+        }
     }
     Ok(FederationConfig {
         request_timeout: file.request_timeout.unwrap_or(defaults.request_timeout),
@@ -1188,6 +1186,12 @@ impl clap::ValueEnum for Registration {
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    read_toml(path)
+}
+
+/// A TOML file read and parsed as `T` (`FileConfig`, or a plain table for
+/// `natterd config check`).
+pub(crate) fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
         path: path.to_owned(),
         source,

@@ -74,14 +74,7 @@ pub fn run(check: CheckArgs, matches: Option<&ArgMatches>) -> Result<String, Con
 }
 
 fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    toml::from_str(&text).map_err(|source| ConfigError::Parse {
-        path: path.to_owned(),
-        source,
-    })
+    crate::config::read_toml(path)
 }
 
 fn source_of(key: &str, matches: Option<&ArgMatches>, file: Option<&toml::Table>) -> &'static str {
