@@ -45,6 +45,7 @@ export class Natterd {
     ], { stdio: ['ignore', 'ignore', 'pipe'], env: natterdEnv() });
     this.child = child;
     this.exited = new Promise((resolve) => child.on('exit', resolve));
+    let timer;
     const listening = new Promise((resolve, reject) => {
       let buffer = '';
       child.stderr.on('data', (chunk) => {
@@ -59,9 +60,10 @@ export class Natterd {
         }
       });
       child.on('exit', (code) => reject(new Error(`natterd exited (${code}):\n${this.log.join('\n')}`)));
-      setTimeout(() => reject(new Error(`natterd did not start:\n${this.log.join('\n')}`)), START_TIMEOUT_MS);
+      timer = setTimeout(() => reject(new Error(`natterd did not start:\n${this.log.join('\n')}`)), START_TIMEOUT_MS);
     });
-    const { url, admin } = await listening;
+    // The timer must not keep the test process alive for its 30 s after a start.
+    const { url, admin } = await listening.finally(() => clearTimeout(timer));
     this.url = url;
     this.adminUrl = admin;
     this.port = Number(new URL(url).port);
