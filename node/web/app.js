@@ -14,7 +14,7 @@ const DEFAULT_INFO = {
 
 const app = {
   info: DEFAULT_INFO, session: null, link: null, chats: null, view: null,
-  openId: null, readSent: new Map(), uploads: [], urls: new Map(), online: false,
+  openId: null, readSent: new Map(), uploads: [], urls: new Map(), previews: new Map(), online: false,
 };
 
 async function boot() {
@@ -276,6 +276,9 @@ function transmit(local) {
 
 // ------------------------------------------------------------------ attachments
 
+/** Types shown inline (the embedded store serves just these without Content-Disposition). */
+const IMAGE = /^image\/(png|jpeg|gif|webp|avif|bmp)$/;
+
 function clearUploads() {
   for (const u of app.uploads) u.xhr?.abort();
   app.uploads = [];
@@ -308,6 +311,9 @@ async function upload(file) {
     const t = await request({ type: 'getAttachmentTarget', size: file.size, contentType, name });
     await put(u, t, file, progress);
     u.meta = { attachmentId: t.attachmentId, contentType, size: file.size, name };
+    // The sender's page shows its own image from the file: a URL asked for before
+    // the send would name the upload, which S3 storage deletes once the send seals it.
+    if (IMAGE.test(contentType)) app.previews.set(t.attachmentId, URL.createObjectURL(file));
     progress.value = 100;
     u.li.classList.add('done');
   } catch (e) {
@@ -353,9 +359,11 @@ function attachment(a) {
       announce(`${a.name || 'file'}: ${err.message}`);
     }
   } }, label);
-  if (!/^image\/(png|jpeg|gif|webp|avif|bmp)$/.test(a.contentType)) return link;
+  if (!IMAGE.test(a.contentType)) return link;
   const img = h('img', { alt: a.name || 'image', loading: 'lazy', decoding: 'async' });
-  attachmentUrl(a.attachmentId, false).then((url) => { img.src = url; }, () => { img.alt = `${label}: unavailable`; });
+  const preview = app.previews.get(a.attachmentId);
+  if (preview) img.src = preview;
+  else attachmentUrl(a.attachmentId, false).then((url) => { img.src = url; }, () => { img.alt = `${label}: unavailable`; });
   return h('figure', {}, img, h('figcaption', {}, link));
 }
 
