@@ -25,7 +25,8 @@ const START_TIMEOUT_MS = 10000;
 const DOCUMENTED_ORIGIN = 'https://chat.example.org';
 
 function s3sFs() {
-  const dirs = [...(process.env.PATH || '').split(delimiter), join(homedir(), '.cargo', 'bin')];
+  const cargoHome = process.env.CARGO_HOME || join(homedir(), '.cargo');
+  const dirs = [...(process.env.PATH || '').split(delimiter), join(cargoHome, 'bin')];
   const found = dirs.map((d) => join(d, 's3s-fs')).find((p) => existsSync(p));
   if (!found) {
     throw new Error('s3s-fs is not installed: scripts/test-web installs it, or run '
