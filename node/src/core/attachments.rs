@@ -7,14 +7,17 @@ use super::writer::{Op, Outcome, SweepReport};
 use super::{Core, CoreError};
 use crate::clock::millis;
 use crate::ids::{AttachmentId, NodeName};
+use crate::media::Presentation;
 use crate::protocol::{CommandResult, ErrorCode};
 use crate::store::{AttachmentRecord, AttachmentRef};
 
 /// Whether a user may download an attachment, and from where.
 enum Access {
-    /// Held here; served from its sealed copy when `sealed`.
+    /// Held here; served from its sealed copy when `sealed`, as its
+    /// recorded type and name say.
     Here {
         sealed: bool,
+        presented: Presentation,
     },
     /// Sent in a mirrored chat: that chat's home answers.
     AskHome(NodeName),
@@ -151,6 +154,7 @@ impl Core {
                 };
                 let here = Access::Here {
                     sealed: record.sealed,
+                    presented: Presentation::of(&record.content_type, record.name.as_deref()),
                 };
                 if record.uploader == user_id {
                     return Ok(here);
@@ -173,8 +177,12 @@ impl Core {
                 "only participants of a chat it was sent in may download it",
             )),
             Access::AskHome(home) => self.remote_attachment_url(home, user, id).await,
-            Access::Here { sealed } => {
-                let (url, expires_at) = self.inner.media.download_url(id, sealed).await?;
+            Access::Here { sealed, presented } => {
+                let (url, expires_at) = self
+                    .inner
+                    .media
+                    .download_url(id, sealed, &presented)
+                    .await?;
                 Ok(CommandResult::AttachmentUrl { url, expires_at })
             }
         }

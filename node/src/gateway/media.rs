@@ -15,7 +15,7 @@ use axum::routing::get;
 
 use super::{ApiError, Gateway, local};
 use crate::ids::AttachmentId;
-use crate::media::{LocalDenied, LocalPutError, LocalQuery};
+use crate::media::{LocalDenied, LocalPutError, LocalQuery, Presentation};
 use crate::protocol::ErrorCode;
 
 pub(super) fn router() -> Router<Gateway> {
@@ -138,8 +138,13 @@ async fn download(
         .ok_or_else(not_found)?;
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    if let Ok(ct) = HeaderValue::from_str(&record.content_type) {
+    // The same type and disposition an S3 URL signs in (`Presentation::of`).
+    let presented = Presentation::of(&record.content_type, record.name.as_deref());
+    if let Ok(ct) = HeaderValue::from_str(&presented.content_type) {
         headers.insert(header::CONTENT_TYPE, ct);
+    }
+    if let Ok(disposition) = HeaderValue::from_str(&presented.disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, disposition);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(record.size));
     headers.insert(
@@ -156,23 +161,5 @@ async fn download(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static("sandbox"),
     );
-    if !inline_safe(&record.content_type) {
-        headers.insert(
-            header::CONTENT_DISPOSITION,
-            HeaderValue::from_static("attachment"),
-        );
-    }
     Ok(response)
-}
-
-/// Types a browser may show in place: raster images, audio and video. SVG (a
-/// document with scripts), HTML, PDF and the rest are downloaded instead.
-fn inline_safe(content_type: &str) -> bool {
-    let ct = content_type.to_ascii_lowercase();
-    let essence = ct.split(';').next().unwrap_or_default().trim();
-    matches!(
-        essence,
-        "image/png" | "image/jpeg" | "image/gif" | "image/webp" | "image/avif" | "image/bmp"
-    ) || essence.starts_with("audio/")
-        || essence.starts_with("video/")
 }

@@ -8,7 +8,9 @@
 //!
 //! Two backends, one behaviour for clients:
 //! - **S3** (any S3-compatible store): object_store's SigV4 signer makes PUT URLs
-//!   that bind the content type, and GET URLs. The bytes never pass through natter.
+//!   that bind the content type, and GET URLs that bind the response's
+//!   `Content-Type` and `Content-Disposition` ([`Presentation`]). The bytes
+//!   never pass through natter.
 //!   A pre-signed PUT cannot cap the size, so [`Media::inspect`] checks the stored
 //!   object before a message may reference it.
 //! - **Local** (the default): object_store's local file system under the data
@@ -37,6 +39,9 @@ use sha2::Sha256;
 
 use crate::clock::{Clock, millis, rfc3339};
 use crate::ids::AttachmentId;
+
+mod presentation;
+pub(crate) use presentation::Presentation;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MediaError {
@@ -298,23 +303,41 @@ impl Media {
     }
 
     /// A URL to GET the attachment from: its sealed copy when `sealed`
-    /// (`AttachmentRecord::sealed`), else the upload.
-    pub async fn download_url(
+    /// (`AttachmentRecord::sealed`), else the upload. Whoever opens it gets
+    /// the attachment as `presented` ([`Presentation::of`] its recorded type
+    /// and name): the embedded store sends those headers itself; an S3 URL
+    /// signs them in as `response-content-type` and
+    /// `response-content-disposition`, so the bucket answers with them instead
+    /// of the type the uploader declared, and a changed one breaks the
+    /// signature. (An embedded URL does not carry them: the GET computes the
+    /// same [`Presentation`] from the record when it serves.)
+    pub(crate) async fn download_url(
         &self,
         id: AttachmentId,
         sealed: bool,
+        presented: &Presentation,
     ) -> Result<(String, String), MediaError> {
         let expiry = self.inner.config.download_expiry;
         let expires_at = self.inner.clock.now_ms() + millis(expiry);
         let url = match &self.inner.backend {
-            Backend::S3 { store, .. } => store
-                .signed_url(
-                    object_store::signer::Method::GET,
-                    &self.served_path(id, sealed),
-                    expiry,
-                )
-                .await?
-                .to_string(),
+            Backend::S3 { store, .. } => {
+                let options = SignedUrlOptions::default().with_query([
+                    ("response-content-type", presented.content_type.as_str()),
+                    (
+                        "response-content-disposition",
+                        presented.disposition.as_str(),
+                    ),
+                ]);
+                store
+                    .signed_url_opts(
+                        object_store::signer::Method::GET,
+                        &self.served_path(id, sealed),
+                        expiry,
+                        &options,
+                    )
+                    .await?
+                    .to_string()
+            }
             Backend::Local {
                 key, public_url, ..
             } => {

@@ -245,7 +245,9 @@ async fn a_third_node_downloads_from_the_holder_through_the_home(t: Topology) {
 }
 
 /// beta keeps its media in S3 and holds bob's upload, sent in alpha's chat:
-/// alice (through alpha) downloads the sealed copy, and a second PUT to bob's
+/// alice (through alpha) downloads the sealed copy, presented as beta's
+/// record says (an HTML page: an attachment of opaque bytes under its name,
+/// never rendered on the bucket's origin), and a second PUT to bob's
 /// still-valid upload URL changes nothing she gets.
 #[tokio::test]
 async fn a_holder_in_s3_serves_what_was_sent() {
@@ -265,9 +267,9 @@ async fn a_holder_in_s3_serves_what_was_sent() {
         chat,
         ..
     } = chat_of_two(&a, &b).await;
-    let bytes = b"held in beta's bucket".to_vec();
+    let bytes = b"<script>alert('held in beta's bucket')</script>".to_vec();
     let target = bob
-        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"image/png"}))
+        .ok(json!({"type":"getAttachmentTarget","size": bytes.len(),"contentType":"text/html","name":"page.html"}))
         .await;
     let id = target["attachmentId"].as_str().unwrap().to_owned();
     let put = |body: Vec<u8>| {
@@ -286,6 +288,12 @@ async fn a_holder_in_s3_serves_what_was_sent() {
         "served from beta's bucket: {url}"
     );
     assert_eq!(got, bytes);
+    let answer = a.http().get(&url).send().await.unwrap();
+    assert_eq!(answer.headers()["content-type"], "application/octet-stream");
+    assert_eq!(
+        answer.headers()["content-disposition"],
+        "attachment; filename*=UTF-8''page.html"
+    );
 
     let mut other = bytes.clone();
     other.reverse();

@@ -632,15 +632,17 @@ crate::in_every_topology!(
     embedded_sent_attachments_cannot_be_replaced
 );
 
-/// Uploads `body` as `content_type` to a new target and returns its id.
+/// Uploads `body` as `content_type` (named `name`) to a new target and
+/// returns its id.
 async fn upload_as(
     node: &TestNode,
     client: &mut WsClient,
     content_type: &str,
+    name: Option<&str>,
     body: &[u8],
 ) -> String {
     let t = client
-        .ok(json!({"type":"getAttachmentTarget","size": body.len(),"contentType": content_type}))
+        .ok(json!({"type":"getAttachmentTarget","size": body.len(),"contentType": content_type,"name": name}))
         .await;
     let mut request = node.http().put(t["uploadUrl"].as_str().unwrap());
     for (name, value) in t["headers"].as_object().unwrap() {
@@ -651,40 +653,145 @@ async fn upload_as(
     t["attachmentId"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn embedded_downloads_run_nothing_and_only_media_opens_inline() {
-    let node = TestNode::start(Topology::Embedded).await;
-    let mut chat = alice_bob_and_outsider_carol(&node).await;
+/// A download as it came back: its URL and the answer's headers.
+struct Fetched {
+    url: String,
+    headers: reqwest::header::HeaderMap,
+}
+
+/// Sends attachments whose bytes would run if a browser rendered them (SVG
+/// and HTML, with and without a name) and an image, and checks what bob's
+/// downloads come back as, whichever store serves them: only the image keeps
+/// its type and opens inline; the rest are `application/octet-stream`
+/// attachments under their (RFC 8187-encoded) names. Answers each download.
+async fn downloads_are_presented_safely(node: &TestNode, chat: &mut Chat) -> Vec<Fetched> {
     let svg = br#"<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>"#;
-    for (content_type, body, inline) in [
-        ("image/svg+xml", &svg[..], false),
-        ("text/html", b"<script>alert(1)</script>".as_slice(), false),
-        ("image/png", PNG, true),
-    ] {
-        let id = upload_as(&node, &mut chat.a, content_type, body).await;
+    let html = b"<script>alert(1)</script>".as_slice();
+    let opaque = "application/octet-stream";
+    let cases = [
+        (
+            "image/svg+xml",
+            Some("logo.svg"),
+            &svg[..],
+            opaque,
+            "attachment; filename*=UTF-8''logo.svg",
+        ),
+        (
+            "text/html",
+            Some("Grüße, page.html"),
+            html,
+            opaque,
+            "attachment; filename*=UTF-8''Gr%C3%BC%C3%9Fe%2C%20page.html",
+        ),
+        ("text/html", None, html, opaque, "attachment"),
+        (
+            "image/png",
+            Some("cat.png"),
+            PNG,
+            "image/png",
+            "inline; filename*=UTF-8''cat.png",
+        ),
+    ];
+    let mut fetched = Vec::new();
+    for (content_type, name, body, served_as, disposition) in cases {
+        let id = upload_as(node, &mut chat.a, content_type, name, body).await;
         chat.a
             .ok(json!({"type":"sendMessage","chatId": chat.chat,"message":"","attachments":[id]}))
             .await;
         let url = chat
             .b
             .ok(json!({"type":"getAttachmentUrl","attachmentId": id}))
-            .await;
-        let response = node
-            .http()
-            .get(url["url"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        let headers = response.headers();
-        assert_eq!(headers["x-content-type-options"], "nosniff");
-        assert_eq!(headers["content-security-policy"], "sandbox");
+            .await["url"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let response = node.http().get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{content_type}: {url}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["content-type"], served_as, "{content_type}");
         assert_eq!(
-            headers
-                .get("content-disposition")
-                .map(|v| v.to_str().unwrap()),
-            (!inline).then_some("attachment"),
+            headers["content-disposition"], disposition,
             "{content_type}"
         );
+        assert_eq!(response.bytes().await.unwrap(), body);
+        fetched.push(Fetched { url, headers });
+    }
+    fetched
+}
+
+/// The embedded store also runs nothing it serves: `nosniff`, and a sandbox
+/// (no scripts, an opaque origin) even for a file opened in place.
+async fn embedded_downloads_run_nothing_and_only_media_opens_inline(t: Topology) {
+    let node = TestNode::start(t).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    for fetched in downloads_are_presented_safely(&node, &mut chat).await {
+        assert_eq!(fetched.headers["x-content-type-options"], "nosniff");
+        assert_eq!(fetched.headers["content-security-policy"], "sandbox");
     }
 }
+
+/// S3 download URLs sign the same type and disposition in as
+/// `response-content-type` and `response-content-disposition`; the store
+/// (s3s-fs, as S3) answers with them instead of the uploaded object's type,
+/// and refuses the URL with either changed.
+async fn s3_downloads_carry_the_same_type_and_disposition(t: Topology) {
+    let server = S3Server::start().await;
+    let node = TestNode::with_config(t, &s3_config(&server, "")).await;
+    let mut chat = alice_bob_and_outsider_carol(&node).await;
+    let fetched = downloads_are_presented_safely(&node, &mut chat).await;
+    let html = &fetched[1];
+    assert!(html.url.starts_with(&server.endpoint), "{}", html.url);
+    let query: Vec<(String, String)> = reqwest::Url::parse(&html.url)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        param("response-content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        param("response-content-disposition"),
+        html.headers["content-disposition"]
+            .to_str()
+            .ok()
+            .map(String::from)
+    );
+    // The rest of the URL byte for byte, one override changed or both left
+    // out: refused.
+    let (base, raw_query) = html.url.split_once('?').unwrap();
+    for (name, value) in [
+        ("response-content-disposition", Some("inline")),
+        ("response-content-type", Some("text%2Fhtml")),
+        ("response-content", None),
+    ] {
+        let changed: Vec<String> = raw_query
+            .split('&')
+            .filter_map(|pair| match (pair.split_once('='), value) {
+                (Some((k, _)), Some(value)) if k == name => Some(format!("{k}={value}")),
+                (Some((k, _)), None) if k.starts_with(name) => None,
+                _ => Some(pair.to_owned()),
+            })
+            .collect();
+        let url = format!("{base}?{}", changed.join("&"));
+        assert_ne!(url, html.url);
+        let (status, _, _) = get(node.http(), &url).await;
+        assert_eq!(status, 403, "{name}={value:?} is not what was signed");
+    }
+    assert_eq!(
+        get(node.http(), &html.url).await.0,
+        200,
+        "the URL as signed"
+    );
+}
+
+crate::in_every_topology!(
+    embedded_downloads_run_nothing_and_only_media_opens_inline,
+    s3_downloads_carry_the_same_type_and_disposition
+);

@@ -166,6 +166,7 @@ test('an image goes up with progress and comes back inline; other files download
   // A fresh URL on click, opened in a new tab; the node serves it as a download.
   // (Chromium reports the popup's download on the page that opened it.)
   const [download] = await Promise.all([bob.waitForEvent('download', { timeout: 10000 }), link.click()]);
+  assert.equal(download.suggestedFilename(), 'notes.txt');
   assert.equal(readFileSync(await download.path(), 'utf8'), notes);
   clean(alice);
   clean(bob);

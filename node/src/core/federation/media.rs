@@ -20,6 +20,7 @@ use super::super::writer::Op;
 use super::super::{Core, CoreError};
 use crate::federation::events::{Action, ActionRequest, Attachment, AttachmentUrlRequest};
 use crate::ids::{AttachmentId, ChatId, NodeName};
+use crate::media::Presentation;
 use crate::protocol::{self, CommandResult, ErrorCode};
 use crate::store::AttachmentRef;
 
@@ -91,9 +92,11 @@ pub(in crate::core) fn attach_held(
 /// What this node does with a peer's request for a URL.
 enum UrlAnswer {
     /// Held here: a URL of this node's media store (of its sealed copy when
-    /// `sealed`).
+    /// `sealed`), presenting it as its record says (the holder's record is
+    /// the one a peer cannot have changed).
     Local {
         sealed: bool,
+        presented: Presentation,
     },
     /// This node is the home of a chat it was sent in; the holder answers.
     Relay(NodeName),
@@ -122,6 +125,7 @@ impl Core {
                 if let Some(record) = view.attachment(id)? {
                     let local = UrlAnswer::Local {
                         sealed: record.sealed,
+                        presented: Presentation::of(&record.content_type, record.name.as_deref()),
                     };
                     // A chat's home is the authority on its participants; it
                     // may ask as soon as the upload is offered to it.
@@ -153,8 +157,12 @@ impl Core {
             })
             .await?;
         match answer {
-            UrlAnswer::Local { sealed } => {
-                let (url, expires_at) = self.inner.media.download_url(id, sealed).await?;
+            UrlAnswer::Local { sealed, presented } => {
+                let (url, expires_at) = self
+                    .inner
+                    .media
+                    .download_url(id, sealed, &presented)
+                    .await?;
                 Ok(CommandResult::AttachmentUrl { url, expires_at })
             }
             UrlAnswer::Relay(holder) => self.remote_attachment_url(holder, user, id).await,
