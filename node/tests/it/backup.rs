@@ -216,7 +216,11 @@ async fn a_backup_taken_while_sending_restores_the_node_as_of_its_snapshot(topol
     let summary = natter::backup::verify_file(&file).expect("the backup verifies");
     assert!(summary.manifest.with_media);
     assert_eq!(summary.trailer.media_files, 1, "{:?}", summary.trailer);
-    assert!(summary.trailer.records["users"] >= 2, "{:?}", summary.trailer);
+    assert!(
+        summary.trailer.records["users"] >= 2,
+        "{:?}",
+        summary.trailer
+    );
 
     let original_history = history(&mut a, &chat).await;
     assert_eq!(original_history.len(), 4 + SENDS);
@@ -306,4 +310,47 @@ fn a_damaged_backup_is_refused_and_touches_nothing(file: &Path, dir: &Path) {
         .filter(|e| e.file_name().to_string_lossy().contains("restoring"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// With S3 media a backup with media is refused (the bucket has its own
+/// tools) with a clear error; one without media is taken as usual. A
+/// gateway has no admin API to take one from.
+#[tokio::test]
+async fn with_s3_media_a_backup_leaves_the_bucket_out() {
+    let server = crate::support::s3::S3Server::start().await;
+    let node = TestNode::with_config(Topology::Split, &crate::media::s3_config(&server, "")).await;
+    let http = node.http();
+    let url = format!("{}/admin/v1/backup", node.main_admin_url());
+    let refused = http
+        .get(format!("{url}?media=true"))
+        .bearer_auth(&node.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "bad_request");
+    assert!(body["message"].as_str().unwrap().contains("S3"), "{body}");
+    let taken = http
+        .get(&url)
+        .bearer_auth(&node.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(taken.status(), 200);
+    let bytes = taken.bytes().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b");
+    std::fs::write(&file, &bytes).unwrap();
+    let summary = natter::backup::verify_file(&file).unwrap();
+    assert!(!summary.manifest.with_media);
+    let wrong = http.get(&url).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let gateway = http
+        .get(format!("{}/admin/v1/backup", node.admin_url_of(0)))
+        .bearer_auth(&node.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(gateway.status(), 200);
 }
