@@ -354,3 +354,60 @@ async fn with_s3_media_a_backup_leaves_the_bucket_out() {
         .unwrap();
     assert_ne!(gateway.status(), 200);
 }
+
+/// With NATS, federation events already relayed to the JetStream outbox are
+/// no longer in the store: the backup reads them from the stream, and a node
+/// restored from it (on a fresh nats-server) delivers them to the peer that
+/// was down, once each, in order.
+#[tokio::test]
+async fn a_backup_keeps_the_outbox_relayed_to_jetstream() {
+    use crate::federation::{Pair, chat_of_two, receive, two_nodes};
+    let (mut a, mut b) = two_nodes(Topology::Nats).await;
+    let Pair {
+        mut alice,
+        bob,
+        chat,
+        bob_creds,
+        ..
+    } = chat_of_two(&a, &b).await;
+    bob.close().await;
+    b.kill9();
+    let sent: Vec<String> = (0..20).map(|i| format!("while away {i}")).collect();
+    for text in &sent {
+        alice
+            .ok(json!({"type":"sendMessage","chatId": chat,"message": text}))
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alpha.backup");
+    // Once every event is on JetStream (the sender relays them from the
+    // store while beta is away), the backup has them from the stream.
+    let summary = crate::support::eventually("the outbox relayed to JetStream", || {
+        let (admin, token, file) = (
+            a.main_admin_url().to_owned(),
+            a.admin_token.clone(),
+            file.clone(),
+        );
+        async move {
+            let _ = std::fs::remove_file(&file);
+            take_backup(admin, token, file.clone()).await;
+            let summary = natter::backup::verify_file(&file).expect("the backup verifies");
+            (summary.trailer.outbox_from_stream == 20).then_some(summary)
+        }
+    })
+    .await;
+    assert_eq!(summary.trailer.outbox_from_stream, 20);
+    alice.close().await;
+    a.kill9();
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = natterd_restore(&file, &restored_dir.path().join("data"));
+    assert!(restored.status.success(), "{restored:?}");
+    let config =
+        format!("name = \"alpha.test\"\n{BASE_CONFIG}\n[federation]\nmax_backoff = \"1s\"\n");
+    let _copy = TestNode::on_restored(restored_dir, Topology::Nats, &config).await;
+    b.restart_same_port().await;
+    let mut bob = b.connect(&bob_creds).await;
+    assert_eq!(receive(&mut bob, 20).await, sent, "all, in order");
+    assert!(bob.drain().await.is_empty(), "once");
+}
