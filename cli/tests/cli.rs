@@ -846,6 +846,13 @@ async fn backups_through_the_cli() {
     let bad = natter(&["backup", "verify", &damaged.display().to_string()]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
 
+    // A file that no longer matches its .sha256 fails too.
+    let listed = dir.path().join("node.backup.sha256");
+    std::fs::write(&listed, format!("{}  node.backup\n", "0".repeat(64))).unwrap();
+    let mismatch = natter(&["backup", "verify", &file_arg]);
+    assert_eq!(mismatch.status.code(), Some(1));
+    assert!(refused(&mismatch).contains("differs"));
+
     let other = dir.path().join("other.backup").display().to_string();
     let wrong = node
         .cli(&["--token", "nope", "backup", "create", &other])
