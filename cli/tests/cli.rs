@@ -876,8 +876,18 @@ async fn backups_through_the_cli() {
     assert!(!dir.path().join("other.backup.partial").exists());
 
     // The restored folder serves the same user.
+    // Into an existing empty folder (a mount point, say): its entries move up.
     let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir(restored.path().join("data")).unwrap();
     natter::backup::restore(&file, &restored.path().join("data")).unwrap();
+    let entries: Vec<String> = std::fs::read_dir(restored.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries.iter().any(|e| e.contains("restoring")),
+        "{entries:?}"
+    );
     let copy = Node::start_in(restored, "localhost").await;
     assert_eq!(login(&copy.url, "alice", "password123").await, 200);
     copy.stop().await;
