@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use serde_json::{Value, json};
 
 use crate::support::nats::NatsServer;
-use crate::support::node::Topology;
+use crate::support::node::{BASE_CONFIG, Topology};
 use crate::support::s3::S3Server;
 use crate::support::{TestNode, WsClient};
 
@@ -362,5 +362,25 @@ async fn compose_example_stack_serves_registrations_messages_and_uploads() {
         body,
         "{}",
         sealed.display()
+    );
+}
+
+/// A minimal host (found running examples/systemd on a bare Debian root)
+/// may have no CA certificates: natterd must still serve, and say why
+/// federation over HTTPS will fail, instead of panicking at start.
+#[tokio::test]
+async fn a_host_without_ca_certificates_runs_a_node_and_says_so() {
+    let empty = tempfile::tempdir().unwrap();
+    let env = [
+        ("SSL_CERT_FILE", empty.path().join("none.pem")),
+        ("SSL_CERT_DIR", empty.path().to_path_buf()),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.display().to_string()));
+    let node = TestNode::with_env(Topology::Embedded, BASE_CONFIG, None, &env).await;
+    node.user("alice").await;
+    assert!(
+        node.logs().contains("no TLS root certificates"),
+        "{}",
+        node.logs()
     );
 }
