@@ -6,12 +6,16 @@
 //! `<data>/admin.token` (`--data`/`NATTER_DATA`, default `./natter-data`).
 //! Answers are read as the node's own types (`natter::gateway::{admin, peers}`,
 //! `natter::core`, `natter::protocol`); `--json` prints them as the node sent them.
+//! `backup` ([`backup`]) is the exception: `create` streams an archive to a
+//! file, and `verify` reads one with the node's own reader (`natter::backup`),
+//! without a node.
 //! `user`, `device` and `invite` are in [`users`]; `chat` and `stats` in
 //! [`chats`]; `key` and `peer` (federation) in [`peers`].
 //!
 //! Exit codes: 0 ok, 1 the command failed, 2 bad usage, 3 the node is
 //! unreachable, 4 unauthorized (no token, or the node refused it).
 
+mod backup;
 mod chats;
 mod peers;
 mod table;
@@ -89,6 +93,9 @@ enum Command {
     /// Peers: nodes this node federates with.
     #[command(subcommand)]
     Peer(peers::PeerCommand),
+    /// Backups: take one from the running node, check one.
+    #[command(subcommand)]
+    Backup(backup::BackupCommand),
     /// Print a shell completion script (bash, zsh, fish, ...) to stdout.
     Completions {
         #[arg(value_enum)]
@@ -132,15 +139,7 @@ impl Admin {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| Failure {
-            exit: 3,
-            code: "unreachable".into(),
-            message: format!(
-                "cannot reach the node's admin API at {} ({}); is natterd running, and is --node its admin.listen?",
-                self.base,
-                root_cause(&e)
-            ),
-        })?;
+        let response = request.send().await.map_err(|e| self.unreachable(&e))?;
         let status = response.status();
         let text = response.text().await.unwrap_or_default();
         let value: Value = if text.is_empty() {
@@ -151,26 +150,43 @@ impl Admin {
         if status.is_success() {
             return Ok(value);
         }
-        let (code, message) = match serde_json::from_value::<ErrorBody>(value.clone()) {
-            Ok(error) => (error.code.as_str().to_owned(), error.message),
-            Err(_) => ("failed".to_owned(), value.as_str().unwrap_or("").to_owned()),
+        Err(refusal(status, value).into())
+    }
+
+    /// The node could not be reached (exit 3).
+    pub(crate) fn unreachable(&self, e: &reqwest::Error) -> Failure {
+        Failure {
+            exit: 3,
+            code: "unreachable".into(),
+            message: format!(
+                "cannot reach the node's admin API at {} ({}); is natterd running, and is --node its admin.listen?",
+                self.base,
+                root_cause(e)
+            ),
+        }
+    }
+}
+
+/// The node answered `status` with the error body `value`: exit 4 when it
+/// refused the token, else 1 with its code.
+pub(crate) fn refusal(status: reqwest::StatusCode, value: Value) -> Failure {
+    let (code, message) = match serde_json::from_value::<ErrorBody>(value.clone()) {
+        Ok(error) => (error.code.as_str().to_owned(), error.message),
+        Err(_) => ("failed".to_owned(), value.as_str().unwrap_or("").to_owned()),
+    };
+    if status == reqwest::StatusCode::UNAUTHORIZED {
+        return Failure {
+            exit: 4,
+            code: ErrorCode::Unauthorized.as_str().to_owned(),
+            message: format!(
+                "unauthorized: the node refused the admin token ({message}); pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder"
+            ),
         };
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(Failure {
-                exit: 4,
-                code: ErrorCode::Unauthorized.as_str().to_owned(),
-                message: format!(
-                    "unauthorized: the node refused the admin token ({message}); pass --token, set NATTER_ADMIN_TOKEN, or point --data at the node's data folder"
-                ),
-            }
-            .into());
-        }
-        Err(Failure {
-            exit: 1,
-            message: format!("{status}: {code}: {message}"),
-            code,
-        }
-        .into())
+    }
+    Failure {
+        exit: 1,
+        message: format!("{status}: {code}: {message}"),
+        code,
     }
 }
 
@@ -242,6 +258,7 @@ async fn run(cli: &Cli, admin: &Admin) -> anyhow::Result<(Value, String)> {
         }
         Command::Key(command) => peers::key(admin, command).await?,
         Command::Peer(command) => peers::peer(admin, command).await?,
+        Command::Backup(command) => backup::backup(admin, command, cli.json).await?,
         Command::Completions { .. } => unreachable!("handled before a token is read"),
     })
 }
@@ -259,8 +276,10 @@ async fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let result = match admin_token(&cli) {
-        Ok(token) => {
+    let result = match (&cli.command, admin_token(&cli)) {
+        // Checks a file: no node, no token.
+        (Command::Backup(backup::BackupCommand::Verify { file }), _) => backup::verify(file),
+        (_, Ok(token)) => {
             let builder = || reqwest::Client::builder().connect_timeout(Duration::from_secs(10));
             // Without the system's CA certificates, no TLS roots (instead of
             // a panic): plain HTTP to the node's admin listener still works.
@@ -275,7 +294,7 @@ async fn main() -> ExitCode {
             };
             run(&cli, &admin).await
         }
-        Err(failure) => Err(failure.into()),
+        (_, Err(failure)) => Err(failure.into()),
     };
     match result {
         Ok((value, text)) => {

@@ -25,7 +25,11 @@ impl Node {
 
     /// A node named `name` (users are `user@name`).
     async fn start_named(name: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), name).await
+    }
+
+    /// A node on `dir/data` (made if missing: a restored backup, or new).
+    async fn start_in(dir: tempfile::TempDir, name: &str) -> Self {
         let config = Config::resolve(ServeArgs {
             data: Some(dir.path().join("data")),
             name: Some(name.to_owned()),
@@ -784,4 +788,97 @@ fn completions_for_bash_zsh_and_fish() {
         // Subcommands are in it.
         assert!(script.contains("reset-password"), "{shell}: {script}");
     }
+}
+
+/// `natter backup create` while the node serves, `--json` parsed; the
+/// `.sha256` file; `verify` of the file, and of a truncated and a
+/// bit-flipped copy (exit 1); no overwrite; wrong token 4, no node 3; a
+/// node on the restored folder knows the user and its password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backups_through_the_cli() {
+    let node = Node::start().await;
+    stdout(
+        &node
+            .cli(&["user", "add", "alice", "--password", "password123"])
+            .await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("node.backup");
+    let file_arg = file.display().to_string();
+    let made = json_out(&node.cli(&["--json", "backup", "create", &file_arg]).await);
+    assert_eq!(made["file"], file_arg);
+    assert_eq!(made["node"], "localhost");
+    assert_eq!(made["withMedia"], false);
+    assert_eq!(made["storeFormat"], 2);
+    assert!(made["counts"]["users"].as_u64().unwrap() >= 1, "{made}");
+    let bytes = std::fs::read(&file).unwrap();
+    assert_eq!(made["bytes"], bytes.len());
+    assert!(!dir.path().join("node.backup.partial").exists());
+    let sha = made["sha256"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("node.backup.sha256")).unwrap(),
+        format!("{sha}  node.backup\n")
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let checked = sha256sum_check(dir.path());
+    assert!(checked.status.success(), "{checked:?}");
+
+    // Text output, and verify without a node (no token either).
+    let verified = natter(&["--json", "backup", "verify", &file_arg]);
+    assert_eq!(json_out(&verified)["sha256"], sha);
+    let again = node.cli(&["backup", "create", &file_arg]).await;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(refused(&again).contains("exists"));
+
+    let damaged = dir.path().join("damaged.backup");
+    std::fs::write(&damaged, &bytes[..bytes.len() - 700]).unwrap();
+    let truncated = natter(&["backup", "verify", &damaged.display().to_string()]);
+    assert_eq!(truncated.status.code(), Some(1));
+    assert!(refused(&truncated).contains("not a valid backup"));
+    let mut flipped = bytes.clone();
+    let at = flipped.len() / 3;
+    flipped[at] ^= 0x10;
+    std::fs::write(&damaged, &flipped).unwrap();
+    let bad = natter(&["backup", "verify", &damaged.display().to_string()]);
+    assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+
+    let other = dir.path().join("other.backup").display().to_string();
+    let wrong = node
+        .cli(&["--token", "nope", "backup", "create", &other])
+        .await;
+    assert_eq!(wrong.status.code(), Some(4));
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let away = natter(&[
+        "--node",
+        &format!("http://127.0.0.1:{port}"),
+        "--token",
+        "t",
+        "backup",
+        "create",
+        &other,
+    ]);
+    assert_eq!(away.status.code(), Some(3));
+    assert!(!dir.path().join("other.backup").exists());
+    assert!(!dir.path().join("other.backup.partial").exists());
+
+    // The restored folder serves the same user.
+    let restored = tempfile::tempdir().unwrap();
+    natter::backup::restore(&file, &restored.path().join("data")).unwrap();
+    let copy = Node::start_in(restored, "localhost").await;
+    assert_eq!(login(&copy.url, "alice", "password123").await, 200);
+    copy.stop().await;
+    node.stop().await;
+}
+
+fn sha256sum_check(dir: &Path) -> Output {
+    Command::new("sha256sum")
+        .args(["-c", "node.backup.sha256"])
+        .current_dir(dir)
+        .output()
+        .unwrap()
 }

@@ -49,6 +49,22 @@ pub enum CliCommand {
     /// Work with the configuration without running a node.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Restore a backup (`natter backup create`) into a new or empty data
+    /// folder, checking it as it is read; opens nothing else. Exits 1 with the
+    /// reason, leaving the folder as it was, when the backup is damaged.
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The backup file.
+    pub file: PathBuf,
+    /// The data folder to restore into: missing or empty.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Print what was restored as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,7 +108,7 @@ impl CliCommand {
             Self::Serve(args) => Some((Role::All, args)),
             Self::Core(args) => Some((Role::Core, args)),
             Self::Gateway(args) => Some((Role::Gateway, args)),
-            Self::Config(_) => None,
+            Self::Config(_) | Self::Restore(_) => None,
         }
     }
 }
@@ -457,6 +473,9 @@ struct FileTesting {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub data: PathBuf,
+    /// The configuration file the settings were read from, if any (a backup
+    /// holds its text).
+    pub config_file: Option<PathBuf>,
     pub listen: SocketAddr,
     /// The admin API and `/metrics` (never on `listen`).
     pub admin_listen: SocketAddr,
@@ -768,6 +787,7 @@ impl Config {
         }
         Ok(Self {
             data,
+            config_file: args.config.clone(),
             listen,
             admin_listen,
             admin,

@@ -4,6 +4,7 @@
 //! flags and calls [`server::serve`]. docs/ARCHITECTURE.md maps the modules.
 
 pub(crate) mod auth;
+pub mod backup;
 pub mod clock;
 pub mod config;
 pub mod config_check;

@@ -2,7 +2,7 @@
 //! until SIGINT or SIGTERM.
 
 use clap::{CommandFactory, FromArgMatches};
-use natter::config::{Cli, CliCommand, Config, ConfigCommand, LogFormat};
+use natter::config::{Cli, CliCommand, Config, ConfigCommand, LogFormat, RestoreArgs};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +41,26 @@ async fn shutdown_signal(token: CancellationToken) {
     token.cancel();
 }
 
+/// `natterd restore`: exits 1 with the reason when it cannot.
+fn restore(args: &RestoreArgs) {
+    match natter::backup::restore(&args.file, &args.data) {
+        Ok(report) if args.json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            );
+        }
+        Ok(report) => print!("{}", natter::backup::describe_restore(&report)),
+        Err(e) => {
+            eprintln!(
+                "natterd restore: {e}; {} was left as it was",
+                args.data.display()
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let matches = Cli::command().get_matches();
@@ -58,8 +78,12 @@ async fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let CliCommand::Restore(args) = cli.command {
+        restore(&args);
+        return Ok(());
+    }
     let Some((role, args)) = cli.command.into_parts() else {
-        unreachable!("config commands return above")
+        unreachable!("config and restore commands return above")
     };
     let config = Config::resolve_for(role, args)?;
     init_logging(&config);

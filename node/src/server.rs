@@ -140,20 +140,7 @@ async fn run_with_store(
     shutdown: CancellationToken,
 ) -> Result<(), NodeError> {
     let (key, admin) = prepare_identity(&config)?;
-    let store = Store::open(
-        &config.data.join("store"),
-        StoreOptions {
-            cache_bytes: config.store.cache_bytes,
-            memtable_bytes: config.store.memtable_bytes,
-        },
-    )?;
-    if config.store_faults {
-        tracing::warn!("testing.store_faults is on: the admin API can make a commit fail");
-        store.allow_faults();
-    }
-    if config.inbox_read_gate {
-        tracing::warn!("testing.inbox_read_gate is on: the admin API can hold inbox reads");
-    }
+    let store = open_store(&config)?;
     let clock = if config.adjustable_clock {
         tracing::warn!("testing.adjustable_clock is on: the admin API can move time forward");
         Clock::adjustable()
@@ -220,6 +207,7 @@ async fn run_with_store(
         trusted_proxies: config.trusted_proxies.clone(),
         site: Arc::new(Site::new(&config, &public_url)),
         http: config.http,
+        backup: Some(backup_source(&config)),
     });
     let endpoints = Endpoints {
         clients: config.role == Role::All,
@@ -259,6 +247,37 @@ fn prepare_identity(
         "admin token (for the natter CLI)"
     );
     Ok((keys, admin))
+}
+
+/// Opens the store (checking its format), with the testing switches.
+fn open_store(config: &Config) -> Result<Store, NodeError> {
+    let store = Store::open(
+        &config.data.join("store"),
+        StoreOptions {
+            cache_bytes: config.store.cache_bytes,
+            memtable_bytes: config.store.memtable_bytes,
+        },
+    )?;
+    if config.store_faults {
+        tracing::warn!("testing.store_faults is on: the admin API can make a commit fail");
+        store.allow_faults();
+    }
+    if config.inbox_read_gate {
+        tracing::warn!("testing.inbox_read_gate is on: the admin API can hold inbox reads");
+    }
+    Ok(store)
+}
+
+/// The data folder, config file and embedded media folder a backup reads.
+fn backup_source(config: &Config) -> crate::backup::Source {
+    crate::backup::Source {
+        data: config.data.clone(),
+        config_file: config.config_file.clone(),
+        media_root: match &config.media.backend {
+            crate::media::MediaBackend::Local { root } => Some(root.clone()),
+            crate::media::MediaBackend::S3(_) => None,
+        },
+    }
 }
 
 fn core_config(config: &Config, public_url: String) -> CoreConfig {
@@ -409,6 +428,7 @@ async fn run_gateway(
         trusted_proxies: config.trusted_proxies.clone(),
         site: Arc::new(Site::new(&config, &public_url)),
         http: config.http,
+        backup: None,
     });
     let endpoints = Endpoints {
         clients: true,

@@ -325,6 +325,11 @@ impl Core {
         writer.max_capacity() - writer.capacity()
     }
 
+    /// A consistent view of what is committed now (backups).
+    pub(crate) fn snapshot(&self) -> crate::store::Snapshot {
+        self.inner.store.snapshot()
+    }
+
     pub fn store_stats(&self) -> crate::store::StoreStats {
         self.inner.store.stats()
     }

@@ -236,6 +236,33 @@ impl OutboxStream {
         }
     }
 
+    /// The first message of `peer`'s outbox at stream sequence `from` or
+    /// later, with its sequence, read without consuming it (a direct get:
+    /// the peer's consumer is untouched). For backups.
+    pub async fn next_from(
+        &self,
+        peer: &NodeName,
+        from: u64,
+    ) -> Result<Option<(u64, Bytes)>, NatsError> {
+        let subject = subjects::outbox(&self.nats.node, peer);
+        let next = async {
+            let stream = self.stream().await?;
+            Ok::<_, NatsError>(
+                stream
+                    .get_first_raw_message_by_subject(&subject, from)
+                    .await,
+            )
+        };
+        let found = tokio::time::timeout(QUICK, next)
+            .await
+            .map_err(js_error("reading a peer's outbox (timed out)"))??;
+        match found {
+            Ok(message) => Ok(Some((message.sequence, message.payload))),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(js_error("reading a peer's outbox")(e)),
+        }
+    }
+
     /// Forgets a removed peer: its consumer and its queued messages.
     pub async fn remove(&self, peer: &NodeName) -> Result<(), NatsError> {
         let stream = self.stream().await?;

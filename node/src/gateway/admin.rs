@@ -43,6 +43,7 @@ pub(super) fn router(gw: Gateway) -> Router<Gateway> {
         .route("/store-fault", post(store_fault))
         .route("/inbox-read-gate", post(inbox_read_gate))
         .route("/status", get(status))
+        .route("/backup", get(backup))
         .merge(super::peers::routes())
         // A route layer: unknown paths stay 404 without a token.
         .route_layer(middleware::from_fn_with_state(gw, require_admin))
@@ -409,4 +410,58 @@ async fn delete_chat(
 
 async fn stats(State(gw): State<Gateway>) -> Result<Response, ApiError> {
     Ok(sorted_json(&local(&gw)?.stats().await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupQuery {
+    #[serde(default)]
+    media: bool,
+}
+
+/// The response header with the node's estimate of a backup's size, bytes.
+pub const BACKUP_ESTIMATE_HEADER: &str = "x-natter-backup-estimate";
+
+/// `GET /backup?media=true`: a backup archive (`crate::backup`), streamed
+/// while the node keeps serving.
+async fn backup(
+    State(gw): State<Gateway>,
+    Query(query): Query<BackupQuery>,
+) -> Result<Response, ApiError> {
+    let core = local(&gw)?;
+    let source = gw
+        .backup
+        .as_ref()
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, "not served by this process"))?;
+    let started = crate::backup::start(core, source, query.media).map_err(|e| match e {
+        crate::backup::BackupError::Refused(m) => ApiError::new(ErrorCode::BadRequest, m),
+        e => ApiError::new(ErrorCode::Internal, e.to_string()),
+    })?;
+    tracing::info!(
+        media = query.media,
+        estimate = started.estimate,
+        "backup started"
+    );
+    let body = axum::body::Body::from_stream(tokio_stream_of(started.body));
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/x-tar".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static(BACKUP_ESTIMATE_HEADER),
+                started.estimate.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// The receiver as a stream of body pieces.
+fn tokio_stream_of(
+    mut rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+) -> impl futures_util::Stream<Item = std::io::Result<Bytes>> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

@@ -82,6 +82,8 @@ pub struct Shared {
     pub site: Arc<web::Site>,
     /// `[http]`: timeouts and connection caps of the listeners.
     pub http: HttpConfig,
+    /// What a backup reads besides the store (processes with the store).
+    pub backup: Option<crate::backup::Source>,
 }
 
 /// An HTTP error: a status and the contract's `{"code","message"}` body.

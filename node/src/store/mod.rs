@@ -9,10 +9,12 @@
 //! Invariant: every command's writes go into one transaction, committed as one
 //! batch; the writer sets the durability of each commit explicitly.
 
+mod dump;
 mod federation;
 pub(crate) mod format;
 pub(crate) mod keys;
 
+pub(crate) use dump::{FED, KEYSPACES, Loader, outbox_key};
 pub(crate) use federation::{OutboxEntry, PeerKeyRecord, PeerRecord, RemoteAttachment};
 
 use std::path::Path;

@@ -5,6 +5,7 @@
 mod support;
 
 mod admin;
+mod backup;
 mod config_check;
 mod connections;
 mod crash;

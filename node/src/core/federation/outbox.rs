@@ -174,6 +174,32 @@ fn decode(payload: &[u8]) -> Option<Vec<(u64, OutboxEntry)>> {
 }
 
 impl Core {
+    /// With NATS: the next message of `peer`'s JetStream outbox at stream
+    /// sequence `from` or later (its sequence and entries), read without
+    /// consuming it; `None` at the end, or without NATS. For backups.
+    pub(crate) async fn relayed_outbox(
+        &self,
+        peer: &NodeName,
+        from: u64,
+    ) -> Result<Option<(u64, Vec<(u64, OutboxEntry)>)>, NatsError> {
+        let Some(stream) = self.fed().outbox.get() else {
+            return Ok(None);
+        };
+        let Some((seq, payload)) = stream.next_from(peer, from).await? else {
+            return Ok(None);
+        };
+        let entries = decode(&payload).ok_or_else(|| NatsError::JetStream {
+            what: "decoding an outbox message",
+            source: "not a list of outbox entries".into(),
+        })?;
+        Ok(Some((seq, entries)))
+    }
+
+    /// Whether the outboxes go through JetStream.
+    pub(crate) fn outbox_on_stream(&self) -> bool {
+        self.fed().outbox.get().is_some()
+    }
+
     /// The queue a new sender of a peer reads.
     fn queue(&self) -> Queue {
         match self.fed().outbox.get() {

@@ -244,6 +244,17 @@ impl TestNode {
         Self::in_dir(dir, Topology::Embedded, config, None, &[]).await
     }
 
+    /// Starts a node in `topology` (on a fresh nats-server unless embedded)
+    /// on the data folder `dir/data` made beforehand (a restored backup).
+    pub(crate) async fn on_restored(
+        dir: tempfile::TempDir,
+        topology: Topology,
+        config: &str,
+    ) -> Self {
+        let nats = (topology != Topology::Embedded).then(NatsServer::start);
+        Self::in_dir(dir, topology, config, nats, &[]).await
+    }
+
     /// Starts a node whose data folder is `dir/data` (made if missing).
     async fn in_dir(
         dir: tempfile::TempDir,

@@ -1,0 +1,202 @@
+//! `natterd restore FILE --data DIR`: a backup into a new data folder.
+//!
+//! Everything is written into a folder beside DIR first, checked as it is
+//! read; only a whole, valid archive is moved to DIR (a rename), after the
+//! store has been opened once the normal way (which migrates an older store
+//! format). A damaged backup leaves DIR as it was.
+
+use std::collections::BTreeMap;
+use std::fs::{self, DirBuilder, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::{BackupError, Manifest, Visit, read_archive};
+use crate::store::{Loader, Store, StoreOptions};
+
+/// Where the restored config file is written, in the data folder.
+pub const RESTORED_CONFIG: &str = "natter.toml.restored";
+
+/// What a restore wrote.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreReport {
+    pub data: PathBuf,
+    pub manifest: Manifest,
+    pub records: BTreeMap<String, u64>,
+    pub secrets: Vec<String>,
+    /// Where the configuration file was written, if the backup had one.
+    pub config: Option<PathBuf>,
+    pub media_files: u64,
+    pub media_missing: Vec<String>,
+    /// The store's format once opened (migrated if the backup's was older).
+    pub store_format: u32,
+}
+
+/// Restores the backup at `file` into `data`, which must be missing or empty.
+pub fn restore(file: &Path, data: &Path) -> Result<RestoreReport, BackupError> {
+    match fs::read_dir(data) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                return Err(BackupError::Refused(format!(
+                    "{} is not empty: restore into a new or empty folder",
+                    data.display()
+                )));
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let input = fs::File::open(file)?;
+    let name = data
+        .file_name()
+        .map_or("natter-data".into(), |n| n.to_string_lossy().into_owned());
+    let parent = match data.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let staging = parent.join(format!(".{name}.restoring-{}", std::process::id()));
+    DirBuilder::new().mode(0o700).create(&staging)?;
+    let result = restore_into(input, &staging, data);
+    match result {
+        Ok(report) => {
+            // Onto a missing folder, or an empty one (rename replaces it).
+            if let Err(e) = fs::rename(&staging, data) {
+                let _ = fs::remove_dir_all(&staging);
+                return Err(e.into());
+            }
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn restore_into(
+    input: fs::File,
+    staging: &Path,
+    data: &Path,
+) -> Result<RestoreReport, BackupError> {
+    let mut writer = Writer {
+        dir: staging.to_owned(),
+        loader: None,
+    };
+    let summary = read_archive(io::BufReader::new(input), &mut writer)?;
+    let Some(loader) = writer.loader.take() else {
+        return Err(super::corrupt("the backup has no store records"));
+    };
+    loader.finish()?;
+    // Dropped at once: opened only to check (and migrate) its format.
+    let store_format = {
+        let store = Store::open(&staging.join("store"), StoreOptions::default())?;
+        let format = store.snapshot().format()?;
+        store.persist()?;
+        format
+    };
+    Ok(RestoreReport {
+        data: data.to_owned(),
+        config: summary.config.then(|| data.join(RESTORED_CONFIG)),
+        records: summary.trailer.records,
+        secrets: summary.secrets,
+        media_files: summary.trailer.media_files,
+        media_missing: summary.trailer.media_missing,
+        manifest: summary.manifest,
+        store_format,
+    })
+}
+
+struct Writer {
+    dir: PathBuf,
+    loader: Option<Loader>,
+}
+
+/// A new file readable only by its owner.
+fn create_private(path: &Path) -> io::Result<fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+}
+
+fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut file = create_private(path)?;
+    file.write_all(data)?;
+    file.sync_all()
+}
+
+impl Visit for Writer {
+    fn secret(&mut self, name: &str, data: &[u8]) -> Result<(), BackupError> {
+        Ok(write_private(&self.dir.join(name), data)?)
+    }
+
+    fn config(&mut self, text: &[u8]) -> Result<(), BackupError> {
+        Ok(write_private(&self.dir.join(RESTORED_CONFIG), text)?)
+    }
+
+    fn record(&mut self, keyspace: usize, key: &[u8], value: &[u8]) -> Result<(), BackupError> {
+        let loader = match &mut self.loader {
+            Some(loader) => loader,
+            None => self.loader.insert(Loader::create(&self.dir.join("store"))?),
+        };
+        Ok(loader.put(keyspace, key, value)?)
+    }
+
+    fn media(&mut self, path: &str, data: &mut dyn Read) -> Result<(), BackupError> {
+        let target = self.dir.join("media").join(path);
+        if let Some(folder) = target.parent() {
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(folder)?;
+        }
+        let mut file = create_private(&target)?;
+        io::copy(data, &mut file)?;
+        file.sync_all()?;
+        Ok(())
+    }
+}
+
+/// What `natterd restore` prints.
+pub fn describe_restore(report: &RestoreReport) -> String {
+    let m = &report.manifest;
+    let records: Vec<String> = report
+        .records
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let mut out = format!(
+        "restored the backup of node {} taken {} by natterd {} into {}\n\
+         store: format {} (backup: {}), records: {}\n\
+         secrets: {}\n",
+        m.node,
+        m.created_at,
+        m.natterd_version,
+        report.data.display(),
+        report.store_format,
+        m.store_format,
+        records.join(", "),
+        report.secrets.join(", "),
+    );
+    match &report.config {
+        Some(path) => out.push_str(&format!(
+            "config: written to {} (move it where natterd reads its --config)\n",
+            path.display()
+        )),
+        None => out.push_str("config: none in the backup\n"),
+    }
+    match m.with_media {
+        true => out.push_str(&format!(
+            "media: {} files into {} (the default media.root); {} missing when the backup was taken\n",
+            report.media_files,
+            report.data.join("media").display(),
+            report.media_missing.len()
+        )),
+        false => out.push_str("media: not in the backup\n"),
+    }
+    out
+}
