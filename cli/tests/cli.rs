@@ -833,16 +833,25 @@ async fn backups_through_the_cli() {
     assert!(refused(&again).contains("exists"));
 
     let damaged = dir.path().join("damaged.backup");
-    std::fs::write(&damaged, &bytes[..bytes.len() - 700]).unwrap();
+    std::fs::write(&damaged, &bytes[..bytes.len() - 2000]).unwrap();
     let truncated = natter(&["backup", "verify", &damaged.display().to_string()]);
     assert_eq!(truncated.status.code(), Some(1));
     assert!(refused(&truncated).contains("not a valid backup"));
     let mut flipped = bytes.clone();
-    let at = flipped.len() / 3;
-    flipped[at] ^= 0x10;
+    // A bit of the first store chunk's data (tar's padding is not checked).
+    let name = b"store/000001";
+    let header = flipped.windows(name.len()).position(|w| w == name).unwrap();
+    flipped[header + 512 + 20] ^= 0x10;
     std::fs::write(&damaged, &flipped).unwrap();
     let bad = natter(&["backup", "verify", &damaged.display().to_string()]);
     assert_eq!(bad.status.code(), Some(1), "{bad:?}");
+
+    // A file that no longer matches its .sha256 fails too.
+    let listed = dir.path().join("node.backup.sha256");
+    std::fs::write(&listed, format!("{}  node.backup\n", "0".repeat(64))).unwrap();
+    let mismatch = natter(&["backup", "verify", &file_arg]);
+    assert_eq!(mismatch.status.code(), Some(1));
+    assert!(refused(&mismatch).contains("differs"));
 
     let other = dir.path().join("other.backup").display().to_string();
     let wrong = node

@@ -543,3 +543,6 @@ fn check_trailer(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -124,7 +124,10 @@ impl Job {
             }
         }
         if let Some(path) = &self.source.config_file {
-            archive.append(CONFIG, &std::fs::read(path)?)?;
+            let text = std::fs::read(path).map_err(|e| {
+                io::Error::new(e.kind(), format!("the config file {}: {e}", path.display()))
+            })?;
+            archive.append(CONFIG, &text)?;
         }
         self.snapshot
             .dump(|keyspace, key, value| Ok::<_, DumpError>(archive.record(keyspace, key, value)?))
