@@ -876,8 +876,18 @@ async fn backups_through_the_cli() {
     assert!(!dir.path().join("other.backup.partial").exists());
 
     // The restored folder serves the same user.
+    // Into an existing empty folder (a mount point, say): its entries move up.
     let restored = tempfile::tempdir().unwrap();
+    std::fs::create_dir(restored.path().join("data")).unwrap();
     natter::backup::restore(&file, &restored.path().join("data")).unwrap();
+    let entries: Vec<String> = std::fs::read_dir(restored.path().join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !entries.iter().any(|e| e.contains("restoring")),
+        "{entries:?}"
+    );
     let copy = Node::start_in(restored, "localhost").await;
     assert_eq!(login(&copy.url, "alice", "password123").await, 200);
     copy.stop().await;
@@ -890,4 +900,46 @@ fn sha256sum_check(dir: &Path) -> Output {
         .current_dir(dir)
         .output()
         .unwrap()
+}
+
+/// A fake admin API that answers one request with `response` (raw HTTP/1.1)
+/// and closes the connection; its base URL.
+async fn answer_once(response: &'static [u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut request = vec![0; 4096];
+        let _ = socket.read(&mut request).await;
+        socket.write_all(response).await.unwrap();
+        socket.shutdown().await.unwrap();
+    });
+    url
+}
+
+/// A stream cut in the middle, or one that ends but is no archive, leaves
+/// neither FILE nor FILE.partial, and fails with exit 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_backup_stream_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cut: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-tar\r\ntransfer-encoding: chunked\r\nx-natter-backup-estimate: 100000\r\n\r\n400\r\nmanifest";
+    let garbage: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\nnot a tar";
+    for (response, says) in [(cut, "cut"), (garbage, "not valid")] {
+        let url = answer_once(response).await;
+        let file = dir.path().join("b.backup");
+        let file_arg = file.display().to_string();
+        let output = tokio::task::spawn_blocking(move || {
+            natter(&[
+                "--node", &url, "--token", "t", "backup", "create", &file_arg,
+            ])
+        })
+        .await
+        .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        assert!(refused(&output).contains(says), "{output:?}");
+        assert!(!file.exists());
+        assert!(!dir.path().join("b.backup.partial").exists());
+        assert!(!dir.path().join("b.backup.sha256").exists());
+    }
 }

@@ -1,14 +1,15 @@
 //! `natterd restore FILE --data DIR`: a backup into a new data folder.
 //!
-//! Everything is written into a folder beside DIR first, checked as it is
-//! read; only a whole, valid archive is moved to DIR (a rename), after the
+//! Everything is written into a staging folder first (beside a missing DIR,
+//! inside an empty one), checked as it is read; only a whole, valid archive
+//! is moved into place (renames), after the
 //! store has been opened once the normal way (which migrates an older store
 //! format). A damaged backup leaves DIR as it was.
 
 use std::collections::BTreeMap;
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -37,7 +38,7 @@ pub struct RestoreReport {
 
 /// Restores the backup at `file` into `data`, which must be missing or empty.
 pub fn restore(file: &Path, data: &Path) -> Result<RestoreReport, BackupError> {
-    match fs::read_dir(data) {
+    let exists = match fs::read_dir(data) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 return Err(BackupError::Refused(format!(
@@ -45,35 +46,53 @@ pub fn restore(file: &Path, data: &Path) -> Result<RestoreReport, BackupError> {
                     data.display()
                 )));
             }
+            true
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
         Err(e) => return Err(e.into()),
-    }
+    };
     let input = fs::File::open(file)?;
+    let staging = staging_for(data, exists);
+    DirBuilder::new().mode(0o700).create(&staging)?;
+    let result = restore_into(input, &staging, data).and_then(|report| {
+        move_into_place(&staging, data, exists)?;
+        Ok(report)
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+/// Where the restore is written first: inside an existing empty folder (it
+/// may be a mount point, which cannot be renamed onto), else beside it.
+fn staging_for(data: &Path, exists: bool) -> PathBuf {
+    let pid = std::process::id();
+    if exists {
+        return data.join(format!(".restoring-{pid}"));
+    }
     let name = data
         .file_name()
         .map_or("natter-data".into(), |n| n.to_string_lossy().into_owned());
-    let parent = match data.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let staging = parent.join(format!(".{name}.restoring-{}", std::process::id()));
-    DirBuilder::new().mode(0o700).create(&staging)?;
-    let result = restore_into(input, &staging, data);
-    match result {
-        Ok(report) => {
-            // Onto a missing folder, or an empty one (rename replaces it).
-            if let Err(e) = fs::rename(&staging, data) {
-                let _ = fs::remove_dir_all(&staging);
-                return Err(e.into());
-            }
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&staging);
-            Err(e)
-        }
+    match data.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.join(format!(".{name}.restoring-{pid}")),
+        _ => PathBuf::from(format!(".{name}.restoring-{pid}")),
     }
+}
+
+/// Renames the staging folder to `data`, or (inside an existing `data`)
+/// moves its entries up.
+fn move_into_place(staging: &Path, data: &Path, exists: bool) -> io::Result<()> {
+    if !exists {
+        return fs::rename(staging, data);
+    }
+    for entry in fs::read_dir(staging)? {
+        let entry = entry?;
+        fs::rename(entry.path(), data.join(entry.file_name()))?;
+    }
+    fs::remove_dir(staging)?;
+    // Readable only by the node's user, as a folder natterd makes.
+    fs::set_permissions(data, fs::Permissions::from_mode(0o700))
 }
 
 fn restore_into(
