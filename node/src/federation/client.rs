@@ -56,12 +56,27 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
+    /// Without the system's CA certificates (a host without Debian's
+    /// `ca-certificates`) the client is made without TLS roots, with a warning:
+    /// the node serves its users, and requests to peers over HTTPS fail (and
+    /// wait in the outbox) until the certificates are installed.
     pub fn new(node: NodeName, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .build()
-            .unwrap_or_default();
+        let builder = || {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout.min(Duration::from_secs(5)))
+        };
+        let http = builder().build().unwrap_or_else(|error| {
+            tracing::warn!(
+                %error,
+                "no TLS root certificates: requests to peers over HTTPS will fail \
+                 until the system's CA certificates are installed (Debian: ca-certificates)"
+            );
+            builder()
+                .tls_certs_only([])
+                .build()
+                .expect("an HTTP client without TLS roots")
+        });
         Self { http, node }
     }
 

@@ -11,6 +11,7 @@ mod connections;
 mod crash;
 mod delivery;
 mod errors;
+mod examples;
 mod federation;
 mod federation_media;
 mod federation_outbox;

@@ -221,7 +221,19 @@ impl TestNode {
         nats: Option<NatsServer>,
     ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        Self::in_dir(dir, topology, config, nats).await
+        Self::in_dir(dir, topology, config, nats, &[]).await
+    }
+
+    /// [`Self::with_nats`] with `env` in every natterd process's environment
+    /// (as a deployment gives it, e.g. examples/compose's S3 credentials).
+    pub(crate) async fn with_env(
+        topology: Topology,
+        config: &str,
+        nats: Option<NatsServer>,
+        env: &[(String, String)],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        Self::in_dir(dir, topology, config, nats, env).await
     }
 
     /// Starts an all-in-one node (no NATS) on a copy of the data folder
@@ -229,7 +241,7 @@ impl TestNode {
     pub(crate) async fn on_copy_of(data: &std::path::Path, config: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         copy_dir(data, &dir.path().join("data"));
-        Self::in_dir(dir, Topology::Embedded, config, None).await
+        Self::in_dir(dir, Topology::Embedded, config, None, &[]).await
     }
 
     /// Starts a node in `topology` (on a fresh nats-server unless embedded)
@@ -240,7 +252,7 @@ impl TestNode {
         config: &str,
     ) -> Self {
         let nats = (topology != Topology::Embedded).then(NatsServer::start);
-        Self::in_dir(dir, topology, config, nats).await
+        Self::in_dir(dir, topology, config, nats, &[]).await
     }
 
     /// Starts a node whose data folder is `dir/data` (made if missing).
@@ -249,21 +261,21 @@ impl TestNode {
         topology: Topology,
         config: &str,
         nats: Option<NatsServer>,
+        env: &[(String, String)],
     ) -> Self {
         let data = dir.path().join("data");
         let config_path = dir.path().join("natter.toml");
         std::fs::write(&config_path, config).expect("write config");
         let login = |user: &str| -> Vec<(String, String)> {
-            if !nats.as_ref().is_some_and(NatsServer::has_accounts) {
-                return Vec::new();
-            }
-            vec![
-                ("NATTER_NATS_USER".to_owned(), user.to_owned()),
-                (
+            let mut vars = env.to_vec();
+            if nats.as_ref().is_some_and(NatsServer::has_accounts) {
+                vars.push(("NATTER_NATS_USER".to_owned(), user.to_owned()));
+                vars.push((
                     "NATTER_NATS_PASSWORD".to_owned(),
                     super::nats::password(user),
-                ),
-            ]
+                ));
+            }
+            vars
         };
         let common = |role: &str| {
             let mut args = vec![

@@ -13,6 +13,7 @@ pub(crate) struct S3Server {
     child: Child,
     pub endpoint: String,
     root: tempfile::TempDir,
+    bucket: String,
 }
 
 fn binary() -> PathBuf {
@@ -34,8 +35,13 @@ fn binary() -> PathBuf {
 
 impl S3Server {
     pub(crate) async fn start() -> Self {
+        Self::start_with(BUCKET, ACCESS_KEY, SECRET_KEY).await
+    }
+
+    /// A server with one bucket, `bucket`, and these credentials.
+    pub(crate) async fn start_with(bucket: &str, access_key: &str, secret_key: &str) -> Self {
         let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join(BUCKET)).unwrap();
+        std::fs::create_dir(root.path().join(bucket)).unwrap();
         let port = {
             // Bound and released: s3s-fs cannot be told to pick a port itself.
             let probe = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -47,9 +53,9 @@ impl S3Server {
             .arg("--port")
             .arg(port.to_string())
             .arg("--access-key")
-            .arg(ACCESS_KEY)
+            .arg(access_key)
             .arg("--secret-key")
-            .arg(SECRET_KEY)
+            .arg(secret_key)
             .arg(root.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -66,12 +72,13 @@ impl S3Server {
             child,
             endpoint,
             root,
+            bucket: bucket.to_owned(),
         }
     }
 
     /// Where an object of the bucket lives on disk.
     pub(crate) fn object_path(&self, key: &str) -> PathBuf {
-        self.root.path().join(BUCKET).join(key)
+        self.root.path().join(&self.bucket).join(key)
     }
 }
 
