@@ -34,6 +34,53 @@ pub struct RestoreReport {
     pub media_missing: Vec<String>,
     /// The store's format once opened (migrated if the backup's was older).
     pub store_format: u32,
+    /// Each peer's outbox counter, moved past every seq the node may have
+    /// given out after the backup was taken (see [`jump_outbox_counters`]).
+    pub outbox_seqs: Vec<OutboxJump>,
+}
+
+/// A peer's outbox counter as the backup had it, and as the restore left it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxJump {
+    pub peer: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Where a restore moves outbox counters: at least the restore time in ms
+/// times 1024 (so a later restore of a later backup still moves forward),
+/// and at least 2^32 past the counter (a clock set back).
+fn jumped_counter(counter: u64, now_ms: i64) -> u64 {
+    let by_time = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1024);
+    by_time.max(counter.saturating_add(1 << 32))
+}
+
+/// The restored node is the node as of the backup, but its peers have
+/// applied the events it sent after it: a peer skips every event seq it has
+/// applied, so new events must not reuse those seqs. Every peer's outbox
+/// counter (and every counter of a node that was one) jumps past them; the
+/// gap is recorded, for the outbox depth.
+fn jump_outbox_counters(store: &Store, now_ms: i64) -> Result<Vec<OutboxJump>, BackupError> {
+    let jumps = store.write(|tx| {
+        let view = tx.view();
+        let mut counters: BTreeMap<_, u64> = view.outbox_counters()?.into_iter().collect();
+        for (peer, _) in view.peers()? {
+            counters.entry(peer).or_insert(0);
+        }
+        let mut jumps = Vec::new();
+        for (node, from) in counters {
+            let to = jumped_counter(from, now_ms);
+            tx.jump_outbox_counter(&node, from, to);
+            jumps.push(OutboxJump {
+                peer: node.to_string(),
+                from,
+                to,
+            });
+        }
+        Ok::<_, BackupError>((jumps, crate::store::Durability::Buffer))
+    })?;
+    Ok(jumps)
 }
 
 /// Restores the backup at `file` into `data`, which must be missing or empty.
@@ -110,11 +157,12 @@ fn restore_into(
     };
     loader.finish()?;
     // Dropped at once: opened only to check (and migrate) its format.
-    let store_format = {
+    let (store_format, outbox_seqs) = {
         let store = Store::open(&staging.join("store"), StoreOptions::default())?;
         let format = store.snapshot().format()?;
+        let jumps = jump_outbox_counters(&store, crate::metrics::wall_ms())?;
         store.persist()?;
-        format
+        (format, jumps)
     };
     Ok(RestoreReport {
         data: data.to_owned(),
@@ -125,6 +173,7 @@ fn restore_into(
         media_missing: summary.trailer.media_missing,
         manifest: summary.manifest,
         store_format,
+        outbox_seqs,
     })
 }
 
@@ -207,6 +256,12 @@ pub fn describe_restore(report: &RestoreReport) -> String {
             path.display()
         )),
         None => out.push_str("config: none in the backup\n"),
+    }
+    for jump in &report.outbox_seqs {
+        out.push_str(&format!(
+            "federation: the outbox seqs for peer {} moved from {} to {} (it has applied events this node sent after the backup; new ones must not reuse their seqs)\n",
+            jump.peer, jump.from, jump.to
+        ));
     }
     match m.with_media {
         true => out.push_str(&format!(
