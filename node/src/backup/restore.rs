@@ -69,7 +69,11 @@ fn jump_outbox_counters(store: &Store, now_ms: i64) -> Result<Vec<OutboxJump>, B
             counters.entry(peer).or_insert(0);
         }
         let mut jumps = Vec::new();
-        for (node, from) in counters {
+        for (node, counter) in counters {
+            // With NATS the backup adds the outbox entries relayed to
+            // JetStream, which may go past the snapshot's counter.
+            let above = tx.view().outbox(&node, counter, usize::MAX, false)?;
+            let from = above.last().map_or(counter, |(seq, _)| counter.max(*seq));
             let to = jumped_counter(from, now_ms);
             tx.jump_outbox_counter(&node, from, to);
             jumps.push(OutboxJump {
@@ -273,4 +277,53 @@ pub fn describe_restore(report: &RestoreReport) -> String {
         false => out.push_str("media: not in the backup\n"),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeName;
+    use crate::store::{Durability, OutboxEntry};
+
+    #[test]
+    fn counters_jump_past_the_counter_and_every_queued_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), StoreOptions::default()).unwrap();
+        let (beta, gamma) = (
+            NodeName::parse("beta.test").unwrap(),
+            NodeName::parse("gamma.test").unwrap(),
+        );
+        let entry = OutboxEntry {
+            queued_at: 0,
+            event: serde_json::json!({}),
+        };
+        store
+            .write(|tx| {
+                tx.set_outbox_counter(&beta, 3);
+                // Relayed to JetStream after the snapshot, added by the backup.
+                tx.put_outbox(&beta, 5, &entry, false);
+                tx.set_outbox_counter(&gamma, 9);
+                Ok::<_, crate::store::StoreError>(((), Durability::Buffer))
+            })
+            .unwrap();
+        let now = 1_800_000_000_000;
+        let jumps = jump_outbox_counters(&store, now).unwrap();
+        let seen: Vec<(String, u64, u64)> = jumps
+            .iter()
+            .map(|j| (j.peer.clone(), j.from, j.to))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("beta.test".to_owned(), 5, now as u64 * 1024),
+                ("gamma.test".to_owned(), 9, now as u64 * 1024)
+            ]
+        );
+        let view = store.snapshot();
+        assert_eq!(view.outbox_counter(&beta).unwrap(), now as u64 * 1024);
+        assert_eq!(view.outbox_gaps(&beta).unwrap(), [(5, now as u64 * 1024)]);
+        // A clock set back still moves forward.
+        let again = jump_outbox_counters(&store, 1).unwrap();
+        assert_eq!(again[0].to, now as u64 * 1024 + (1 << 32));
+    }
 }
