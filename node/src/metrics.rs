@@ -54,6 +54,7 @@ pub(crate) struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_group: Histogram,
     pub publish_failures: Counter,
+    pub federation_seq_conflicts: Counter,
     pub password_hashes: Counter,
     pub logins_throttled: Family<ThrottleLabels, Counter>,
     pub online_devices: Gauge,
@@ -92,6 +93,7 @@ impl Metrics {
             commit_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 16)),
             commit_group: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             publish_failures: Counter::default(),
+            federation_seq_conflicts: Counter::default(),
             password_hashes: Counter::default(),
             logins_throttled: Family::default(),
             online_devices: Gauge::default(),
@@ -150,6 +152,11 @@ impl Metrics {
             "publish_failures",
             "Deliveries the JetStream hop failed to publish (recovered from the inbox)",
             m.publish_failures.clone(),
+        );
+        registry.register(
+            "federation_seq_conflicts",
+            "Message events refused because their (chat, seq) holds another message here (the chat's home was restored from a backup)",
+            m.federation_seq_conflicts.clone(),
         );
         registry.register(
             "password_hashes",

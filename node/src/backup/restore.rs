@@ -34,6 +34,57 @@ pub struct RestoreReport {
     pub media_missing: Vec<String>,
     /// The store's format once opened (migrated if the backup's was older).
     pub store_format: u32,
+    /// Each peer's outbox counter, moved past every seq the node may have
+    /// given out after the backup was taken (see [`jump_outbox_counters`]).
+    pub outbox_seqs: Vec<OutboxJump>,
+}
+
+/// A peer's outbox counter as the backup had it, and as the restore left it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutboxJump {
+    pub peer: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Where a restore moves outbox counters: at least the restore time in ms
+/// times 1024 (so a later restore of a later backup still moves forward),
+/// and at least 2^32 past the counter (a clock set back).
+fn jumped_counter(counter: u64, now_ms: i64) -> u64 {
+    let by_time = u64::try_from(now_ms).unwrap_or(0).saturating_mul(1024);
+    by_time.max(counter.saturating_add(1 << 32))
+}
+
+/// The restored node is the node as of the backup, but its peers have
+/// applied the events it sent after it: a peer skips every event seq it has
+/// applied, so new events must not reuse those seqs. Every peer's outbox
+/// counter (and every counter of a node that was one) jumps past them; the
+/// gap is recorded, for the outbox depth.
+fn jump_outbox_counters(store: &Store, now_ms: i64) -> Result<Vec<OutboxJump>, BackupError> {
+    let jumps = store.write(|tx| {
+        let view = tx.view();
+        let mut counters: BTreeMap<_, u64> = view.outbox_counters()?.into_iter().collect();
+        for (peer, _) in view.peers()? {
+            counters.entry(peer).or_insert(0);
+        }
+        let mut jumps = Vec::new();
+        for (node, counter) in counters {
+            // With NATS the backup adds the outbox entries relayed to
+            // JetStream, which may go past the snapshot's counter.
+            let above = tx.view().outbox(&node, counter, usize::MAX, false)?;
+            let from = above.last().map_or(counter, |(seq, _)| counter.max(*seq));
+            let to = jumped_counter(from, now_ms);
+            tx.jump_outbox_counter(&node, from, to);
+            jumps.push(OutboxJump {
+                peer: node.to_string(),
+                from,
+                to,
+            });
+        }
+        Ok::<_, BackupError>((jumps, crate::store::Durability::Buffer))
+    })?;
+    Ok(jumps)
 }
 
 /// Restores the backup at `file` into `data`, which must be missing or empty.
@@ -110,11 +161,12 @@ fn restore_into(
     };
     loader.finish()?;
     // Dropped at once: opened only to check (and migrate) its format.
-    let store_format = {
+    let (store_format, outbox_seqs) = {
         let store = Store::open(&staging.join("store"), StoreOptions::default())?;
         let format = store.snapshot().format()?;
+        let jumps = jump_outbox_counters(&store, crate::metrics::wall_ms())?;
         store.persist()?;
-        format
+        (format, jumps)
     };
     Ok(RestoreReport {
         data: data.to_owned(),
@@ -125,6 +177,7 @@ fn restore_into(
         media_missing: summary.trailer.media_missing,
         manifest: summary.manifest,
         store_format,
+        outbox_seqs,
     })
 }
 
@@ -208,6 +261,12 @@ pub fn describe_restore(report: &RestoreReport) -> String {
         )),
         None => out.push_str("config: none in the backup\n"),
     }
+    for jump in &report.outbox_seqs {
+        out.push_str(&format!(
+            "federation: the outbox seqs for peer {} moved from {} to {} (it has applied events this node sent after the backup; new ones must not reuse their seqs)\n",
+            jump.peer, jump.from, jump.to
+        ));
+    }
     match m.with_media {
         true => out.push_str(&format!(
             "media: {} files into {} (the default media.root); {} missing when the backup was taken\n",
@@ -218,4 +277,53 @@ pub fn describe_restore(report: &RestoreReport) -> String {
         false => out.push_str("media: not in the backup\n"),
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::NodeName;
+    use crate::store::{Durability, OutboxEntry};
+
+    #[test]
+    fn counters_jump_past_the_counter_and_every_queued_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store"), StoreOptions::default()).unwrap();
+        let (beta, gamma) = (
+            NodeName::parse("beta.test").unwrap(),
+            NodeName::parse("gamma.test").unwrap(),
+        );
+        let entry = OutboxEntry {
+            queued_at: 0,
+            event: serde_json::json!({}),
+        };
+        store
+            .write(|tx| {
+                tx.set_outbox_counter(&beta, 3);
+                // Relayed to JetStream after the snapshot, added by the backup.
+                tx.put_outbox(&beta, 5, &entry, false);
+                tx.set_outbox_counter(&gamma, 9);
+                Ok::<_, crate::store::StoreError>(((), Durability::Buffer))
+            })
+            .unwrap();
+        let now = 1_800_000_000_000;
+        let jumps = jump_outbox_counters(&store, now).unwrap();
+        let seen: Vec<(String, u64, u64)> = jumps
+            .iter()
+            .map(|j| (j.peer.clone(), j.from, j.to))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("beta.test".to_owned(), 5, now as u64 * 1024),
+                ("gamma.test".to_owned(), 9, now as u64 * 1024)
+            ]
+        );
+        let view = store.snapshot();
+        assert_eq!(view.outbox_counter(&beta).unwrap(), now as u64 * 1024);
+        assert_eq!(view.outbox_gaps(&beta).unwrap(), [(5, now as u64 * 1024)]);
+        // A clock set back still moves forward.
+        let again = jump_outbox_counters(&store, 1).unwrap();
+        assert_eq!(again[0].to, now as u64 * 1024 + (1 << 32));
+    }
 }

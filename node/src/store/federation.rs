@@ -107,6 +107,40 @@ impl<R: Source> View<R> {
         )
     }
 
+    /// A peer's outbox gaps (`from`, `to`), oldest first: seqs `from`+1 ..=
+    /// `to` were never given out (a restore moved the counter past them).
+    pub fn outbox_gaps(&self, node: &NodeName) -> Result<Vec<(u64, u64)>> {
+        let mut out = Vec::new();
+        for item in self
+            .r
+            .readable()
+            .prefix(&self.ks.fed, keys::outbox_gaps_prefix(node))
+        {
+            let (key, value) = item.into_inner()?;
+            let from = keys::outbox_seq(&key);
+            let to = counter(Some(value))?;
+            if let Some(from) = from {
+                out.push((from, to));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every node with an outbox counter (peers, and nodes that were).
+    pub fn outbox_counters(&self) -> Result<Vec<(NodeName, u64)>> {
+        let mut out = Vec::new();
+        for item in self.r.readable().prefix(&self.ks.fed, b"n") {
+            let (key, value) = item.into_inner()?;
+            let name = std::str::from_utf8(&key[1..])
+                .ok()
+                .and_then(NodeName::parse);
+            if let Some(name) = name {
+                out.push((name, counter(Some(value))?));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn remote_attachment(&self, id: AttachmentId) -> Result<Option<RemoteAttachment>> {
         match self
             .r
@@ -148,6 +182,13 @@ impl Tx<'_> {
     pub fn set_outbox_counter(&mut self, node: &NodeName, seq: u64) {
         let key = keys::outbox_counter(node);
         self.tx.insert(&self.ks.fed, key, seq.to_be_bytes());
+    }
+
+    /// Moves a peer's outbox counter from `from` to `to`, recording the gap.
+    pub fn jump_outbox_counter(&mut self, node: &NodeName, from: u64, to: u64) {
+        self.set_outbox_counter(node, to);
+        let key = keys::outbox_gap(node, from);
+        self.tx.insert(&self.ks.fed, key, to.to_be_bytes());
     }
 
     pub fn put_remote_attachment(&mut self, id: AttachmentId, record: &RemoteAttachment) {

@@ -28,6 +28,7 @@
 //! | fed | `x` node 0 seq(8) | [`OutboxEntry`](super::OutboxEntry): dead letters |
 //! | fed | `n` node | u64 BE: the last outbox seq given out for a peer |
 //! | fed | `a` node | u64 BE: the last event seq applied from a peer |
+//! | fed | `j` node 0 from(8) | u64 BE `to`: outbox seqs `from`+1 ..= `to` were never given out (a restore moved the counter) |
 //! | fed | `m` attachment(16) | [`RemoteAttachment`](super::RemoteAttachment): an attachment a chat's home holds |
 
 use crate::ids::{AttachmentId, ChatId, DeviceId, NodeName, Username};
@@ -205,6 +206,17 @@ pub(crate) fn outbox_seq(key: &[u8]) -> Option<u64> {
 /// The last outbox seq given out for a peer.
 pub(crate) fn outbox_counter(node: &NodeName) -> Vec<u8> {
     tagged(b'n', &[node.as_str().as_bytes()])
+}
+
+/// A jump of a peer's outbox counter (a restore): seqs after `from` up to
+/// the value were never given out.
+pub(crate) fn outbox_gap(node: &NodeName, from: u64) -> Vec<u8> {
+    tagged(b'j', &[node.as_str().as_bytes(), &[0], &from.to_be_bytes()])
+}
+
+/// The prefix of a peer's outbox gaps.
+pub(crate) fn outbox_gaps_prefix(node: &NodeName) -> Vec<u8> {
+    tagged(b'j', &[node.as_str().as_bytes(), &[0]])
 }
 
 /// An attachment held by a peer (the home of the chats it was sent in).

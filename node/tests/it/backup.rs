@@ -421,3 +421,193 @@ async fn a_backup_keeps_the_outbox_relayed_to_jetstream() {
     assert_eq!(receive(&mut bob, 20).await, sent, "all, in order");
     assert!(bob.drain().await.is_empty(), "once");
 }
+
+in_every_topology!(a_restored_home_keeps_federating_and_refuses_to_reuse_seqs_silently);
+
+/// The texts of the dead letters `node` keeps for `peer`.
+async fn dead_letter_texts(node: &TestNode, peer: &str) -> Vec<String> {
+    let (status, body) = node
+        .admin(reqwest::Method::GET, &format!("/peers/{peer}/outbox"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["deadLetters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event"]["text"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+/// alpha (the home of a chat with bob@beta) is restored from a backup after
+/// it sent beta more events. beta has applied their event seqs: the restore
+/// moves alpha's outbox counter past them, so a new chat, a membership
+/// change and a message reach beta. In the old chat alpha reuses message
+/// seqs beta holds: beta refuses those (dead letters on alpha, counted on
+/// beta) instead of dropping them, and the chat goes on past them.
+async fn a_restored_home_keeps_federating_and_refuses_to_reuse_seqs_silently(t: Topology) {
+    use crate::federation::{Pair, chat_of_two, next, receive, two_nodes};
+    let (mut a, b) = two_nodes(t).await;
+    let carol_creds = b.user("carol").await;
+    let Pair {
+        mut alice,
+        mut bob,
+        chat,
+        alice_creds,
+        ..
+    } = chat_of_two(&a, &b).await;
+    let send = |text: String| json!({"type":"sendMessage","chatId": chat,"message": text});
+    for text in ["before 1", "before 2"] {
+        alice.ok(send(text.into())).await;
+    }
+    assert_eq!(receive(&mut bob, 2).await, ["before 1", "before 2"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alpha.backup");
+    take_backup(
+        a.main_admin_url().to_owned(),
+        a.admin_token.clone(),
+        file.clone(),
+    )
+    .await;
+    let lost = ["after 1", "after 2", "after 3"];
+    for text in lost {
+        alice.ok(send(text.into())).await;
+    }
+    assert_eq!(receive(&mut bob, 3).await, lost, "beta applied them");
+    alice.close().await;
+    a.kill9();
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let restored = natterd_restore(&file, &restored_dir.path().join("data"));
+    assert!(restored.status.success(), "{restored:?}");
+    let said = String::from_utf8_lossy(&restored.stdout);
+    assert!(
+        said.contains("the outbox seqs for peer beta.test moved"),
+        "{said}"
+    );
+    let config =
+        format!("name = \"alpha.test\"\n{BASE_CONFIG}\n[federation]\nmax_backoff = \"1s\"\n");
+    let copy = TestNode::on_restored(restored_dir, t, &config).await;
+    let mut alice = copy.connect(&alice_creds).await;
+
+    // New events of the restored home reach beta.
+    let created = alice
+        .ok(json!({"type":"createChat","participants":["bob@beta.test"],"name":"After"}))
+        .await;
+    let new_chat = created["chatId"].as_str().unwrap().to_owned();
+    let update = next(&mut bob, "chatUpdate").await;
+    assert_eq!(update["chatId"], new_chat.as_str(), "{update}");
+    assert_eq!(update["reason"], "created");
+    alice
+        .ok(json!({"type":"modifyChatParticipants","chatId": new_chat,"userId":"carol@beta.test","operation":"ADD"}))
+        .await;
+    let update = next(&mut bob, "chatUpdate").await;
+    assert_eq!(update["reason"], "added", "{update}");
+    let mut carol = b.connect(&carol_creds).await;
+    assert_eq!(next(&mut carol, "chatUpdate").await["reason"], "added");
+    alice
+        .ok(json!({"type":"sendMessage","chatId": new_chat,"message":"in the new chat"}))
+        .await;
+    assert_eq!(receive(&mut bob, 1).await, ["in the new chat"]);
+    assert_eq!(receive(&mut carol, 1).await, ["in the new chat"]);
+
+    // The old chat: seqs 3..=5 are beta's "after" messages. The home gives
+    // them out again: refused (dead letters), not skipped; seq 6 goes on.
+    for i in 0..4 {
+        let sent = alice.ok(send(format!("again {i}"))).await;
+        assert_eq!(sent["seq"], 3 + i, "{sent}");
+    }
+    assert_eq!(receive(&mut bob, 1).await, ["again 3"]);
+    let dead = crate::support::eventually("three dead letters", || async {
+        let texts = dead_letter_texts(&copy, "beta.test").await;
+        (texts.len() == 3).then_some(texts)
+    })
+    .await;
+    assert_eq!(dead, ["again 0", "again 1", "again 2"]);
+    let conflicts = b
+        .metric(b.main_admin_url(), "natter_federation_seq_conflicts_total")
+        .await;
+    assert_eq!(conflicts, Some(3.0));
+    let kept: Vec<String> = history(&mut bob, &chat)
+        .await
+        .iter()
+        .map(|m| m["message"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            "before 1", "before 2", "after 1", "after 2", "after 3", "again 3"
+        ]
+    );
+    assert!(bob.drain().await.is_empty(), "nothing else");
+}
+
+in_every_topology!(a_restored_outbox_is_counted_and_sent_across_the_jump);
+
+/// Events queued for a peer that was down when the backup was taken are
+/// still sent after the restore, with the events given out after the
+/// counter's jump; the outbox depth counts the events, not the seqs between.
+async fn a_restored_outbox_is_counted_and_sent_across_the_jump(t: Topology) {
+    use crate::federation::{Pair, chat_of_two, receive, two_nodes};
+    use crate::federation_outbox::outbox_depth_is;
+    let (mut a, mut b) = two_nodes(t).await;
+    let Pair {
+        mut alice,
+        bob,
+        chat,
+        alice_creds,
+        bob_creds,
+    } = chat_of_two(&a, &b).await;
+    bob.close().await;
+    b.kill9();
+    let send = |text: &str| json!({"type":"sendMessage","chatId": chat,"message": text});
+    for text in ["queued 1", "queued 2"] {
+        alice.ok(send(text)).await;
+    }
+    outbox_depth_is(&a, "beta.test", 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alpha.backup");
+    take_backup(
+        a.main_admin_url().to_owned(),
+        a.admin_token.clone(),
+        file.clone(),
+    )
+    .await;
+    alice.close().await;
+    a.kill9();
+
+    let restored_dir = tempfile::tempdir().unwrap();
+    let data = restored_dir.path().join("data");
+    let restored = natterd_restore_json(&file, &data);
+    let jump = &restored["outboxSeqs"][0];
+    assert_eq!(jump["peer"], "beta.test", "{restored}");
+    let (from, to) = (jump["from"].as_u64().unwrap(), jump["to"].as_u64().unwrap());
+    assert!(from >= 2 && to > from + (1 << 32), "{restored}");
+    let config =
+        format!("name = \"alpha.test\"\n{BASE_CONFIG}\n[federation]\nmax_backoff = \"1s\"\n");
+    let copy = TestNode::on_restored(restored_dir, t, &config).await;
+    let mut alice = copy.connect(&alice_creds).await;
+    alice.ok(send("new 1")).await;
+    outbox_depth_is(&copy, "beta.test", 3).await;
+
+    b.restart_same_port().await;
+    let mut bob = b.connect(&bob_creds).await;
+    assert_eq!(
+        receive(&mut bob, 3).await,
+        ["queued 1", "queued 2", "new 1"],
+        "all, in order"
+    );
+    assert!(bob.drain().await.is_empty(), "once");
+    outbox_depth_is(&copy, "beta.test", 0).await;
+}
+
+/// `natterd restore --json`: its report.
+fn natterd_restore_json(file: &Path, data: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_natterd"))
+        .args(["restore", &file.display().to_string(), "--data"])
+        .arg(data)
+        .arg("--json")
+        .output()
+        .expect("run natterd restore");
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}

@@ -19,7 +19,7 @@ const CONSUMER: &str = "fed_beta_test";
 const SUBJECT: &str = "natter.alpha_test.fed.beta_test";
 
 /// `node`'s view of `peer` in `natter peer list --json`.
-async fn peer_info(node: &TestNode, peer: &str) -> Value {
+pub(crate) async fn peer_info(node: &TestNode, peer: &str) -> Value {
     let (status, list) = node.admin(reqwest::Method::GET, "/peers", None).await;
     assert_eq!(status, 200, "{list}");
     list["peers"]
@@ -29,7 +29,7 @@ async fn peer_info(node: &TestNode, peer: &str) -> Value {
 }
 
 /// Waits until `node`'s outbox for `peer` holds `depth` events.
-async fn outbox_depth_is(node: &TestNode, peer: &str, depth: u64) -> Value {
+pub(crate) async fn outbox_depth_is(node: &TestNode, peer: &str, depth: u64) -> Value {
     eventually(&format!("an outbox depth of {depth}"), || async {
         let info = peer_info(node, peer).await;
         (info["outboxDepth"] == depth).then_some(info)

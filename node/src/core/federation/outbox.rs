@@ -533,9 +533,10 @@ impl Core {
             Err(PeerError::Refused { status, body, .. }) if refused_event(status, &body) => {
                 // The peer refused one event; the ones before it are applied.
                 let applied = body["applied"].as_u64().unwrap_or(first - 1);
-                tracing::warn!(peer = %node, seq = applied + 1, %body, "a peer refused an event: dead letter");
+                tracing::warn!(peer = %node, after = applied, %body, "a peer refused an event: dead letter");
                 self.succeeded(node);
-                let dead = posted.batch.iter().find(|(seq, _)| *seq == applied + 1);
+                // The first one after `applied` (seqs may jump: a restore).
+                let dead = posted.batch.iter().find(|(seq, _)| *seq > applied);
                 self.done(node, queue, first, applied, dead.map(|(s, e)| (*s, e)))
                     .await?;
                 Ok(Settled::Restart)
@@ -646,7 +647,8 @@ impl Core {
 
     /// Fills in `info`'s outbox depth and oldest queued age. Seqs are
     /// contiguous from the oldest queued entry to the last given out (dead
-    /// letters leave from the front), so the depth needs no scan; with
+    /// letters leave from the front) but for the gaps a restore recorded
+    /// (counted out), so the depth needs no scan of entries; with
     /// JetStream the oldest entry is in the stream if it has any for the peer
     /// (relayed in order), else on fjall.
     pub(super) async fn outbox_depth(
@@ -661,12 +663,12 @@ impl Core {
             .get(node)
             .map_or((0, 0), |h| (h.delivered, h.confirmed));
         let name = node.clone();
-        let (fjall_front, last, dead) = self
+        let (fjall_front, (last, gaps), dead) = self
             .read(move |view| {
                 let oldest = view.outbox(&name, after, 1, false)?.pop();
                 let last = view.outbox_counter(&name)?;
                 let dead = view.outbox(&name, 0, usize::MAX, true)?.len();
-                Ok((oldest, last, dead))
+                Ok((oldest, (last, view.outbox_gaps(&name)?), dead))
             })
             .await?;
         let mut front = None;
@@ -683,7 +685,7 @@ impl Core {
         let front = front.or(fjall_front);
         let depth = front
             .as_ref()
-            .map_or(0, |(first, _)| (last + 1).saturating_sub(*first));
+            .map_or(0, |(first, _)| queued_from(*first, last, &gaps));
         info.outbox_depth = usize::try_from(depth).unwrap_or(usize::MAX);
         info.oldest_queued_age_ms = front.map(|(_, e)| now - e.queued_at);
         info.dead_letters = dead;
@@ -717,6 +719,18 @@ impl Core {
     }
 }
 
+/// How many seqs from `first` to `last` were given out: all of them but
+/// the gaps (`from`, `to`) after `first` (a gap is never split by a queued
+/// entry: nothing was given out inside it).
+fn queued_from(first: u64, last: u64, gaps: &[(u64, u64)]) -> u64 {
+    let skipped: u64 = gaps
+        .iter()
+        .filter(|(from, to)| *from >= first && *to <= last)
+        .map(|(from, to)| to - from)
+        .sum();
+    (last + 1).saturating_sub(first).saturating_sub(skipped)
+}
+
 /// Whether a refusal is about an event (which then becomes a dead letter), not
 /// about the request: an answer naming how far the batch was applied, or a
 /// batch the peer cannot read at all. Anything else (signature, key, wrong
@@ -731,4 +745,23 @@ fn refused_event(status: u16, body: &serde_json::Value) -> bool {
 /// Whether a refusal says the batch before it is not applied (nothing was).
 fn out_of_order(status: u16, body: &serde_json::Value) -> bool {
     status == 409 && body["code"] == super::OUT_OF_ORDER
+}
+
+#[cfg(test)]
+mod tests {
+    use super::queued_from;
+
+    #[test]
+    fn the_depth_counts_out_the_gaps_a_restore_left() {
+        // Seqs 5..=7 queued before the restore, the counter moved 7 -> 1000,
+        // then 1001..=1003 given out.
+        let gaps = [(7, 1000)];
+        assert_eq!(queued_from(5, 1003, &gaps), 6);
+        assert_eq!(queued_from(1002, 1003, &gaps), 2);
+        // Nothing given out after the jump yet.
+        assert_eq!(queued_from(6, 1000, &gaps), 2);
+        // Two restores.
+        assert_eq!(queued_from(1, 5010, &[(2, 1000), (1003, 5000)]), 2 + 3 + 10);
+        assert_eq!(queued_from(3, 3, &[]), 1);
+    }
 }

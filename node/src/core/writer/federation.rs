@@ -20,6 +20,21 @@ fn forbidden(message: impl Into<String>) -> CoreError {
     CoreError::reject(ErrorCode::Forbidden, message)
 }
 
+/// A home's message names a (chat, seq) that holds another message here: the
+/// home reuses seqs it gave out before (it was restored from a backup). The
+/// event is refused, so it becomes a dead letter at the home, not a silent
+/// skip.
+fn seq_taken(origin: &NodeName, chat_id: ChatId, seq: u64) -> CoreError {
+    tracing::warn!(home = %origin, chat = %chat_id, seq, "a chat's home sent another message with a seq this node holds (was the home restored from a backup?): refused");
+    crate::metrics::METRICS.federation_seq_conflicts.inc();
+    CoreError::reject(
+        ErrorCode::BadRequest,
+        format!(
+            "chat {chat_id} already holds another message at seq {seq} here (was its home restored from a backup?)"
+        ),
+    )
+}
+
 pub(super) fn reason_of(reason: UpdateReason) -> Reason {
     match reason {
         UpdateReason::Created => Reason::Created,
@@ -297,8 +312,12 @@ impl Writer {
                 "the sender is not a participant, or the message is too large",
             ));
         }
-        if b.tx.view().message(chat_id, seq)?.is_some() {
-            return Ok(());
+        if let Some(held) = b.tx.view().message(chat_id, seq)? {
+            if held.id == message_id {
+                // Sent again: applied once.
+                return Ok(());
+            }
+            return Err(seq_taken(origin, chat_id, seq));
         }
         chat.record.last_seq = chat.record.last_seq.max(seq);
         chat.record.last_message_at = chat.record.last_message_at.max(Some(sent_at));
